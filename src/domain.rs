@@ -1,0 +1,185 @@
+//! The vocabulary shared by every module: typed ids, priorities and the states of
+//! tickets, attachments and jobs (each mirrored by a Postgres enum of the same name).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+        #[sqlx(transparent)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(Uuid::new_v4())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A loaded manifest.
+    BatchId
+);
+uuid_id!(
+    /// Our row for one manifest ticket (not Visibuild's id).
+    TicketId
+);
+uuid_id!(
+    /// Our row for one file of a ticket.
+    AttachmentId
+);
+uuid_id!(
+    /// A Visibuild project.
+    ProjectId
+);
+
+/// A queue job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(transparent)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Visibuild's ticket priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a priority: the text that was not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of low, medium, high")]
+pub struct BadPriority(pub String);
+
+impl FromStr for Priority {
+    type Err = BadPriority;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "low" => Ok(Priority::Low),
+            "medium" => Ok(Priority::Medium),
+            "high" => Ok(Priority::High),
+            _ => Err(BadPriority(s.to_string())),
+        }
+    }
+}
+
+macro_rules! pg_enum {
+    ($(#[$doc:meta])* $name:ident, $pg:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+        #[sqlx(type_name = $pg, rename_all = "snake_case")]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+pg_enum!(
+    /// Where a manifest ticket stands.
+    TicketState, "ticket_state" {
+        Pending => "pending",
+        Creating => "creating",
+        Created => "created",
+        Failed => "failed",
+        NeedsReview => "needs_review",
+    }
+);
+
+pg_enum!(
+    /// Where one file of a ticket stands.
+    AttachmentState, "attachment_state" {
+        Pending => "pending",
+        Uploaded => "uploaded",
+        Failed => "failed",
+    }
+);
+
+pg_enum!(
+    /// Where a queue job stands. `Blocked` jobs wait for a fan-in (a ticket's uploads).
+    JobState, "job_state" {
+        Blocked => "blocked",
+        Available => "available",
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+    }
+);
+
+pg_enum!(
+    /// What a job does: upload one attachment (hash, presign, PUT) or create one ticket.
+    JobKind, "job_kind" {
+        Upload => "upload",
+        CreateTicket => "create_ticket",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_parses_case_insensitively_and_names_the_bad_value() {
+        assert_eq!("High".parse::<Priority>(), Ok(Priority::High));
+        let err = "urgent".parse::<Priority>().unwrap_err();
+        assert_eq!(err.to_string(), r#""urgent" is not one of low, medium, high"#);
+    }
+}

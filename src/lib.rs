@@ -1,0 +1,11 @@
+//! visibuild-import: bulk-imports defect tickets with their photos and documents into
+//! Visibuild through a Postgres-backed job queue and a rate-limited worker pool.
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod manifest;
+pub mod pipeline;
+pub mod sandbox;
+pub mod secret;
+pub mod store;
+pub mod visibuild;
