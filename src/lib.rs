@@ -9,3 +9,6 @@ pub mod sandbox;
 pub mod secret;
 pub mod store;
 pub mod visibuild;
+pub mod rate;
+pub mod app;
+pub mod cli;

@@ -1,1 +1,399 @@
-//! pipeline (stub)
+//! The worker pool: claims jobs under a lease, runs them within the configured concurrency,
+//! keeps their leases alive, settles every outcome, and stops cleanly when asked.
+
+pub mod decide;
+pub mod hash;
+pub mod jobs;
+pub mod progress;
+
+use crate::domain::{AttachmentState, BatchId, JobId, JobKind, TicketState};
+use crate::store::queue::{self, Backoff, ClaimedJob, FailOutcome, JobRef, RetryDecision};
+use crate::store::{StoreError, tickets};
+use crate::visibuild::Client;
+use decide::Next;
+use jobs::{Failure, HandlerError};
+pub use progress::Progress;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// How the pool runs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Jobs in flight at once (uploads and creates together).
+    pub workers: usize,
+    /// Uploads in flight at once; presigning happens inside an upload slot, just in time.
+    pub upload_concurrency: usize,
+    /// How long a claim holds a job before another worker may take it over.
+    pub lease: Duration,
+    pub backoff: Backoff,
+    /// Our name in `jobs.locked_by`.
+    pub worker_name: String,
+    /// Work only on this batch (`import`); `None` = everything queued (`run`).
+    pub batch: Option<BatchId>,
+    /// Keep serving when the queue is empty (`run --watch`).
+    pub watch: bool,
+    /// Longest sleep between polls when idle (NOTIFY usually wakes us sooner).
+    pub idle_poll: Duration,
+    /// How long in-flight jobs may finish after a stop is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            upload_concurrency: 8,
+            lease: Duration::from_secs(120),
+            backoff: Backoff {
+                base: Duration::from_millis(500),
+                cap: Duration::from_secs(60),
+            },
+            worker_name: default_worker_name(),
+            batch: None,
+            watch: false,
+            idle_poll: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+pub fn default_worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// What the handlers share.
+pub struct Shared {
+    pub db: PgPool,
+    pub client: Arc<Client>,
+    pub progress: Arc<Progress>,
+    pub backoff: Backoff,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// No runnable work left.
+    Drained,
+    /// Stopped by a signal; unfinished jobs were released.
+    Interrupted,
+}
+
+/// Run the pool until no runnable work is left (or forever with `watch`), or until `stop`.
+pub async fn run(
+    db: PgPool,
+    client: Arc<Client>,
+    progress: Arc<Progress>,
+    config: PoolConfig,
+    stop: CancellationToken,
+) -> Result<RunEnd, StoreError> {
+    let shared = Arc::new(Shared {
+        db: db.clone(),
+        client,
+        progress,
+        backoff: config.backoff,
+    });
+    let in_flight: Arc<Mutex<HashMap<JobId, i32>>> = Arc::default();
+    let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+    let uploads = Arc::new(Semaphore::new(config.upload_concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let heartbeat = tokio::spawn(heartbeat(db.clone(), in_flight.clone(), config.lease));
+    let mut listener = queue::listen(&db).await.ok();
+
+    let end = loop {
+        if stop.is_cancelled() {
+            break RunEnd::Interrupted;
+        }
+        while let Some(done) = tasks.try_join_next() {
+            log_panic(done);
+        }
+        let free = workers.available_permits();
+        let mut claimed = Vec::new();
+        if free > 0 {
+            claimed = claim(&db, &config, &[JobKind::CreateTicket], free).await?;
+        }
+        let free_uploads = uploads
+            .available_permits()
+            .min(free.saturating_sub(claimed.len()));
+        if free_uploads > 0 {
+            claimed.extend(claim(&db, &config, &[JobKind::Upload], free_uploads).await?);
+        }
+        let got_work = !claimed.is_empty();
+        for job in claimed {
+            let worker = workers.clone().try_acquire_owned().expect("claimed within free slots");
+            let upload = match job.kind {
+                JobKind::Upload => Some(
+                    uploads
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("claimed within free upload slots"),
+                ),
+                JobKind::CreateTicket => None,
+            };
+            lock(&in_flight).insert(job.id, job.attempt);
+            let shared = shared.clone();
+            let in_flight = in_flight.clone();
+            let span = tracing::info_span!(
+                "job", job_id = %job.id, kind = %job.kind, attempt = job.attempt,
+                batch = ?job.batch_id.map(|b| b.to_string()), ticket_ref = tracing::field::Empty
+            );
+            tasks.spawn(
+                async move {
+                    execute(&shared, &job).await;
+                    lock(&in_flight).remove(&job.id);
+                    drop((worker, upload));
+                }
+                .instrument(span),
+            );
+        }
+        if got_work && workers.available_permits() > 0 {
+            continue;
+        }
+        if !got_work
+            && tasks.is_empty()
+            && !config.watch
+            && !queue::has_unfinished(&db, config.batch).await?
+        {
+            break RunEnd::Drained;
+        }
+        // Wait for a slot, a notification, the next scheduled job, or a stop.
+        let wake = next_wake(&db, &config).await?;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
+            _ = notified(&mut listener), if got_work || workers.available_permits() > 0 => {}
+            _ = tokio::time::sleep(wake) => {}
+        }
+    };
+
+    if end == RunEnd::Interrupted && !tasks.is_empty() {
+        tracing::info!(
+            in_flight = tasks.len(),
+            "stopping: no new claims; letting in-flight jobs finish"
+        );
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                log_panic(done);
+            }
+        };
+        if tokio::time::timeout(config.shutdown_grace, drain).await.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    heartbeat.abort();
+    // Whatever is still ours goes back to the queue now, not when its lease runs out.
+    let leftover: Vec<JobRef> = lock(&in_flight)
+        .iter()
+        .map(|(id, attempt)| JobRef {
+            id: *id,
+            attempt: *attempt,
+        })
+        .collect();
+    if !leftover.is_empty() {
+        queue::release(&db, &leftover).await?;
+        tracing::info!(released = leftover.len(), "released unfinished jobs");
+    }
+    Ok(end)
+}
+
+async fn claim(
+    db: &PgPool,
+    config: &PoolConfig,
+    kinds: &[JobKind],
+    limit: usize,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    queue::claim(
+        db,
+        kinds,
+        config.batch,
+        limit as i64,
+        &config.worker_name,
+        config.lease,
+    )
+    .await
+}
+
+/// How long to sleep when idle: until the next scheduled job, at most `idle_poll`.
+async fn next_wake(db: &PgPool, config: &PoolConfig) -> Result<Duration, StoreError> {
+    let next = queue::next_run_at(db, config.batch).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let until = next
+        .map(|at| (at - now).try_into().unwrap_or(Duration::ZERO))
+        .unwrap_or(config.idle_poll);
+    Ok(until.clamp(Duration::from_millis(10), config.idle_poll))
+}
+
+async fn notified(listener: &mut Option<sqlx::postgres::PgListener>) {
+    match listener {
+        Some(l) => {
+            if l.recv().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a job task panicked; its lease will expire and it will run again");
+    }
+}
+
+/// Extend the leases of the jobs this process holds, every third of a lease.
+async fn heartbeat(db: PgPool, in_flight: Arc<Mutex<HashMap<JobId, i32>>>, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let refs: Vec<JobRef> = lock(&in_flight)
+            .iter()
+            .map(|(id, attempt)| JobRef {
+                id: *id,
+                attempt: *attempt,
+            })
+            .collect();
+        if !refs.is_empty()
+            && let Err(e) = queue::heartbeat(&db, &refs, lease).await
+        {
+            tracing::warn!(error = %e, "lease heartbeat failed");
+        }
+    }
+}
+
+/// Run one job and settle its outcome. Nothing escapes: every error is recorded or logged.
+async fn execute(shared: &Shared, job: &ClaimedJob) {
+    let result = match job.kind {
+        JobKind::Upload => jobs::upload(shared, job).await,
+        JobKind::CreateTicket => jobs::create(shared, job).await,
+    };
+    let failure = match result {
+        Ok(()) => return,
+        Err(HandlerError::Store(StoreError::Fenced { .. })) => {
+            tracing::warn!("lease lost to another worker; dropping this attempt's result");
+            return;
+        }
+        Err(HandlerError::Store(e)) => Failure {
+            next: Next::Retry { after: None },
+            reason: format!("database error: {e}"),
+        },
+        Err(HandlerError::Job(f)) => f,
+    };
+    if let Err(e) = settle(shared, job, &failure).await {
+        match e {
+            StoreError::Fenced { .. } => {
+                tracing::warn!("lease lost to another worker; dropping this attempt's result")
+            }
+            e => tracing::error!(error = %e, reason = %failure.reason,
+                "could not record a job's failure; it will run again when its lease expires"),
+        }
+    }
+}
+
+/// Write what a failure means: retry, wait, fail (with the ticket), review or re-upload.
+async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<(), StoreError> {
+    let job_ref = job.job_ref();
+    let reason = failure.reason.as_str();
+    let mut tx = shared.db.begin().await?;
+    match &failure.next {
+        Next::Wait { after } => {
+            tracing::info!(wait = ?after, "rate limited; waiting without using an attempt");
+            queue::reschedule(&mut *tx, job_ref, *after, Some(reason)).await?;
+        }
+        Next::Retry { after } => {
+            let outcome = match after {
+                Some(after) => {
+                    queue::fail_after(&mut *tx, job_ref, reason, *after).await?
+                }
+                None => {
+                    queue::fail(&mut *tx, job_ref, reason, RetryDecision::Retry, &shared.backoff)
+                        .await?
+                }
+            };
+            match outcome {
+                FailOutcome::Retrying { at } => {
+                    tracing::warn!(error = reason, retry_at = %at, "will retry")
+                }
+                FailOutcome::Failed => {
+                    tracing::error!(error = reason, "out of attempts");
+                    fail_subject(&mut tx, job, &format!("gave up after {} attempts: {reason}", job.attempt)).await?;
+                }
+            }
+        }
+        Next::Fail | Next::Presign | Next::Rehash | Next::AlreadyCreated => {
+            tracing::error!(error = reason, "failed");
+            queue::fail(&mut *tx, job_ref, reason, RetryDecision::Permanent, &shared.backoff).await?;
+            fail_subject(&mut tx, job, reason).await?;
+        }
+        Next::Review => {
+            tracing::warn!(error = reason, "needs review");
+            queue::fail(&mut *tx, job_ref, reason, RetryDecision::Permanent, &shared.backoff).await?;
+            if let Some(ticket) = job.ticket_id {
+                tickets::set_ticket_state(&mut tx, ticket, TicketState::NeedsReview, Some(reason))
+                    .await?;
+            }
+        }
+        Next::Reupload { keys } => {
+            let ticket = job.ticket_id.expect("create jobs name their ticket");
+            let work = tickets::create_work(&mut tx, ticket).await?;
+            let named: Vec<_> = work
+                .attachments
+                .iter()
+                .filter(|(_, key, _)| key.as_ref().is_some_and(|k| keys.contains(k)))
+                .map(|(id, _, _)| *id)
+                .collect();
+            let not_uploaded: Vec<_> = work
+                .attachments
+                .iter()
+                .filter(|(_, _, state)| *state != AttachmentState::Uploaded)
+                .map(|(id, _, _)| *id)
+                .collect();
+            let again = if !named.is_empty() {
+                named
+            } else if !not_uploaded.is_empty() {
+                not_uploaded
+            } else {
+                work.attachments.iter().map(|(id, _, _)| *id).collect()
+            };
+            tracing::warn!(error = reason, attachments = again.len(), "uploading again");
+            tickets::reopen_uploads(&mut tx, job_ref, ticket, &again, reason).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A job that will not run again fails what it was for: its attachment and ticket.
+async fn fail_subject(
+    tx: &mut sqlx::PgConnection,
+    job: &ClaimedJob,
+    reason: &str,
+) -> Result<(), StoreError> {
+    match (job.kind, job.attachment_id, job.ticket_id) {
+        (JobKind::Upload, Some(attachment), Some(ticket)) => {
+            tickets::fail_attachment(tx, attachment, ticket, reason).await
+        }
+        (_, _, Some(ticket)) => {
+            tickets::set_ticket_state(tx, ticket, TicketState::Failed, Some(reason)).await
+        }
+        _ => Ok(()),
+    }
+}

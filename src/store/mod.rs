@@ -1,1 +1,2 @@
-//! store (stub)
+pub mod status;
+pub mod tickets;

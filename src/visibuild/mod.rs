@@ -1,1 +1,396 @@
-//! visibuild (stub)
+//! The Visibuild client: presign an attachment, PUT it to S3 with exactly the returned
+//! headers, create a ticket; every failure classified by what to do next ([`ApiError`]).
+
+pub mod auth;
+pub mod error;
+
+use crate::domain::{Priority, ProjectId};
+use crate::rate::RateGate;
+use crate::secret::{PresignedUrl, Secret};
+pub use auth::{Credentials, TokenSource};
+pub use error::ApiError;
+use error::{classify_ticket_422, parse_retry_after, s3_error_code, snippet};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Bytes read from disk per chunk when streaming an upload.
+pub const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// The Visibuild regions and their origins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Region {
+    Au,
+    Eu,
+    Us,
+}
+
+impl Region {
+    pub fn origin(self) -> &'static str {
+        match self {
+            Region::Au => "https://app.visibuild.com.au",
+            Region::Eu => "https://app.visibuild.co.uk",
+            Region::Us => "https://app.us.visibuild.com",
+        }
+    }
+}
+
+/// Everything the client needs, injected (so tests point it at a sandbox on port 0).
+pub struct ClientConfig {
+    /// The origin only, e.g. `https://app.visibuild.com.au`.
+    pub api_url: String,
+    pub credentials: Credentials,
+    pub api_gate: Arc<RateGate>,
+    pub upload_gate: Arc<RateGate>,
+    /// Per-request timeout for API calls (uploads get no overall timeout, only a stall one).
+    pub timeout: Duration,
+}
+
+/// Request counters, for the summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub presigns: AtomicU64,
+    pub uploads: AtomicU64,
+    pub creates: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+}
+
+/// What to presign.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresignRequest {
+    pub filename: String,
+    pub content_type: String,
+    pub file_size: u64,
+    pub checksum: String,
+}
+
+/// A presigned upload: the key to reference, and where and how to PUT the bytes.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub key: String,
+    pub url: PresignedUrl,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A ticket to create.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTicket {
+    pub title: String,
+    pub project_id: ProjectId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachment_keys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Contact {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PresignResponse {
+    data: PresignData,
+}
+#[derive(Deserialize)]
+struct PresignData {
+    upload: UploadBody,
+}
+#[derive(Deserialize)]
+struct UploadBody {
+    key: String,
+    url: String,
+    #[serde(default)]
+    headers: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The Visibuild API and its S3 uploads.
+pub struct Client {
+    http: reqwest::Client,
+    uploads: reqwest::Client,
+    api_url: String,
+    tokens: TokenSource,
+    api_gate: Arc<RateGate>,
+    upload_gate: Arc<RateGate>,
+    pub counters: Counters,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Self, reqwest::Error> {
+        let api_url = config.api_url.trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("visibuild-import/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let uploads = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .user_agent(concat!("visibuild-import/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            tokens: TokenSource::new(config.credentials, format!("{api_url}/oauth/token")),
+            http,
+            uploads,
+            api_url,
+            api_gate: config.api_gate,
+            upload_gate: config.upload_gate,
+            counters: Counters::default(),
+        })
+    }
+
+    /// `POST /api/core/v1/attachments`: a presigned URL for one file.
+    pub async fn presign(&self, request: &PresignRequest) -> Result<Upload, ApiError> {
+        self.counters.presigns.fetch_add(1, Ordering::Relaxed);
+        let (status, body) = self
+            .api_post("/api/core/v1/attachments", request, false)
+            .await?;
+        if !status.is_success() {
+            return Err(api_failure(status, &body));
+        }
+        let parsed: PresignResponse =
+            serde_json::from_str(&body).map_err(|e| ApiError::Permanent {
+                status: status.as_u16(),
+                reason: format!("presign answer not understood: {e}"),
+            })?;
+        let u = parsed.data.upload;
+        let headers = u
+            .headers
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+            .collect();
+        Ok(Upload {
+            key: u.key,
+            url: PresignedUrl::new(u.url),
+            headers,
+        })
+    }
+
+    /// `PUT` the file to the presigned URL: streamed, with exactly the returned headers and
+    /// an explicit `Content-Length` (S3 refuses chunked bodies).
+    pub async fn put_file(&self, upload: &Upload, path: &Path, size: u64) -> Result<(), ApiError> {
+        self.upload_gate.acquire().await;
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ApiError::Permanent {
+                status: 0,
+                reason: format!("cannot open {}: {e}", path.display()),
+            })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
+        let mut request = self
+            .uploads
+            .put(upload.url.expose())
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(stream));
+        for (name, value) in &upload.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.map_err(|e| ApiError::Transient {
+            reason: format!("upload to {} failed: {}", upload.url, describe_reqwest(e)),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            self.counters
+                .bytes_uploaded
+                .fetch_add(size, Ordering::Relaxed);
+            return Ok(());
+        }
+        let retry_after = retry_after_of(&response);
+        let body = response.text().await.unwrap_or_default();
+        let code = s3_error_code(&body).unwrap_or("").to_string();
+        let reason = format!("{} {}", upload.url.redacted(), snippet_xml_message(&body));
+        Err(match (status.as_u16(), code.as_str()) {
+            (403, _) => ApiError::UploadUrlRejected {
+                status: 403,
+                code,
+                reason,
+            },
+            (400, "BadDigest" | "InvalidDigest" | "IncompleteBody" | "EntityTooSmall" | "EntityTooLarge") => {
+                ApiError::UploadContentMismatch {
+                    status: 400,
+                    code,
+                    reason,
+                }
+            }
+            (429, _) => {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                self.upload_gate.pause(delay);
+                ApiError::RateLimited {
+                    retry_after: Some(delay),
+                }
+            }
+            (s, _) if s >= 500 || code == "SlowDown" || code == "RequestTimeout" => {
+                ApiError::Transient {
+                    reason: format!("S3 answered {status} {code}"),
+                    retry_after,
+                }
+            }
+            (s, _) => ApiError::Permanent {
+                status: s,
+                reason: format!("S3 answered {status} {code}: {reason}"),
+            },
+        })
+    }
+
+    /// `POST /api/core/v1/tickets`. A request that left without an answer is
+    /// [`ApiError::OutcomeUnknown`]: the ticket may exist.
+    pub async fn create_ticket(&self, ticket: &NewTicket) -> Result<Option<String>, ApiError> {
+        self.counters.creates.fetch_add(1, Ordering::Relaxed);
+        let (status, body) = self.api_post("/api/core/v1/tickets", ticket, true).await?;
+        if status.is_success() {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let id = ["/data/ticket/id", "/data/id", "/id"]
+                .iter()
+                .find_map(|p| value.pointer(p))
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            return Ok(id);
+        }
+        if status.as_u16() == 422
+            && let Some(err) = classify_ticket_422(&body, &ticket.attachment_keys)
+        {
+            return Err(err);
+        }
+        Err(api_failure(status, &body))
+    }
+
+    /// POST JSON with the bearer token, through the API rate gate. A 401 gets one retry with
+    /// a fresh token where the credentials allow it.
+    async fn api_post<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        outcome_matters: bool,
+    ) -> Result<(reqwest::StatusCode, String), ApiError> {
+        let url = format!("{}{}", self.api_url, path);
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            self.api_gate.acquire().await;
+            let sent = self
+                .http
+                .post(&url)
+                .bearer_auth(token.expose())
+                .json(body)
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => return Err(transport_failure(path, e, outcome_matters)),
+            };
+            let status = response.status();
+            let retry_after = retry_after_of(&response);
+            let text = match response.text().await {
+                Ok(t) => t,
+                Err(e) if status.is_success() && outcome_matters => {
+                    return Err(ApiError::OutcomeUnknown {
+                        reason: format!("{path}: answer lost: {}", describe_reqwest(e)),
+                    });
+                }
+                Err(_) => String::new(),
+            };
+            match status.as_u16() {
+                401 if !refreshed && self.tokens.can_refresh() => {
+                    self.tokens.invalidate(&token).await;
+                    refreshed = true;
+                }
+                401 => {
+                    return Err(ApiError::Unauthorized {
+                        reason: format!("{path}: {}", snippet(&text)),
+                    });
+                }
+                429 => {
+                    self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                    self.api_gate.pause(delay);
+                    return Err(ApiError::RateLimited {
+                        retry_after: Some(delay),
+                    });
+                }
+                s if s >= 500 => {
+                    return Err(ApiError::Transient {
+                        reason: format!("{path} answered {status}"),
+                        retry_after,
+                    });
+                }
+                _ => return Ok((status, text)),
+            }
+        }
+    }
+
+    async fn token(&self) -> Result<Secret, ApiError> {
+        self.tokens.token(&self.http).await
+    }
+}
+
+/// A non-2xx API answer that is not a 401, 429 or 5xx.
+fn api_failure(status: reqwest::StatusCode, body: &str) -> ApiError {
+    ApiError::Permanent {
+        status: status.as_u16(),
+        reason: snippet(body),
+    }
+}
+
+/// A request that failed in transport. When the request may have reached the server and
+/// its outcome matters (ticket create), the outcome is unknown; otherwise it is transient.
+fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: bool) -> ApiError {
+    let maybe_sent = !e.is_connect();
+    let reason = format!("{path}: {}", describe_reqwest(e));
+    if outcome_matters && maybe_sent {
+        ApiError::OutcomeUnknown { reason }
+    } else {
+        ApiError::Transient {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// A reqwest error with its cause chain, without the URL (which may carry a signature).
+pub(crate) fn describe_reqwest(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+pub(crate) fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()
+        .and_then(parse_retry_after)
+}
+
+/// The `<Message>` of an S3 XML error, or a snippet of the body.
+fn snippet_xml_message(body: &str) -> String {
+    let start = body.find("<Message>").map(|i| i + "<Message>".len());
+    let end = body.find("</Message>");
+    match (start, end) {
+        (Some(s), Some(e)) if e > s => body[s..e].to_string(),
+        _ => snippet(body),
+    }
+}

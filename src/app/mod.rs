@@ -1,0 +1,401 @@
+//! The commands, on validated settings: check, enqueue, import, run, status, retry, report.
+//! Each returns an [`Exit`]; errors carry what the operator should do about them.
+
+mod logging;
+mod operator;
+
+pub use logging::{LogFormat, LogSettings, init_logging};
+pub use operator::{RetrySettings, report, retry, status};
+
+use crate::manifest::{self, Checked, ManifestOptions};
+use crate::pipeline::{self, PoolConfig, Progress, RunEnd};
+use crate::rate::{Rate, RateGate};
+use crate::store::{self, status as stats, tickets};
+use crate::visibuild::{Client, ClientConfig, Credentials};
+use crate::domain::BatchId;
+use crate::secret::Secret;
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How the program ends, per SPEC: 0 all created; 1 failed tickets; 2 usage, manifest or
+/// credential error; 130 interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    TicketsFailed,
+    Usage,
+    Interrupted,
+}
+
+/// A mistake in what the operator gave us (flags, manifest, credentials): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
+    match result {
+        Ok(Exit::Success) => ExitCode::SUCCESS,
+        Ok(Exit::TicketsFailed) => ExitCode::from(1),
+        Ok(Exit::Usage) => ExitCode::from(2),
+        Ok(Exit::Interrupted) => ExitCode::from(130),
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            let usage = e.chain().any(|c| {
+                c.is::<UsageError>()
+                    || c.is::<manifest::ManifestError>()
+                    || matches!(
+                        c.downcast_ref::<crate::visibuild::ApiError>(),
+                        Some(crate::visibuild::ApiError::Unauthorized { .. })
+                    )
+            });
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+/// Which manifest, and how to read it.
+#[derive(Debug, Clone)]
+pub struct ManifestSettings {
+    pub manifest: PathBuf,
+    pub files_root: Option<PathBuf>,
+    pub allow_outside_root: bool,
+}
+
+impl ManifestSettings {
+    fn options(&self) -> ManifestOptions {
+        ManifestOptions {
+            files_root: self.files_root.clone(),
+            allow_outside_root: self.allow_outside_root,
+        }
+    }
+}
+
+/// Where Visibuild is and how to call it.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub api_url: Option<String>,
+    pub credentials: Option<Credentials>,
+    pub sandbox: bool,
+    pub api_rate: Rate,
+    pub upload_rate: Rate,
+}
+
+/// How hard to work.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub workers: usize,
+    pub upload_concurrency: usize,
+    pub lease: Duration,
+    pub quiet: bool,
+}
+
+pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
+    store::connect(database_url).await?;
+    println!("database ready: migrations applied");
+    Ok(Exit::Success)
+}
+
+/// Check a manifest, print every problem compiler-style and a summary line.
+pub async fn check(settings: &ManifestSettings) -> Result<Exit, anyhow::Error> {
+    let checked = check_manifest(settings).await?;
+    for problem in &checked.problems {
+        println!("{problem}");
+    }
+    println!("{}", summary_line(&checked));
+    Ok(if checked.is_clean() {
+        Exit::Success
+    } else {
+        Exit::Usage
+    })
+}
+
+async fn check_manifest(settings: &ManifestSettings) -> Result<Checked, anyhow::Error> {
+    let path = settings.manifest.clone();
+    let options = settings.options();
+    Ok(tokio::task::spawn_blocking(move || manifest::check(&path, &options)).await??)
+}
+
+fn summary_line(checked: &Checked) -> String {
+    format!(
+        "{}: {} tickets, {} files, {} bytes; {} problems",
+        if checked.is_clean() { "ok" } else { "errors" },
+        checked.tickets.len(),
+        checked.files(),
+        checked.bytes(),
+        checked.problems.len()
+    )
+}
+
+/// Validate and load a manifest as a batch. Returns the batch.
+pub async fn enqueue(
+    database_url: &str,
+    settings: &ManifestSettings,
+    batch: Option<&str>,
+    skip_invalid: bool,
+    max_attempts: i32,
+) -> Result<BatchId, anyhow::Error> {
+    let checked = check_manifest(settings).await?;
+    for problem in &checked.problems {
+        eprintln!("{problem}");
+    }
+    if !checked.is_clean() && !skip_invalid {
+        return Err(UsageError(format!(
+            "{} has {} problems; nothing was loaded (fix them, or pass --skip-invalid to load the valid tickets)",
+            settings.manifest.display(),
+            checked.problems.len()
+        ))
+        .into());
+    }
+    if !checked.skipped_refs.is_empty() {
+        eprintln!(
+            "skipped {} tickets with problems: {}",
+            checked.skipped_refs.len(),
+            checked.skipped_refs.join(", ")
+        );
+    }
+    let db = store::connect(database_url).await?;
+    let name = batch.map(str::to_string).unwrap_or_else(|| default_batch_name(&settings.manifest));
+    let root = files_root(settings);
+    let mut tx = db.begin().await?;
+    let batch_id = tickets::upsert_batch(
+        &mut *tx,
+        &name,
+        &settings.manifest.to_string_lossy(),
+        &root.to_string_lossy(),
+    )
+    .await?;
+    let loaded = tickets::load_tickets(&mut tx, batch_id, &checked.tickets, max_attempts).await?;
+    tx.commit().await?;
+    for changed in &loaded.changed {
+        eprintln!(
+            "{}:{}: ref {:?} (project {}) was loaded before with other fields; kept as it was, not loaded again",
+            settings.manifest.display(),
+            changed.line,
+            changed.reference,
+            changed.project_id
+        );
+    }
+    println!(
+        "batch {name}: {} tickets and {} files added; {} already known; {} changed refs reported",
+        loaded.tickets_added,
+        loaded.attachments_added,
+        loaded.unchanged,
+        loaded.changed.len()
+    );
+    Ok(batch_id)
+}
+
+fn default_batch_name(manifest: &Path) -> String {
+    manifest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "manifest".into())
+}
+
+fn files_root(settings: &ManifestSettings) -> PathBuf {
+    settings.files_root.clone().unwrap_or_else(|| {
+        settings
+            .manifest
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    })
+}
+
+/// The client, and the in-process sandbox when rehearsing (kept alive by the caller).
+async fn connect_api(
+    api: &ApiSettings,
+) -> Result<(Arc<Client>, Option<crate::sandbox::Sandbox>), anyhow::Error> {
+    let (api_url, credentials, sandbox) = if api.sandbox {
+        let sandbox = crate::sandbox::start(crate::sandbox::SandboxConfig::default())
+            .await
+            .context("starting the in-process sandbox")?;
+        let credentials = api
+            .credentials
+            .clone()
+            .unwrap_or_else(|| Credentials::Token(Secret::new("sandbox-token")));
+        tracing::info!(url = %sandbox.base_url(), "rehearsing against the in-process sandbox");
+        (sandbox.base_url(), credentials, Some(sandbox))
+    } else {
+        let url = api.api_url.clone().ok_or_else(|| {
+            UsageError("no Visibuild origin: pass --api-url or --region (or --sandbox to rehearse)".into())
+        })?;
+        let credentials = api.credentials.clone().ok_or_else(|| {
+            UsageError(
+                "no credentials: set VISIBUILD_TOKEN, or VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET".into(),
+            )
+        })?;
+        (url, credentials, None)
+    };
+    let client = Client::new(ClientConfig {
+        api_url,
+        credentials,
+        api_gate: Arc::new(RateGate::new(Some(api.api_rate))),
+        upload_gate: Arc::new(RateGate::new(Some(api.upload_rate))),
+        timeout: Duration::from_secs(60),
+    })?;
+    Ok((Arc::new(client), sandbox))
+}
+
+/// Cancelled at the first Ctrl-C or SIGTERM; a second one exits at once.
+pub fn stop_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let next = async {
+            match term.as_mut() {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = t.recv() => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        next.await;
+        eprintln!("stopping: finishing in-flight work (signal again to exit at once)");
+        stop.cancel();
+        let again = async {
+            match term.as_mut() {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = t.recv() => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        again.await;
+        eprintln!("second signal: exiting now; leases will return unfinished work to the queue");
+        std::process::exit(130);
+    });
+    token
+}
+
+/// Enqueue, run until the batch is finished, print the summary.
+pub async fn import(
+    database_url: &str,
+    manifest: &ManifestSettings,
+    batch: Option<&str>,
+    skip_invalid: bool,
+    max_attempts: i32,
+    api: ApiSettings,
+    workers: WorkerSettings,
+) -> Result<Exit, anyhow::Error> {
+    let batch_id = enqueue(database_url, manifest, batch, skip_invalid, max_attempts).await?;
+    work(database_url, api, workers, false, Some(batch_id)).await
+}
+
+/// Run the pool on what is queued (one batch, or all).
+pub async fn run(
+    database_url: &str,
+    api: ApiSettings,
+    workers: WorkerSettings,
+    watch: bool,
+    batch: Option<&str>,
+) -> Result<Exit, anyhow::Error> {
+    let batch_id = match batch {
+        Some(name) => Some(
+            tickets::batch_by_name(&store::connect(database_url).await?, name)
+                .await?
+                .ok_or_else(|| UsageError(format!("no batch named {name:?}")))?
+                .id,
+        ),
+        None => None,
+    };
+    work(database_url, api, workers, watch, batch_id).await
+}
+
+async fn work(
+    database_url: &str,
+    api: ApiSettings,
+    workers: WorkerSettings,
+    watch: bool,
+    batch: Option<BatchId>,
+) -> Result<Exit, anyhow::Error> {
+    let db = store::connect(database_url).await?;
+    let (client, sandbox) = connect_api(&api).await?;
+    let progress = Arc::new(Progress::default());
+    let remaining = stats::remaining(&db, batch).await?;
+    progress.tickets_total.store(remaining.tickets, std::sync::atomic::Ordering::Relaxed);
+    progress.files_total.store(remaining.files, std::sync::atomic::Ordering::Relaxed);
+    progress.bytes_total.store(remaining.bytes, std::sync::atomic::Ordering::Relaxed);
+    let reporter = pipeline::progress::spawn_reporter(progress.clone(), workers.quiet);
+    let config = PoolConfig {
+        workers: workers.workers,
+        upload_concurrency: workers.upload_concurrency,
+        lease: workers.lease,
+        batch,
+        watch,
+        ..PoolConfig::default()
+    };
+    let stop = stop_on_signals();
+    let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await?;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    let summary = stats::run_summary(&db, batch).await?;
+    print_summary(&summary, &progress, &client, sandbox.as_ref());
+    if let Some(sandbox) = sandbox {
+        sandbox.shutdown().await;
+    }
+    Ok(match end {
+        RunEnd::Interrupted => Exit::Interrupted,
+        RunEnd::Drained if summary.failed + summary.needs_review + summary.pending > 0 => {
+            Exit::TicketsFailed
+        }
+        RunEnd::Drained => Exit::Success,
+    })
+}
+
+fn print_summary(
+    s: &stats::RunSummary,
+    progress: &Progress,
+    client: &Client,
+    sandbox: Option<&crate::sandbox::Sandbox>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &client.counters;
+    println!(
+        "tickets: {} created, {} failed, {} need review, {} not finished",
+        s.created, s.failed, s.needs_review, s.pending
+    );
+    println!(
+        "this run: {} files uploaded ({}), {} tickets created in {:.1}s",
+        progress.files.load(Relaxed),
+        pipeline::progress::human_bytes(progress.bytes.load(Relaxed)),
+        progress.tickets.load(Relaxed),
+        progress.elapsed().as_secs_f64()
+    );
+    println!(
+        "requests: {} presign, {} upload, {} create; {} rate-limited (429)",
+        c.presigns.load(Relaxed),
+        c.uploads.load(Relaxed),
+        c.creates.load(Relaxed),
+        c.rate_limited.load(Relaxed)
+    );
+    for (reason, count) in &s.top_errors {
+        println!("  {count} × {reason}");
+    }
+    if let Some(sandbox) = sandbox {
+        println!(
+            "sandbox: {} tickets now exist there (rehearsal only; nothing was sent to Visibuild)",
+            sandbox.tickets().len()
+        );
+    }
+    if s.failed + s.needs_review > 0 {
+        println!("see `visibuild-import status` for reasons, `visibuild-import retry` to try again");
+    }
+}

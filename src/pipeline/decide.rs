@@ -1,0 +1,193 @@
+//! The one table "this failure → that next step", for both kinds of job. Pure: it is
+//! unit-tested without a database or a network.
+
+use crate::domain::JobKind;
+use crate::visibuild::ApiError;
+use std::time::Duration;
+
+/// What the worker does after a failed call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Try again later, using up an attempt (backoff, or the server's delay if it gave one).
+    Retry { after: Option<Duration> },
+    /// Wait and try again without using up an attempt (a 429's `Retry-After`).
+    Wait { after: Duration },
+    /// Give up now: the reason is for the operator.
+    Fail,
+    /// Upload: the URL expired or its signature is refused — presign again.
+    Presign,
+    /// Upload: the bytes do not match what was presigned — hash again, presign again.
+    Rehash,
+    /// Create: Visibuild lacks these keys (all of ours when empty) — upload them again.
+    Reupload { keys: Vec<String> },
+    /// Create: an earlier attempt of ours landed (our keys are already linked).
+    AlreadyCreated,
+    /// Create, no attachments, outcome unknown: an operator must decide (`retry --force`).
+    Review,
+}
+
+/// What the decision may depend on besides the error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    /// A create request for this ticket left earlier (before this attempt).
+    pub sent_before: bool,
+    /// The ticket has attachments (so a repeat create is safe: Visibuild links a key once).
+    pub has_attachments: bool,
+}
+
+pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
+    use ApiError::*;
+    match (kind, error) {
+        (_, Transient { retry_after, .. }) => Next::Retry {
+            after: *retry_after,
+        },
+        (_, RateLimited { retry_after }) => Next::Wait {
+            after: retry_after.unwrap_or(Duration::from_secs(1)),
+        },
+        (_, Unauthorized { .. } | Permanent { .. } | OtherCompany { .. }) => Next::Fail,
+        (JobKind::Upload, UploadUrlRejected { .. }) => Next::Presign,
+        (JobKind::Upload, UploadContentMismatch { .. }) => Next::Rehash,
+        (JobKind::Upload, OutcomeUnknown { .. }) => Next::Retry { after: None },
+        (JobKind::CreateTicket, OutcomeUnknown { .. }) if ctx.has_attachments => {
+            Next::Retry { after: None }
+        }
+        (JobKind::CreateTicket, OutcomeUnknown { .. }) => Next::Review,
+        (JobKind::CreateTicket, KeyNotFound { keys }) => Next::Reupload { keys: keys.clone() },
+        (JobKind::CreateTicket, AlreadyAssociated { .. }) if ctx.sent_before => {
+            Next::AlreadyCreated
+        }
+        (JobKind::CreateTicket, AlreadyAssociated { .. }) => Next::Fail,
+        // A kind of error the other kind of call cannot produce: not ours to guess at.
+        (JobKind::Upload, KeyNotFound { .. } | AlreadyAssociated { .. }) => Next::Fail,
+        (JobKind::CreateTicket, UploadUrlRejected { .. } | UploadContentMismatch { .. }) => {
+            Next::Fail
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JobKind::{CreateTicket, Upload};
+
+    fn transient() -> ApiError {
+        ApiError::Transient {
+            reason: "503".into(),
+            retry_after: None,
+        }
+    }
+
+    const WITH_FILES: Context = Context {
+        sent_before: false,
+        has_attachments: true,
+    };
+    const RESENT_WITH_FILES: Context = Context {
+        sent_before: true,
+        has_attachments: true,
+    };
+    const RESENT_NO_FILES: Context = Context {
+        sent_before: true,
+        has_attachments: false,
+    };
+
+    #[test]
+    fn transient_failures_retry_with_backoff_or_the_servers_delay() {
+        assert_eq!(decide(Upload, &transient(), WITH_FILES), Next::Retry { after: None });
+        let slow = ApiError::Transient {
+            reason: "SlowDown".into(),
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            decide(CreateTicket, &slow, WITH_FILES),
+            Next::Retry {
+                after: Some(Duration::from_secs(2))
+            }
+        );
+    }
+
+    #[test]
+    fn a_429_waits_without_using_an_attempt() {
+        let e = ApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(
+            decide(Upload, &e, WITH_FILES),
+            Next::Wait {
+                after: Duration::from_secs(7)
+            }
+        );
+        let e = ApiError::RateLimited { retry_after: None };
+        assert_eq!(
+            decide(CreateTicket, &e, WITH_FILES),
+            Next::Wait {
+                after: Duration::from_secs(1)
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_fail_at_once() {
+        for e in [
+            ApiError::Unauthorized { reason: "x".into() },
+            ApiError::Permanent {
+                status: 400,
+                reason: "x".into(),
+            },
+            ApiError::OtherCompany { keys: vec![] },
+        ] {
+            assert_eq!(decide(CreateTicket, &e, WITH_FILES), Next::Fail, "{e}");
+            assert_eq!(decide(Upload, &e, WITH_FILES), Next::Fail, "{e}");
+        }
+    }
+
+    #[test]
+    fn s3_403_presigns_again_and_bad_digest_hashes_again() {
+        let expired = ApiError::UploadUrlRejected {
+            status: 403,
+            code: "AccessDenied".into(),
+            reason: "Request has expired".into(),
+        };
+        assert_eq!(decide(Upload, &expired, WITH_FILES), Next::Presign);
+        let digest = ApiError::UploadContentMismatch {
+            status: 400,
+            code: "BadDigest".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(decide(Upload, &digest, WITH_FILES), Next::Rehash);
+    }
+
+    #[test]
+    fn key_not_found_uploads_those_keys_again() {
+        let e = ApiError::KeyNotFound {
+            keys: vec!["k1".into()],
+        };
+        assert_eq!(
+            decide(CreateTicket, &e, WITH_FILES),
+            Next::Reupload {
+                keys: vec!["k1".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_create_outcome_is_retried_only_when_keys_make_it_safe() {
+        let e = ApiError::OutcomeUnknown {
+            reason: "reset".into(),
+        };
+        assert_eq!(
+            decide(CreateTicket, &e, RESENT_WITH_FILES),
+            Next::Retry { after: None }
+        );
+        assert_eq!(decide(CreateTicket, &e, RESENT_NO_FILES), Next::Review);
+    }
+
+    #[test]
+    fn already_associated_after_an_earlier_send_means_that_send_landed() {
+        let e = ApiError::AlreadyAssociated { keys: vec![] };
+        assert_eq!(
+            decide(CreateTicket, &e, RESENT_WITH_FILES),
+            Next::AlreadyCreated
+        );
+        assert_eq!(decide(CreateTicket, &e, WITH_FILES), Next::Fail);
+    }
+}

@@ -1,0 +1,252 @@
+//! The two job handlers: upload one attachment (hash, presign, PUT) and create one ticket.
+//! Each writes its own success in one transaction; failures go back as a [`Failure`].
+
+use super::decide::{self, Context, Next};
+use super::hash::{self, FileStamp};
+use super::Shared;
+use crate::domain::{AttachmentState, JobKind, Priority, TicketState};
+use crate::store::queue::ClaimedJob;
+use crate::store::{StoreError, tickets};
+use crate::visibuild::{ApiError, Contact, NewTicket, PresignRequest};
+use std::path::PathBuf;
+
+/// How many presign→PUT rounds one attempt makes when S3 refuses the URL or the bytes.
+const UPLOAD_ROUNDS: u32 = 3;
+
+/// A job that did not succeed: what to do next, and the reason an operator will read.
+#[derive(Debug)]
+pub struct Failure {
+    pub next: Next,
+    pub reason: String,
+}
+
+impl Failure {
+    pub fn fail(reason: impl Into<String>) -> Self {
+        Self {
+            next: Next::Fail,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Outcome of a handler: `Ok` means the handler already recorded success.
+pub type HandlerResult = Result<(), HandlerError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{}", .0.reason)]
+    Job(Failure),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Failure> for HandlerError {
+    fn from(f: Failure) -> Self {
+        HandlerError::Job(f)
+    }
+}
+
+fn api_failure(kind: JobKind, error: ApiError, ctx: Context) -> HandlerError {
+    HandlerError::Job(Failure {
+        next: decide::decide(kind, &error, ctx),
+        reason: error.to_string(),
+    })
+}
+
+pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
+    let attachment = job
+        .attachment_id
+        .ok_or_else(|| Failure::fail("upload job without an attachment"))?;
+    let work = tickets::upload_work(&shared.db, attachment).await?;
+    if work.state == AttachmentState::Uploaded {
+        let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+        tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        return Ok(());
+    }
+    let path = PathBuf::from(&work.resolved_path);
+    let mut rehash = false;
+    for round in 1..=UPLOAD_ROUNDS {
+        let (stamp, md5) = file_hash(shared, &path, rehash).await?;
+        let request = PresignRequest {
+            filename: work.filename.clone(),
+            content_type: work.content_type.clone(),
+            file_size: stamp.size,
+            checksum: md5.clone(),
+        };
+        let ctx = Context::default();
+        let upload = shared
+            .client
+            .presign(&request)
+            .await
+            .map_err(|e| api_failure(JobKind::Upload, e, ctx))?;
+        tickets::record_presign(
+            &shared.db,
+            job.job_ref(),
+            attachment,
+            &upload.key,
+            stamp.size as i64,
+            &md5,
+        )
+        .await?;
+        // The file must still be what we hashed; otherwise hash and presign again.
+        if stamp_of(&path)? != stamp {
+            rehash = true;
+            continue;
+        }
+        match shared.client.put_file(&upload, &path, stamp.size).await {
+            Ok(()) => {
+                shared.progress.file_done(stamp.size);
+                let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+                tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id).await?;
+                tx.commit().await.map_err(StoreError::from)?;
+                return Ok(());
+            }
+            Err(e) => match decide::decide(JobKind::Upload, &e, ctx) {
+                Next::Presign if round < UPLOAD_ROUNDS => {
+                    tracing::info!(error = %e, "presigning again");
+                    rehash = false;
+                }
+                Next::Rehash if round < UPLOAD_ROUNDS => {
+                    tracing::info!(error = %e, "hashing and presigning again");
+                    rehash = true;
+                }
+                Next::Presign | Next::Rehash => {
+                    return Err(Failure {
+                        next: Next::Retry { after: None },
+                        reason: e.to_string(),
+                    }
+                    .into());
+                }
+                next => {
+                    return Err(Failure {
+                        next,
+                        reason: e.to_string(),
+                    }
+                    .into());
+                }
+            },
+        }
+    }
+    unreachable!("the last round returns")
+}
+
+fn stamp_of(path: &std::path::Path) -> Result<FileStamp, Failure> {
+    hash::stamp(path).map_err(|e| Failure::fail(e.to_string()))
+}
+
+/// The file's stamp and MD5: from the cache when the file is unchanged, else read again.
+async fn file_hash(
+    shared: &Shared,
+    path: &std::path::Path,
+    force: bool,
+) -> Result<(FileStamp, String), HandlerError> {
+    let key = path.to_string_lossy().into_owned();
+    loop {
+        let before = stamp_of(path)?;
+        if before.size == 0 {
+            return Err(Failure::fail(format!("{}: the file is empty", path.display())).into());
+        }
+        if !force
+            && let Some(md5) =
+                tickets::cached_hash(&shared.db, &key, before.size as i64, before.mtime_ns).await?
+        {
+            return Ok((before, md5));
+        }
+        let owned = path.to_path_buf();
+        let (size, md5) = tokio::task::spawn_blocking(move || hash::md5_file(&owned))
+            .await
+            .map_err(|e| Failure::fail(format!("hashing stopped: {e}")))?
+            .map_err(|e| Failure::fail(e.to_string()))?;
+        let after = stamp_of(path)?;
+        if after == before && after.size == size {
+            tickets::save_hash(&shared.db, &key, size as i64, after.mtime_ns, &md5).await?;
+            return Ok((after, md5));
+        }
+        // Changed while we read it: read it again.
+    }
+}
+
+pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
+    let ticket = job
+        .ticket_id
+        .ok_or_else(|| Failure::fail("create job without a ticket"))?;
+    let mut conn = shared.db.acquire().await.map_err(StoreError::from)?;
+    let work = tickets::create_work(&mut conn, ticket).await?;
+    drop(conn);
+    let t = &work.ticket;
+    if t.state == TicketState::Created {
+        let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+        tickets::finish_create(&mut tx, job.job_ref(), ticket, None, None).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        return Ok(());
+    }
+    let keys: Vec<String> = work
+        .attachments
+        .iter()
+        .filter_map(|(_, key, state)| (*state == AttachmentState::Uploaded).then(|| key.clone())?)
+        .collect();
+    if keys.len() != work.attachments.len() {
+        return Err(Failure {
+            next: Next::Reupload { keys: vec![] },
+            reason: "not every attachment is uploaded".into(),
+        }
+        .into());
+    }
+    let ctx = Context {
+        sent_before: t.create_sent_at.is_some(),
+        has_attachments: !keys.is_empty(),
+    };
+    if ctx.sent_before && !ctx.has_attachments {
+        return Err(Failure {
+            next: Next::Review,
+            reason: "an earlier create request left without an answer; the ticket may exist \
+                     in Visibuild (check, then `retry --force` to send it again)"
+                .into(),
+        }
+        .into());
+    }
+    let request = NewTicket {
+        title: t.title.clone(),
+        project_id: t.project_id,
+        address: t.address.clone(),
+        priority: t.priority.as_deref().and_then(|p| p.parse::<Priority>().ok()),
+        attachment_keys: keys,
+        contact: (t.contact_name.is_some() || t.contact_email.is_some()).then(|| Contact {
+            name: t.contact_name.clone(),
+            email: t.contact_email.clone(),
+        }),
+    };
+    tickets::mark_create_sent(&shared.db, job.job_ref(), ticket).await?;
+    match shared.client.create_ticket(&request).await {
+        Ok(id) => {
+            let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+            tickets::finish_create(&mut tx, job.job_ref(), ticket, id.as_deref(), None).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            shared.progress.ticket_done();
+            Ok(())
+        }
+        Err(e) => match decide::decide(JobKind::CreateTicket, &e, ctx) {
+            Next::AlreadyCreated => {
+                tracing::info!("keys already linked: an earlier create of this ticket landed");
+                let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+                tickets::finish_create(
+                    &mut tx,
+                    job.job_ref(),
+                    ticket,
+                    None,
+                    Some("created by an earlier attempt whose answer was lost; Visibuild id unknown"),
+                )
+                .await?;
+                tx.commit().await.map_err(StoreError::from)?;
+                shared.progress.ticket_done();
+                Ok(())
+            }
+            next => Err(Failure {
+                next,
+                reason: e.to_string(),
+            }
+            .into()),
+        },
+    }
+}

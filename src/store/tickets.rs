@@ -1,0 +1,552 @@
+//! The import's own tables: batches, tickets, attachments and the hash cache, and the
+//! transitions that move them together with their jobs (fan-in, re-upload, outcomes).
+
+use super::StoreError;
+use super::queue::{self, JobRef, NewJob};
+use crate::domain::{
+    AttachmentId, AttachmentState, BatchId, JobKind, JobState, Priority, ProjectId, TicketId,
+    TicketState,
+};
+use crate::manifest::TicketSpec;
+use sqlx::{PgConnection, PgExecutor};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+
+/// Tickets loaded per statement.
+const LOAD_CHUNK: usize = 2_000;
+
+/// A batch, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Batch {
+    pub id: BatchId,
+    pub name: String,
+    pub manifest_path: String,
+    pub files_root: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// Find or create the batch named `name`.
+pub async fn upsert_batch<'e, E: PgExecutor<'e>>(
+    ex: E,
+    name: &str,
+    manifest_path: &str,
+    files_root: &str,
+) -> Result<BatchId, StoreError> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO batches (id, name, manifest_path, files_root) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET manifest_path = EXCLUDED.manifest_path
+         RETURNING id",
+    )
+    .bind(BatchId::new())
+    .bind(name)
+    .bind(manifest_path)
+    .bind(files_root)
+    .fetch_one(ex)
+    .await?;
+    Ok(id)
+}
+
+pub async fn batches<'e, E: PgExecutor<'e>>(ex: E) -> Result<Vec<Batch>, StoreError> {
+    Ok(sqlx::query_as("SELECT * FROM batches ORDER BY created_at, name")
+        .fetch_all(ex)
+        .await?)
+}
+
+pub async fn batch_by_name<'e, E: PgExecutor<'e>>(
+    ex: E,
+    name: &str,
+) -> Result<Option<Batch>, StoreError> {
+    Ok(sqlx::query_as("SELECT * FROM batches WHERE name = $1")
+        .bind(name)
+        .fetch_optional(ex)
+        .await?)
+}
+
+/// A ref that was loaded before with other fields: reported, never duplicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedRef {
+    pub project_id: ProjectId,
+    pub reference: String,
+    pub line: u64,
+}
+
+/// What a load did.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub tickets_added: u64,
+    pub attachments_added: u64,
+    pub unchanged: u64,
+    pub changed: Vec<ChangedRef>,
+}
+
+/// Load checked tickets into `batch`, with their attachments and jobs, inside the caller's
+/// transaction. Tickets whose (project_id, ref) exist keep their state.
+pub async fn load_tickets(
+    conn: &mut PgConnection,
+    batch: BatchId,
+    tickets: &[TicketSpec],
+    max_attempts: i32,
+) -> Result<LoadReport, StoreError> {
+    let mut report = LoadReport::default();
+    for chunk in tickets.chunks(LOAD_CHUNK) {
+        load_chunk(conn, batch, chunk, max_attempts, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn load_chunk(
+    conn: &mut PgConnection,
+    batch: BatchId,
+    chunk: &[TicketSpec],
+    max_attempts: i32,
+    report: &mut LoadReport,
+) -> Result<(), StoreError> {
+    let projects: Vec<ProjectId> = chunk.iter().map(|t| t.project_id).collect();
+    let refs: Vec<&str> = chunk.iter().map(|t| t.reference.as_str()).collect();
+    let existing: Vec<(ProjectId, String, String)> = sqlx::query_as(
+        "SELECT t.project_id, t.ref, t.fields_digest
+           FROM tickets t
+           JOIN UNNEST($1::uuid[], $2::text[]) AS k (project_id, ref)
+             ON t.project_id = k.project_id AND t.ref = k.ref",
+    )
+    .bind(&projects)
+    .bind(&refs)
+    .fetch_all(&mut *conn)
+    .await?;
+    let existing: HashMap<(ProjectId, &str), &str> = existing
+        .iter()
+        .map(|(p, r, d)| ((*p, r.as_str()), d.as_str()))
+        .collect();
+
+    let mut fresh: Vec<(TicketId, &TicketSpec, String)> = Vec::new();
+    for spec in chunk {
+        let digest = spec.fields_digest();
+        match existing.get(&(spec.project_id, spec.reference.as_str())) {
+            Some(old) if *old == digest => report.unchanged += 1,
+            Some(_) => report.changed.push(ChangedRef {
+                project_id: spec.project_id,
+                reference: spec.reference.clone(),
+                line: spec.line,
+            }),
+            None => fresh.push((TicketId::new(), spec, digest)),
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(());
+    }
+
+    let inserted: Vec<TicketId> = sqlx::query_scalar(
+        "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address, priority,
+                              contact_name, contact_email, fields_digest)
+         SELECT t.id, $1, t.project_id, t.ref, t.line, t.title, t.address, t.priority,
+                t.contact_name, t.contact_email, t.digest
+           FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::text[],
+                       $8::text[], $9::text[], $10::text[], $11::text[])
+             AS t (id, project_id, ref, line, title, address, priority, contact_name,
+                   contact_email, digest)
+         ON CONFLICT (project_id, ref) DO NOTHING
+         RETURNING id",
+    )
+    .bind(batch)
+    .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.1.reference.as_str()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.1.title.as_str()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.1.address.as_deref()).collect::<Vec<_>>())
+    .bind(
+        fresh
+            .iter()
+            .map(|f| f.1.priority.map(Priority::as_str))
+            .collect::<Vec<_>>(),
+    )
+    .bind(fresh.iter().map(|f| f.1.contact_name.as_deref()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.1.contact_email.as_deref()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|f| f.2.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    // A concurrent load of the same refs won the race for any ticket not returned here.
+    let inserted: std::collections::HashSet<TicketId> = inserted.into_iter().collect();
+    report.unchanged += (fresh.len() - inserted.len()) as u64;
+    report.tickets_added += inserted.len() as u64;
+
+    let mut a_ids = Vec::new();
+    let mut a_tickets = Vec::new();
+    let mut a_pos = Vec::new();
+    let mut a_paths = Vec::new();
+    let mut a_resolved = Vec::new();
+    let mut a_names = Vec::new();
+    let mut a_types = Vec::new();
+    let mut a_sizes = Vec::new();
+    let mut jobs = Vec::new();
+    for (ticket, spec, _) in fresh.iter().filter(|f| inserted.contains(&f.0)) {
+        for (pos, a) in spec.attachments.iter().enumerate() {
+            let id = AttachmentId::new();
+            a_ids.push(id);
+            a_tickets.push(*ticket);
+            a_pos.push(pos as i32);
+            a_paths.push(a.path.as_str());
+            a_resolved.push(a.resolved.to_string_lossy().into_owned());
+            a_names.push(a.filename.as_str());
+            a_types.push(a.content_type.as_str());
+            a_sizes.push(a.size as i64);
+            jobs.push(NewJob {
+                kind: JobKind::Upload,
+                state: JobState::Available,
+                batch_id: Some(batch),
+                ticket_id: Some(*ticket),
+                attachment_id: Some(id),
+                max_attempts,
+                run_at: None,
+            });
+        }
+        jobs.push(NewJob {
+            kind: JobKind::CreateTicket,
+            state: if spec.attachments.is_empty() {
+                JobState::Available
+            } else {
+                JobState::Blocked
+            },
+            batch_id: Some(batch),
+            ticket_id: Some(*ticket),
+            attachment_id: None,
+            max_attempts,
+            run_at: None,
+        });
+    }
+    if !a_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
+                                      content_type, size)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::bigint[])",
+        )
+        .bind(&a_ids)
+        .bind(&a_tickets)
+        .bind(&a_pos)
+        .bind(&a_paths)
+        .bind(&a_resolved)
+        .bind(&a_names)
+        .bind(&a_types)
+        .bind(&a_sizes)
+        .execute(&mut *conn)
+        .await?;
+        report.attachments_added += a_ids.len() as u64;
+    }
+    queue::enqueue(&mut *conn, &jobs).await?;
+    Ok(())
+}
+
+/// What an upload job needs to know.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UploadWork {
+    pub attachment_id: AttachmentId,
+    pub ticket_id: TicketId,
+    pub ticket_ref: String,
+    pub resolved_path: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    pub state: AttachmentState,
+}
+
+pub async fn upload_work<'e, E: PgExecutor<'e>>(
+    ex: E,
+    attachment: AttachmentId,
+) -> Result<UploadWork, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
+                a.filename, a.content_type, a.size, a.state
+           FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+          WHERE a.id = $1",
+    )
+    .bind(attachment)
+    .fetch_one(ex)
+    .await?)
+}
+
+/// The MD5 recorded for this file at this size and mtime, if any.
+pub async fn cached_hash<'e, E: PgExecutor<'e>>(
+    ex: E,
+    path: &str,
+    size: i64,
+    mtime_ns: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT md5 FROM file_hashes WHERE resolved_path = $1 AND size = $2 AND mtime_ns = $3",
+    )
+    .bind(path)
+    .bind(size)
+    .bind(mtime_ns)
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub async fn save_hash<'e, E: PgExecutor<'e>>(
+    ex: E,
+    path: &str,
+    size: i64,
+    mtime_ns: i64,
+    md5: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (resolved_path) DO UPDATE
+            SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5",
+    )
+    .bind(path)
+    .bind(size)
+    .bind(mtime_ns)
+    .bind(md5)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Record the key a presign returned (and the size and MD5 it was asked for), fenced by the
+/// job's claim: a worker whose lease was taken over writes nothing.
+pub async fn record_presign<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    attachment: AttachmentId,
+    key: &str,
+    size: i64,
+    md5: &str,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE attachments SET key = $3, size = $4, md5 = $5
+          WHERE id = $6
+            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
+    )
+    .bind(job.id)
+    .bind(job.attempt)
+    .bind(key)
+    .bind(size)
+    .bind(md5)
+    .bind(attachment)
+    .execute(ex)
+    .await?;
+    fenced(done.rows_affected(), job)
+}
+
+/// The attachment is in S3: mark it, complete its job, and — if it was the ticket's last —
+/// make the ticket's create job runnable, all in one transaction. The ticket row is locked
+/// first so that two uploads finishing together see each other (neither both nor neither).
+pub async fn finish_upload(
+    conn: &mut PgConnection,
+    job: JobRef,
+    attachment: AttachmentId,
+    ticket: TicketId,
+) -> Result<bool, StoreError> {
+    sqlx::query("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE")
+        .bind(ticket)
+        .execute(&mut *conn)
+        .await?;
+    queue::complete(&mut *conn, job).await?;
+    sqlx::query(
+        "UPDATE attachments SET state = 'uploaded', uploaded_at = now(), last_error = NULL
+          WHERE id = $1",
+    )
+    .bind(attachment)
+    .execute(&mut *conn)
+    .await?;
+    let unblocked = sqlx::query(
+        "UPDATE jobs SET state = 'available', run_at = now(), updated_at = now()
+          WHERE kind = 'create_ticket' AND ticket_id = $1 AND state = 'blocked'
+            AND NOT EXISTS (SELECT 1 FROM attachments
+                             WHERE ticket_id = $1 AND state <> 'uploaded')",
+    )
+    .bind(ticket)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        > 0;
+    if unblocked {
+        queue::notify(&mut *conn).await?;
+    }
+    Ok(unblocked)
+}
+
+/// An attachment that will not upload: it and its ticket are failed, with the reason.
+pub async fn fail_attachment(
+    conn: &mut PgConnection,
+    attachment: AttachmentId,
+    ticket: TicketId,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let path: String = sqlx::query_scalar(
+        "UPDATE attachments SET state = 'failed', last_error = $2 WHERE id = $1 RETURNING path",
+    )
+    .bind(attachment)
+    .bind(reason)
+    .fetch_one(&mut *conn)
+    .await?;
+    set_ticket_state(
+        &mut *conn,
+        ticket,
+        TicketState::Failed,
+        Some(&format!("attachment {path}: {reason}")),
+    )
+    .await
+}
+
+/// What a create job needs to know.
+#[derive(Debug, Clone)]
+pub struct CreateWork {
+    pub ticket: TicketRow,
+    /// `(attachment, key, state)` in manifest order.
+    pub attachments: Vec<(AttachmentId, Option<String>, AttachmentState)>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TicketRow {
+    pub id: TicketId,
+    pub batch_id: BatchId,
+    pub project_id: ProjectId,
+    #[sqlx(rename = "ref")]
+    pub reference: String,
+    pub line: i64,
+    pub title: String,
+    pub address: Option<String>,
+    pub priority: Option<String>,
+    pub contact_name: Option<String>,
+    pub contact_email: Option<String>,
+    pub state: TicketState,
+    pub visibuild_id: Option<String>,
+    pub create_sent_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+}
+
+pub async fn create_work(conn: &mut PgConnection, ticket: TicketId) -> Result<CreateWork, StoreError> {
+    let ticket: TicketRow = sqlx::query_as(
+        "SELECT id, batch_id, project_id, ref, line, title, address, priority, contact_name,
+                contact_email, state, visibuild_id, create_sent_at, last_error
+           FROM tickets WHERE id = $1",
+    )
+    .bind(ticket)
+    .fetch_one(&mut *conn)
+    .await?;
+    let attachments = sqlx::query_as(
+        "SELECT id, key, state FROM attachments WHERE ticket_id = $1 ORDER BY position",
+    )
+    .bind(ticket.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(CreateWork {
+        ticket,
+        attachments,
+    })
+}
+
+/// Durably note that a create request is about to leave, fenced by the job's claim.
+pub async fn mark_create_sent<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    ticket: TicketId,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE tickets SET create_sent_at = now(), state = 'creating', updated_at = now()
+          WHERE id = $3
+            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
+    )
+    .bind(job.id)
+    .bind(job.attempt)
+    .bind(ticket)
+    .execute(ex)
+    .await?;
+    fenced(done.rows_affected(), job)
+}
+
+/// The ticket exists in Visibuild (its id, when the answer said it): complete the job.
+pub async fn finish_create(
+    conn: &mut PgConnection,
+    job: JobRef,
+    ticket: TicketId,
+    visibuild_id: Option<&str>,
+    note: Option<&str>,
+) -> Result<(), StoreError> {
+    queue::complete(&mut *conn, job).await?;
+    sqlx::query(
+        "UPDATE tickets SET state = 'created', visibuild_id = COALESCE($2, visibuild_id),
+                last_error = $3, updated_at = now(), finished_at = now()
+          WHERE id = $1",
+    )
+    .bind(ticket)
+    .bind(visibuild_id)
+    .bind(note)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_ticket_state(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+    state: TicketState,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tickets SET state = $2, last_error = COALESCE($3, last_error), updated_at = now(),
+                finished_at = CASE WHEN $2 IN ('created', 'failed', 'needs_review')
+                                   THEN now() ELSE NULL END
+          WHERE id = $1",
+    )
+    .bind(ticket)
+    .bind(state)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Visibuild does not know some of our keys: those attachments go back to be uploaded
+/// again (new keys), and the create job waits for them (blocked, fenced by its claim).
+pub async fn reopen_uploads(
+    conn: &mut PgConnection,
+    create_job: JobRef,
+    ticket: TicketId,
+    attachments: &[AttachmentId],
+    reason: &str,
+) -> Result<(), StoreError> {
+    let blocked = sqlx::query(
+        "UPDATE jobs SET state = 'blocked', locked_until = NULL, locked_by = NULL,
+                last_error = $3, updated_at = now()
+          WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    )
+    .bind(create_job.id)
+    .bind(create_job.attempt)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    fenced(blocked.rows_affected(), create_job)?;
+    sqlx::query(
+        "UPDATE attachments SET state = 'pending', key = NULL, uploaded_at = NULL, last_error = $2
+          WHERE id = ANY($1)",
+    )
+    .bind(attachments)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET state = 'available', run_at = now(), locked_until = NULL,
+                locked_by = NULL, max_attempts = GREATEST(max_attempts, attempt + 1),
+                finished_at = NULL, updated_at = now()
+          WHERE kind = 'upload' AND attachment_id = ANY($1)",
+    )
+    .bind(attachments)
+    .execute(&mut *conn)
+    .await?;
+    set_ticket_state(&mut *conn, ticket, TicketState::Pending, Some(reason)).await?;
+    queue::notify(&mut *conn).await
+}
+
+fn fenced(rows: u64, job: JobRef) -> Result<(), StoreError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            job: job.id,
+            attempt: job.attempt,
+        })
+    }
+}
