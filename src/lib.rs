@@ -2,6 +2,7 @@
 //! Visibuild through a Postgres-backed job queue and a rate-limited worker pool.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod domain;
 pub mod manifest;
 pub mod pipeline;
