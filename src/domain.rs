@@ -52,7 +52,9 @@ uuid_id!(
 );
 
 /// A queue job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
 #[sqlx(transparent)]
 #[serde(transparent)]
 pub struct JobId(pub i64);
@@ -180,6 +182,9 @@ mod tests {
     fn priority_parses_case_insensitively_and_names_the_bad_value() {
         assert_eq!("High".parse::<Priority>(), Ok(Priority::High));
         let err = "urgent".parse::<Priority>().unwrap_err();
-        assert_eq!(err.to_string(), r#""urgent" is not one of low, medium, high"#);
+        assert_eq!(
+            err.to_string(),
+            r#""urgent" is not one of low, medium, high"#
+        );
     }
 }

@@ -2,13 +2,14 @@
 //! Visibuild through a Postgres-backed job queue and a rate-limited worker pool.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
 pub mod domain;
 pub mod manifest;
 pub mod pipeline;
+pub mod rate;
 pub mod sandbox;
 pub mod secret;
 pub mod store;
 pub mod visibuild;
-pub mod rate;
-pub mod app;
-pub mod cli;
+

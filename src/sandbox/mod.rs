@@ -1,1 +1,328 @@
-//! sandbox (stub)
+//! A strict local stand-in for Visibuild's API and the S3 it presigns for, with fault knobs,
+//! so the importer can be tested and rehearsed without the real service.
+//!
+//! Start it in-process with [`start`] (tests bind port 0) or from the CLI with
+//! [`serve_forever`]. S3 size mismatches answer `400 EntityTooSmall` / `400 EntityTooLarge`
+//! (the `Content-Length` against the presigned `fileSize`), checked before the body is read.
+
+mod api;
+mod s3;
+mod server;
+mod state;
+
+pub use api::MAX_FILE_SIZE;
+pub use s3::BUCKET;
+
+use crate::domain::Priority;
+use crate::secret::Secret;
+use serde::Serialize;
+use state::{Behaviour, Shared, SharedParts};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// How to run a sandbox. `Default` is a quiet, fault-free sandbox on `127.0.0.1:0` that
+/// accepts the token `sandbox-token` for company `sandbox`.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub listen: SocketAddr,
+    /// Long-lived bearer tokens: `(token, company)`.
+    pub tokens: Vec<(Secret, String)>,
+    /// OAuth clients: `(client id, client secret, company)`.
+    pub clients: Vec<(String, Secret, String)>,
+    /// Known projects; empty accepts any well-formed UUID.
+    pub projects: Vec<Uuid>,
+    /// Where objects are stored; `None` is a temporary directory removed with the sandbox.
+    pub data_dir: Option<PathBuf>,
+    /// API requests (incl. OAuth) per second; above it `429` with `Retry-After`.
+    pub rate: Option<u32>,
+    /// Probability of a random 500/502/503 on an API call, before it does anything.
+    pub fail_rate: f64,
+    /// Probability that a created ticket's response is lost (the connection just closes).
+    pub drop_rate: f64,
+    /// Probability of a 503 SlowDown / 500 InternalError on an S3 PUT, before its body.
+    pub s3_fail_rate: f64,
+    /// Added to every request.
+    pub latency: Duration,
+    /// Lifetime of presigned URLs.
+    pub url_ttl: Duration,
+    /// Lifetime of OAuth access tokens.
+    pub token_ttl: Duration,
+    /// Seeds keys, ids, tokens and fault dice, for reproducible runs.
+    pub seed: Option<u64>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tokens: vec![(Secret::new("sandbox-token"), "sandbox".to_string())],
+            clients: Vec::new(),
+            projects: Vec::new(),
+            data_dir: None,
+            rate: None,
+            fail_rate: 0.0,
+            drop_rate: 0.0,
+            s3_fail_rate: 0.0,
+            latency: Duration::ZERO,
+            url_ttl: Duration::from_secs(15 * 60),
+            token_ttl: Duration::from_secs(3600),
+            seed: None,
+        }
+    }
+}
+
+/// Why a sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{name} must be between 0 and 1, got {value}")]
+    BadProbability { name: &'static str, value: f64 },
+    #[error("rate must be at least 1 request per second")]
+    ZeroRate,
+    #[error("url_ttl must be between 1 second and 7 days")]
+    BadUrlTtl,
+    #[error("cannot prepare the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A ticket the sandbox created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxTicket {
+    pub id: Uuid,
+    pub company: String,
+    pub project_id: Uuid,
+    pub title: String,
+    pub priority: Option<Priority>,
+    pub address: Option<String>,
+    pub contact: Option<SandboxContact>,
+    pub attachments: Vec<SandboxAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SandboxContact {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// One attachment linked to a ticket, as uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxAttachment {
+    pub key: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    /// Base64 MD5 of the stored bytes (equal to the presigned checksum).
+    pub md5: String,
+}
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxObject {
+    pub key: String,
+    pub company: String,
+    pub size: u64,
+    /// Base64 MD5.
+    pub md5: String,
+    pub ticket_id: Option<Uuid>,
+}
+
+/// What the sandbox has served.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxStats {
+    /// `"POST /api/core/v1/tickets"` → status → count. S3 PUTs count as `"PUT /s3"`.
+    /// A dropped response is counted in `responses_dropped` only.
+    pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// `429`s served.
+    pub rate_limited: u64,
+    /// Random API 5xx served.
+    pub faults_injected: u64,
+    /// Tickets created whose response was never sent.
+    pub responses_dropped: u64,
+    /// Random S3 5xx served.
+    pub s3_faults: u64,
+}
+
+impl SandboxStats {
+    /// How many requests to `endpoint` (e.g. `"PUT /s3"`) were answered with `status`.
+    pub fn count(&self, endpoint: &str, status: u16) -> u64 {
+        self.requests
+            .get(endpoint)
+            .and_then(|by_status| by_status.get(&status))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// A running sandbox. Dropping it stops it (and removes its temporary data dir).
+pub struct Sandbox {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// Starts a sandbox on `cfg.listen` and returns once it accepts connections.
+pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
+    Ok(start_sandbox(cfg).await?)
+}
+
+async fn start_sandbox(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+    for (name, value) in [
+        ("fail_rate", cfg.fail_rate),
+        ("drop_rate", cfg.drop_rate),
+        ("s3_fail_rate", cfg.s3_fail_rate),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(SandboxError::BadProbability { name, value });
+        }
+    }
+    if cfg.rate == Some(0) {
+        return Err(SandboxError::ZeroRate);
+    }
+    if cfg.url_ttl < Duration::from_secs(1) || cfg.url_ttl > Duration::from_secs(604_800) {
+        return Err(SandboxError::BadUrlTtl);
+    }
+    let (temp_dir, data_dir) = match cfg.data_dir {
+        Some(dir) => (None, dir),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("visibuild-sandbox-")
+                .tempdir()
+                .map_err(|source| SandboxError::DataDir {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            let path = temp.path().to_path_buf();
+            (Some(temp), path)
+        }
+    };
+    let objects_dir = data_dir.join("objects");
+    let incoming_dir = data_dir.join("incoming");
+    for dir in [&objects_dir, &incoming_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| SandboxError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| SandboxError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SandboxError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let shared = Arc::new(Shared::new(SharedParts {
+        behaviour: Behaviour {
+            fail_rate: cfg.fail_rate,
+            drop_rate: cfg.drop_rate,
+            s3_fail_rate: cfg.s3_fail_rate,
+            latency: cfg.latency,
+            url_ttl: cfg.url_ttl,
+            token_ttl: cfg.token_ttl,
+        },
+        rate: cfg.rate,
+        seed: cfg.seed,
+        objects_dir,
+        incoming_dir,
+        authority: reachable(addr).to_string(),
+        tokens: cfg
+            .tokens
+            .into_iter()
+            .map(|(token, company)| (token.expose().to_string(), company))
+            .collect(),
+        clients: cfg
+            .clients
+            .into_iter()
+            .map(|(id, secret, company)| (id, secret.expose().to_string(), company))
+            .collect(),
+        projects: cfg.projects,
+    }));
+    let router = api::router(shared.clone());
+    let task = tokio::spawn(server::serve(listener, router));
+    tracing::info!(%addr, "sandbox listening");
+    Ok(Sandbox {
+        addr,
+        shared,
+        task,
+        _temp_dir: temp_dir,
+    })
+}
+
+/// The address a client on this machine can reach: `0.0.0.0:p` becomes `127.0.0.1:p`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    }
+}
+
+impl Sandbox {
+    /// The bound address (the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The origin to use as the Visibuild API URL, e.g. `http://127.0.0.1:41234`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", reachable(self.addr))
+    }
+
+    /// Tickets created so far, in creation order.
+    pub fn tickets(&self) -> Vec<SandboxTicket> {
+        self.shared.tickets()
+    }
+
+    /// Objects successfully PUT so far, by key.
+    pub fn objects(&self) -> Vec<SandboxObject> {
+        self.shared.objects()
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting and closes every open connection.
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        // Aborted, so the only outcome is a "cancelled" JoinError: nothing to report.
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs a sandbox until Ctrl-C: the `sandbox` subcommand.
+pub async fn serve_forever(cfg: SandboxConfig) -> anyhow::Result<()> {
+    let sandbox = start(cfg).await?;
+    println!("sandbox listening on http://{}", sandbox.addr());
+    tokio::signal::ctrl_c().await?;
+    sandbox.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The sandbox's memory: tokens, presigned uploads, stored objects, tickets and counters,
+//! behind one lock so that multi-key checks (a ticket's attachment keys) are atomic.
+
+use super::s3::Signer;
+use super::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::distr::{Alphanumeric, SampleString};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The knobs that shape every response, fixed at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Behaviour {
+    pub fail_rate: f64,
+    pub drop_rate: f64,
+    pub s3_fail_rate: f64,
+    pub latency: Duration,
+    pub url_ttl: Duration,
+    pub token_ttl: Duration,
+}
+
+/// Everything the handlers share.
+pub(crate) struct Shared {
+    pub behaviour: Behaviour,
+    pub signer: Signer,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Where finished objects live, one file per upload id.
+    pub objects_dir: PathBuf,
+    /// Where bodies stream while they are hashed, before they are known to be valid.
+    pub incoming_dir: PathBuf,
+    /// Fallback `host[:port]` for presigned URLs when a request carries no `Host`.
+    pub authority: String,
+    /// `(client id, client secret, company)`.
+    pub clients: Vec<(String, String, String)>,
+    pub projects: Vec<Uuid>,
+    inner: Mutex<Inner>,
+}
+
+/// A bearer token and the company it acts for.
+pub(crate) struct TokenGrant {
+    pub company: String,
+    /// `None` for configured long-lived tokens.
+    pub expires_at: Option<Instant>,
+}
+
+/// One presigned upload: what the client promised, and what it delivered.
+pub(crate) struct Upload {
+    /// Names the object file under `objects_dir`.
+    pub id: String,
+    pub company: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    /// Base64, as presigned.
+    pub md5: String,
+    /// Set by the first successful PUT; the key exists for tickets only then.
+    pub stored: bool,
+    pub linked_to: Option<Uuid>,
+}
+
+pub(crate) struct Inner {
+    pub rng: StdRng,
+    pub tokens: HashMap<String, TokenGrant>,
+    pub uploads: HashMap<String, Upload>,
+    pub tickets: Vec<SandboxTicket>,
+    pub stats: SandboxStats,
+}
+
+/// Why a ticket's attachment key is refused; the message is the API's own wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum KeyRefusal {
+    #[error("attachment key not found")]
+    NotFound,
+    #[error("attachment belongs to another company")]
+    OtherCompany,
+    #[error("attachment already associated")]
+    AlreadyAssociated,
+}
+
+pub(crate) struct SharedParts {
+    pub behaviour: Behaviour,
+    pub rate: Option<u32>,
+    pub seed: Option<u64>,
+    pub objects_dir: PathBuf,
+    pub incoming_dir: PathBuf,
+    pub authority: String,
+    pub tokens: Vec<(String, String)>,
+    pub clients: Vec<(String, String, String)>,
+    pub projects: Vec<Uuid>,
+}
+
+impl Shared {
+    pub fn new(parts: SharedParts) -> Self {
+        let mut rng = match parts.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let signer = Signer::new(Alphanumeric.sample_string(&mut rng, 40));
+        let limiter = parts
+            .rate
+            .and_then(NonZeroU32::new)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let tokens = parts
+            .tokens
+            .into_iter()
+            .map(|(token, company)| {
+                let grant = TokenGrant {
+                    company,
+                    expires_at: None,
+                };
+                (token, grant)
+            })
+            .collect();
+        Self {
+            behaviour: parts.behaviour,
+            signer,
+            limiter,
+            objects_dir: parts.objects_dir,
+            incoming_dir: parts.incoming_dir,
+            authority: parts.authority,
+            clients: parts.clients,
+            projects: parts.projects,
+            inner: Mutex::new(Inner {
+                rng,
+                tokens,
+                uploads: HashMap::new(),
+                tickets: Vec::new(),
+                stats: SandboxStats::default(),
+            }),
+        }
+    }
+
+    /// The lock. A handler that panicked mid-update cannot leave a half-linked ticket
+    /// (links are written after every check), so a poisoned lock is still usable.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// True with probability `p` (0 never rolls the dice, so a seed's sequence is unchanged).
+    pub fn roll(&self, p: f64) -> bool {
+        p > 0.0 && self.lock().rng.random::<f64>() < p
+    }
+
+    pub fn record(&self, endpoint: String, status: u16) {
+        let mut inner = self.lock();
+        *inner
+            .stats
+            .requests
+            .entry(endpoint)
+            .or_default()
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    /// The company a bearer token acts for, if it is known and not expired.
+    pub fn company_for(&self, token: &str) -> Option<String> {
+        let inner = self.lock();
+        let grant = inner.tokens.get(token)?;
+        match grant.expires_at {
+            Some(at) if Instant::now() >= at => None,
+            _ => Some(grant.company.clone()),
+        }
+    }
+
+    pub fn issue_token(&self, company: &str) -> String {
+        let mut inner = self.lock();
+        let token = format!("sbx_{}", Alphanumeric.sample_string(&mut inner.rng, 40));
+        let grant = TokenGrant {
+            company: company.to_string(),
+            expires_at: Some(Instant::now() + self.behaviour.token_ttl),
+        };
+        inner.tokens.insert(token.clone(), grant);
+        token
+    }
+
+    pub fn tickets(&self) -> Vec<SandboxTicket> {
+        self.lock().tickets.clone()
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.lock().stats.clone()
+    }
+
+    pub fn objects(&self) -> Vec<SandboxObject> {
+        let inner = self.lock();
+        let mut objects: Vec<SandboxObject> = inner
+            .uploads
+            .iter()
+            .filter(|(_, upload)| upload.stored)
+            .map(|(key, upload)| SandboxObject {
+                key: key.clone(),
+                company: upload.company.clone(),
+                size: upload.size,
+                md5: upload.md5.clone(),
+                ticket_id: upload.linked_to,
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects
+    }
+
+    pub fn object_path(&self, upload_id: &str) -> PathBuf {
+        self.objects_dir.join(upload_id)
+    }
+}
+
+impl Inner {
+    pub fn random_id(&mut self) -> String {
+        Alphanumeric
+            .sample_string(&mut self.rng, 20)
+            .to_ascii_lowercase()
+    }
+
+    pub fn random_uuid(&mut self) -> Uuid {
+        uuid::Builder::from_random_bytes(self.rng.random()).into_uuid()
+    }
+
+    /// Checks every key, then links them all to a new ticket — or links nothing.
+    pub fn create_ticket(
+        &mut self,
+        company: &str,
+        mut ticket: SandboxTicket,
+        keys: &[String],
+    ) -> Result<SandboxTicket, (KeyRefusal, String)> {
+        for (i, key) in keys.iter().enumerate() {
+            let refusal = match self.uploads.get(key) {
+                None => Some(KeyRefusal::NotFound),
+                Some(upload) if !upload.stored => Some(KeyRefusal::NotFound),
+                Some(upload) if upload.company != company => Some(KeyRefusal::OtherCompany),
+                Some(upload) if upload.linked_to.is_some() => Some(KeyRefusal::AlreadyAssociated),
+                // The same key twice in one request would link one file to the ticket twice.
+                Some(_) if keys[..i].contains(key) => Some(KeyRefusal::AlreadyAssociated),
+                Some(_) => None,
+            };
+            if let Some(refusal) = refusal {
+                return Err((refusal, key.clone()));
+            }
+        }
+        ticket.id = self.random_uuid();
+        ticket.company = company.to_string();
+        for key in keys {
+            let upload = self
+                .uploads
+                .get_mut(key)
+                .expect("every key was checked above under the same lock");
+            upload.linked_to = Some(ticket.id);
+            ticket.attachments.push(SandboxAttachment {
+                key: key.clone(),
+                filename: upload.filename.clone(),
+                content_type: upload.content_type.clone(),
+                size: upload.size,
+                md5: upload.md5.clone(),
+            });
+        }
+        self.tickets.push(ticket.clone());
+        Ok(ticket)
+    }
+}
