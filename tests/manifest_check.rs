@@ -622,3 +622,27 @@ fn random_input_never_panics_and_always_yields_a_consistent_answer() {
         }
     }
 }
+
+#[test]
+fn a_manifest_can_be_read_from_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a.jpg"), b"\xFF\xD8\xFF\xD9").unwrap();
+    let fifo = dir.path().join("manifest.csv");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let rows = format!("{HEADER}\nD-1,{P},Broken hinge,,,,,a.jpg\nD-2,{P},Bad,,soon,,,\n");
+            fs::write(fifo, rows).unwrap();
+        })
+    };
+    let checked = check(&fifo, &ManifestOptions::default()).unwrap();
+    writer.join().unwrap();
+    assert_eq!(refs(&checked), vec!["D-1"]);
+    assert_eq!(checked.problems.len(), 1);
+    assert_eq!(checked.problems[0].line, 3);
+}

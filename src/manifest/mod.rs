@@ -7,7 +7,7 @@ mod reader;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Seek};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
@@ -192,12 +192,15 @@ pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, Manifes
         });
     }
     let mut file = File::open(manifest).map_err(unreadable)?;
-    let tail = File::open(manifest).map_err(unreadable)?;
+    // A pipe (`<(...)`, /dev/stdin) is read once; only a regular file is rescanned.
+    let tail = match meta.is_file() {
+        true => Some((File::open(manifest).map_err(unreadable)?, meta.len())),
+        false => None,
+    };
     let root = files_root(manifest, opts)?;
 
     let mut head = [0u8; 8192];
     let n = files::read_head(&mut file, &mut head).map_err(unreadable)?;
-    file.rewind().map_err(unreadable)?;
     if let Some(message) = not_csv(&head[..n]) {
         let problem = Problem {
             file: manifest.to_owned(),
@@ -212,7 +215,8 @@ pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, Manifes
         });
     }
 
-    let records = reader::Records::new(file, tail, meta.len());
+    let source = io::Cursor::new(head[..n].to_vec()).chain(file);
+    let records = reader::Records::new(Box::new(source), tail);
     let files = files::Files::new(root, opts.allow_outside_root);
     Ok(parse::Parser::new(manifest, files).run(records))
 }

@@ -50,18 +50,19 @@ pub(crate) enum Next {
 pub(crate) struct Records {
     csv: csv::Reader<Tracked>,
     lines: Rc<RefCell<LineTracker>>,
-    tail: File,
-    len: u64,
+    /// A second handle on the manifest, to rescan its last record; `None` for a pipe.
+    tail: Option<(File, u64)>,
     record: csv::ByteRecord,
 }
 
 impl Records {
-    /// `file` must be positioned at its start; `tail` is a second handle on the same file,
-    /// used only to look at the last record for an unterminated quote.
-    pub fn new(file: File, tail: File, len: u64) -> Self {
+    /// `source` yields the manifest from its first byte; `tail` is a second handle on the
+    /// same (regular) file and its length, used only to look at the last record for an
+    /// unterminated quote.
+    pub fn new(source: Box<dyn Read>, tail: Option<(File, u64)>) -> Self {
         let lines = Rc::new(RefCell::new(LineTracker::default()));
         let tracked = Tracked {
-            inner: file,
+            inner: source,
             offset: 0,
             lines: Rc::clone(&lines),
         };
@@ -73,7 +74,6 @@ impl Records {
             csv,
             lines,
             tail,
-            len,
             record: csv::ByteRecord::new(),
         }
     }
@@ -82,7 +82,11 @@ impl Records {
         let outcome = self.csv.read_byte_record(&mut self.record);
         let start = self.record.position().map_or(0, csv::Position::byte);
         let line = self.lines.borrow_mut().line_at(start);
-        let at_eof = self.csv.position().byte() >= self.len;
+        let next_start = self.csv.position().byte();
+        let at_eof = self
+            .tail
+            .as_ref()
+            .is_some_and(|(_, len)| next_start >= *len);
         match outcome {
             Ok(false) => Next::End,
             Ok(true) if at_eof && self.quote_left_open(start) => self.unterminated(line),
@@ -131,13 +135,16 @@ impl Records {
     /// ends inside a quoted field. The CSV parser accepts that silently, taking the rest
     /// of the file as one field; only the last record can be in that state.
     fn quote_left_open(&mut self, start: u64) -> bool {
-        if self.tail.seek(SeekFrom::Start(start)).is_err() {
+        let Some((tail, _)) = self.tail.as_mut() else {
+            return false;
+        };
+        if tail.seek(SeekFrom::Start(start)).is_err() {
             return false;
         }
         let mut scan = QuoteScan::default();
         let mut buf = [0u8; 8192];
         loop {
-            match self.tail.read(&mut buf) {
+            match tail.read(&mut buf) {
                 Ok(0) => return scan.ends_open(),
                 Ok(n) => scan.feed(&buf[..n]),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -257,7 +264,7 @@ impl LineTracker {
 
 /// A reader that notes where the line breaks are as bytes pass through it.
 struct Tracked {
-    inner: File,
+    inner: Box<dyn Read>,
     offset: u64,
     lines: Rc<RefCell<LineTracker>>,
 }
@@ -302,11 +309,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.csv");
         std::fs::write(&path, input).unwrap();
-        let mut records = Records::new(
-            File::open(&path).unwrap(),
-            File::open(&path).unwrap(),
-            input.len() as u64,
-        );
+        let tail = Some((File::open(&path).unwrap(), input.len() as u64));
+        let mut records = Records::new(Box::new(File::open(&path).unwrap()), tail);
         let mut lines = Vec::new();
         loop {
             match records.next_record() {
