@@ -1,1 +1,270 @@
-//! manifest (stub)
+//! The manifest: a CSV of defect tickets and their files, read in one streaming pass into
+//! typed `TicketSpec`s, with every problem reported by file, line and column.
+
+mod files;
+mod parse;
+mod reader;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+use crate::domain::{Priority, ProjectId};
+
+/// S3's limit for a single PUT: a larger file is refused when the manifest is checked.
+pub const MAX_FILE_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// How a manifest's attachment paths are resolved.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestOptions {
+    /// Where attachment paths start; `None` means the manifest's own folder.
+    pub files_root: Option<PathBuf>,
+    /// Accept absolute paths, `..` and symlinks that leave the files root.
+    pub allow_outside_root: bool,
+}
+
+/// One ticket of the manifest, from one or several rows sharing `(project_id, ref)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketSpec {
+    /// The first line of the ticket in the manifest.
+    pub line: u64,
+    pub reference: String,
+    pub project_id: ProjectId,
+    pub title: String,
+    pub address: Option<String>,
+    pub priority: Option<Priority>,
+    pub contact_name: Option<String>,
+    pub contact_email: Option<String>,
+    pub attachments: Vec<AttachmentSpec>,
+}
+
+impl TicketSpec {
+    /// A stable hex digest of the ticket's fields and attachment paths (as written): the
+    /// same ref loaded again with different content gets a different digest.
+    pub fn fields_digest(&self) -> String {
+        let mut hasher = Md5::new();
+        let mut put = |value: Option<&str>| match value {
+            // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+            Some(text) => {
+                hasher.update((text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            None => hasher.update(u64::MAX.to_le_bytes()),
+        };
+        let project = self.project_id.to_string();
+        put(Some("ticket/v1"));
+        put(Some(&project));
+        put(Some(&self.reference));
+        put(Some(&self.title));
+        put(self.address.as_deref());
+        put(self.priority.map(Priority::as_str));
+        put(self.contact_name.as_deref());
+        put(self.contact_email.as_deref());
+        for attachment in &self.attachments {
+            put(Some(&attachment.path));
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// One file of a ticket, checked on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentSpec {
+    /// The line of the row that names the file.
+    pub line: u64,
+    /// The path as written in the manifest.
+    pub path: String,
+    /// Absolute, symlinks resolved: what is read for hashing and upload.
+    pub resolved: PathBuf,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// Something wrong with a manifest, at a line (1 for the header) and maybe a column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: u64,
+    pub field: Option<String>,
+    pub message: String,
+    /// The ref of the row, when it could be read.
+    pub reference: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// One problem per line, ready to print.
+pub fn render_problems(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// The outcome of checking a manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// The valid tickets, in manifest order.
+    pub tickets: Vec<TicketSpec>,
+    /// Every problem found, in line order.
+    pub problems: Vec<Problem>,
+    /// Refs of the tickets left out of `tickets` because of problems.
+    pub skipped_refs: Vec<String>,
+}
+
+impl Checked {
+    /// Attachments of the valid tickets.
+    pub fn files(&self) -> usize {
+        self.tickets.iter().map(|t| t.attachments.len()).sum()
+    }
+
+    /// Bytes to upload for the valid tickets.
+    pub fn bytes(&self) -> u64 {
+        self.tickets
+            .iter()
+            .flat_map(|t| &t.attachments)
+            .map(|a| a.size)
+            .sum()
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// `"12 tickets, 30 files, 4096 bytes; 0 problems"`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} tickets, {} files, {} bytes; {} problems",
+            self.tickets.len(),
+            self.files(),
+            self.bytes(),
+            self.problems.len()
+        )
+    }
+}
+
+/// A manifest that cannot be read at all. Anything wrong inside it is a [`Problem`].
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("manifest {path} is a directory, not a file")]
+    IsDirectory { path: PathBuf },
+    #[error("cannot read manifest {path}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("files root {path} is not a readable directory")]
+    FilesRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads and checks a manifest and every file it names, in one pass: the valid tickets
+/// and every problem. Touches nothing but reads.
+pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, ManifestError> {
+    let unreadable = |source: io::Error| match source.kind() {
+        io::ErrorKind::NotFound => ManifestError::NotFound {
+            path: manifest.to_owned(),
+        },
+        _ => ManifestError::Unreadable {
+            path: manifest.to_owned(),
+            source,
+        },
+    };
+    let meta = manifest.metadata().map_err(unreadable)?;
+    if meta.is_dir() {
+        return Err(ManifestError::IsDirectory {
+            path: manifest.to_owned(),
+        });
+    }
+    let mut file = File::open(manifest).map_err(unreadable)?;
+    // A pipe (`<(...)`, /dev/stdin) is read once; only a regular file is rescanned.
+    let tail = match meta.is_file() {
+        true => Some((File::open(manifest).map_err(unreadable)?, meta.len())),
+        false => None,
+    };
+    let root = files_root(manifest, opts)?;
+
+    let mut head = [0u8; 8192];
+    let n = files::read_head(&mut file, &mut head).map_err(unreadable)?;
+    if let Some(message) = not_csv(&head[..n]) {
+        let problem = Problem {
+            file: manifest.to_owned(),
+            line: 1,
+            field: None,
+            message,
+            reference: None,
+        };
+        return Ok(Checked {
+            problems: vec![problem],
+            ..Checked::default()
+        });
+    }
+
+    let source = io::Cursor::new(head[..n].to_vec()).chain(file);
+    let records = reader::Records::new(Box::new(source), tail);
+    let files = files::Files::new(root, opts.allow_outside_root);
+    Ok(parse::Parser::new(manifest, files).run(records))
+}
+
+fn files_root(manifest: &Path, opts: &ManifestOptions) -> Result<PathBuf, ManifestError> {
+    let root = match &opts.files_root {
+        Some(root) => root.clone(),
+        None => match manifest.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let canonical = root
+        .canonicalize()
+        .map_err(|source| ManifestError::FilesRoot {
+            path: root.clone(),
+            source,
+        })?;
+    if !canonical.is_dir() {
+        return Err(ManifestError::FilesRoot {
+            path: root,
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    Ok(canonical)
+}
+
+/// Why the start of a file says it is no manifest at all: empty, or binary.
+fn not_csv(head: &[u8]) -> Option<String> {
+    let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    if text.iter().all(|b| b.is_ascii_whitespace()) {
+        return Some(format!(
+            "the manifest is empty: expected a header row ({})",
+            parse::column_list()
+        ));
+    }
+    // Text in a legacy encoding is not binary: its bad lines are reported one by one.
+    let not_utf8 = std::str::from_utf8(text).is_err_and(|err| err.error_len().is_some());
+    let binary = text.contains(&0) || (not_utf8 && files::sniff(text).is_some());
+    if binary {
+        let content = match files::sniff(text) {
+            Some(kind) => format!("its content is {kind}"),
+            None => "it has binary content".to_owned(),
+        };
+        return Some(format!(
+            "not a CSV file: {content}; expected a UTF-8 header row ({})",
+            parse::column_list()
+        ));
+    }
+    None
+}
