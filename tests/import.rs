@@ -128,7 +128,7 @@ fn assert_exactly_once(sandbox: &Sandbox, fixture: &Fixture) {
         let got: Vec<(String, u64, String)> = ticket
             .attachments
             .iter()
-            .map(|a| (a.filename.clone(), a.size, a.md5_base64()))
+            .map(|a| (a.filename.clone(), a.size, a.md5.clone()))
             .collect();
         assert_eq!(&got, files, "{reference} has exactly its files");
     }
@@ -200,17 +200,29 @@ async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: P
 
 #[sqlx::test]
 async fn expired_upload_urls_are_presigned_again(db: PgPool) {
+    // Uploads throttled to 2/s behind eight presigns with 1 s URLs: most URLs expire
+    // while they wait for their turn, and S3 refuses them with 403.
     let fx = fixture(6, |_| 2, |_, _| 2_000);
     let sandbox = sandbox::start(SandboxConfig {
         url_ttl: Duration::from_secs(1),
-        latency: Duration::from_millis(600),
         ..SandboxConfig::default()
     })
     .await
     .unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
-    assert_eq!(run(&db, client(&sandbox, None), pool_config(batch)).await, RunEnd::Drained);
+    let slow = Arc::new(
+        Client::new(ClientConfig {
+            api_url: sandbox.base_url(),
+            credentials: Credentials::Token(Secret::new("sandbox-token")),
+            api_gate: Arc::new(RateGate::new(None)),
+            upload_gate: Arc::new(RateGate::new(Some(Rate::per_second(2)))),
+            timeout: Duration::from_secs(30),
+        })
+        .unwrap(),
+    );
+    assert_eq!(run(&db, slow, pool_config(batch)).await, RunEnd::Drained);
     assert_exactly_once(&sandbox, &fx);
+    assert!(sandbox.stats().count("PUT /s3", 403) > 0, "some URLs expired");
 }
 
 #[sqlx::test]

@@ -163,7 +163,7 @@ pub async fn run(
         if !got_work
             && tasks.is_empty()
             && !config.watch
-            && !queue::has_unfinished(&db, config.batch).await?
+            && !queue::has_runnable(&db, config.batch).await?
         {
             break RunEnd::Drained;
         }
@@ -214,10 +214,10 @@ async fn claim(
     kinds: &[JobKind],
     limit: usize,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
-    queue::claim(
+    queue::claim_in(
         db,
-        kinds,
         config.batch,
+        kinds,
         limit as i64,
         &config.worker_name,
         config.lease,

@@ -1,2 +1,161 @@
+//! The Postgres store: connecting (creating and migrating the database on first use) and,
+//! in its submodules, every SQL statement the program runs, each a named function.
+
+pub mod queue;
 pub mod status;
 pub mod tickets;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use crate::domain::JobId;
+
+/// The schema, embedded from `migrations/` at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Pool size of [`connect`]: enough for a worker pool plus its heartbeats and listener.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+/// What can go wrong in the store. Database URLs in messages have their password replaced
+/// by `***`; causes are kept as `source()` so they show in a logged cause chain.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{url} is not a usable Postgres URL")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the database of {url}")]
+    CreateDatabase {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the database schema")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A write named a job and an attempt that no longer holds the job: its lease expired
+    /// and another claimer took it over, or it already finished. The work must be dropped.
+    #[error("job {job} attempt {attempt} no longer holds the job (lease lost or job finished)")]
+    Fenced { job: JobId, attempt: i32 },
+    #[error("invalid new job: {0}")]
+    InvalidJob(&'static str),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// Connects with [`DEFAULT_MAX_CONNECTIONS`]; see [`connect_with`].
+pub async fn connect(database_url: &str) -> Result<PgPool, StoreError> {
+    connect_with(database_url, DEFAULT_MAX_CONNECTIONS).await
+}
+
+/// Creates the database if it is missing, opens a pool of `max_connections` and brings the
+/// schema up to date.
+pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let url = redact_url(database_url);
+    let options =
+        PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
+            url: url.clone(),
+            source,
+        })?;
+    create_database_if_missing(database_url, &url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect { url, source })?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Applies the embedded migrations that have not run yet.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+async fn create_database_if_missing(database_url: &str, redacted: &str) -> Result<(), StoreError> {
+    let fail = |source| StoreError::CreateDatabase {
+        url: redacted.to_string(),
+        source,
+    };
+    if Postgres::database_exists(database_url)
+        .await
+        .map_err(fail)?
+    {
+        return Ok(());
+    }
+    match Postgres::create_database(database_url).await {
+        Ok(()) => Ok(()),
+        // Another process created it between our check and our CREATE: fine.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        Err(source) => Err(fail(source)),
+    }
+}
+
+/// The URL with any password (userinfo or `password=` parameter) replaced by `***`.
+pub fn redact_url(database_url: &str) -> String {
+    let Ok(mut url) = url::Url::parse(database_url) else {
+        return "<unparseable database URL>".to_string();
+    };
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have credentials, which this one has.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "password" { "***".into() } else { v };
+                (k.into_owned(), v.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_hide_the_password_wherever_it_is() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/imp"),
+            "postgres://app:***@db:5432/imp"
+        );
+        let q = redact_url("postgres://db/imp?user=app&password=hunter2&sslmode=require");
+        assert!(!q.contains("hunter2"), "{q}");
+        assert!(q.contains("sslmode=require"), "{q}");
+        assert_eq!(redact_url("postgres://db/imp"), "postgres://db/imp");
+        assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn connection_errors_do_not_print_the_password() {
+        // Port 1 on localhost refuses connections at once.
+        let err = connect_with("postgres://app:hunter2@127.0.0.1:1/imp", 1)
+            .await
+            .unwrap_err();
+        let mut chain = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert!(!chain.contains("hunter2"), "{chain}");
+        assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    }
+}
