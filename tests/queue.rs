@@ -620,3 +620,32 @@ async fn enqueue_notifies_listeners(pool: PgPool) {
         .unwrap();
     assert_eq!(note.channel(), NOTIFY_CHANNEL);
 }
+
+#[tokio::test]
+async fn connect_creates_and_migrates_a_missing_database_and_reconnects_to_it() {
+    use sqlx::migrate::MigrateDatabase;
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (set in .cargo/config.toml)");
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&format!(
+        "/visibuild_import_connect_{}",
+        Uuid::new_v4().simple()
+    ));
+    let url = url.to_string();
+
+    let pool = visibuild_import::store::connect_with(&url, 2)
+        .await
+        .unwrap();
+    assert!(!queue::has_unfinished(&pool, None).await.unwrap());
+    queue::enqueue(&pool, &[NewJob::available(JobKind::Upload)])
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let pool = visibuild_import::store::connect(&url).await.unwrap();
+    assert!(
+        queue::has_unfinished(&pool, None).await.unwrap(),
+        "same database, kept"
+    );
+    pool.close().await;
+    sqlx::Postgres::drop_database(&url).await.unwrap();
+}

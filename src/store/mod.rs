@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::domain::JobId;
 
@@ -19,6 +19,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Pool size of [`connect`]: enough for a worker pool plus its heartbeats and listener.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+/// SQLSTATE `invalid_catalog_name`: the database named in the URL does not exist.
+const UNKNOWN_DATABASE: &str = "3D000";
+/// SQLSTATE `duplicate_database`.
+const DUPLICATE_DATABASE: &str = "42P04";
 
 /// What can go wrong in the store. Database URLs in messages have their password replaced
 /// by `***`; causes are kept as `source()` so they show in a logged cause chain.
@@ -59,8 +64,8 @@ pub async fn connect(database_url: &str) -> Result<PgPool, StoreError> {
     connect_with(database_url, DEFAULT_MAX_CONNECTIONS).await
 }
 
-/// Creates the database if it is missing, opens a pool of `max_connections` and brings the
-/// schema up to date.
+/// Opens a pool of `max_connections`, creating the database first if the server says it
+/// does not exist, and brings the schema up to date.
 pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let url = redact_url(database_url);
     let options =
@@ -68,7 +73,15 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
             url: url.clone(),
             source,
         })?;
-    create_database_if_missing(database_url, &url).await?;
+    // Probe with one connection first: it fails fast (no pool retries) on a wrong host,
+    // and an existing database needs no rights on the maintenance database.
+    match PgConnection::connect_with(&options).await {
+        Ok(probe) => probe.close().await.map_err(StoreError::Sqlx)?,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNKNOWN_DATABASE) => {
+            create_database(database_url, &url).await?;
+        }
+        Err(source) => return Err(StoreError::Connect { url, source }),
+    }
     let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(30))
@@ -85,22 +98,15 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn create_database_if_missing(database_url: &str, redacted: &str) -> Result<(), StoreError> {
-    let fail = |source| StoreError::CreateDatabase {
-        url: redacted.to_string(),
-        source,
-    };
-    if Postgres::database_exists(database_url)
-        .await
-        .map_err(fail)?
-    {
-        return Ok(());
-    }
+async fn create_database(database_url: &str, redacted: &str) -> Result<(), StoreError> {
     match Postgres::create_database(database_url).await {
         Ok(()) => Ok(()),
-        // Another process created it between our check and our CREATE: fine.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
-        Err(source) => Err(fail(source)),
+        // Another process created it between our connect and our CREATE: fine.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+        Err(source) => Err(StoreError::CreateDatabase {
+            url: redacted.to_string(),
+            source,
+        }),
     }
 }
 
