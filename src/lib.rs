@@ -12,4 +12,3 @@ pub mod sandbox;
 pub mod secret;
 pub mod store;
 pub mod visibuild;
-

@@ -28,10 +28,16 @@ struct Fixture {
     expected: HashMap<String, Vec<(String, u64, String)>>,
 }
 
-fn fixture(tickets: usize, files_of: impl Fn(usize) -> usize, size_of: impl Fn(usize, usize) -> usize) -> Fixture {
+fn fixture(
+    tickets: usize,
+    files_of: impl Fn(usize) -> usize,
+    size_of: impl Fn(usize, usize) -> usize,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("files")).unwrap();
-    let mut csv = String::from("ref,project_id,title,address,priority,contact_name,contact_email,attachments\n");
+    let mut csv = String::from(
+        "ref,project_id,title,address,priority,contact_name,contact_email,attachments\n",
+    );
     let mut expected = HashMap::new();
     for t in 0..tickets {
         let reference = format!("DEF-{t:04}");
@@ -39,7 +45,9 @@ fn fixture(tickets: usize, files_of: impl Fn(usize) -> usize, size_of: impl Fn(u
         let mut files = Vec::new();
         for f in 0..files_of(t) {
             let name = format!("t{t}-f{f}.jpg");
-            let bytes: Vec<u8> = (0..size_of(t, f)).map(|i| ((i * 31 + t * 7 + f) % 251) as u8).collect();
+            let bytes: Vec<u8> = (0..size_of(t, f))
+                .map(|i| ((i * 31 + t * 7 + f) % 251) as u8)
+                .collect();
             std::fs::write(dir.path().join("files").join(&name), &bytes).unwrap();
             let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&bytes));
             files.push((name.clone(), bytes.len() as u64, md5));
@@ -157,7 +165,10 @@ async fn fifty_tickets_import_once_each_with_exactly_their_files(db: PgPool) {
     let (batch, report) = enqueue(&db, &fx.manifest).await;
     assert_eq!(report.tickets_added, 50);
     assert_eq!(report.attachments_added, 150);
-    assert_eq!(run(&db, client(&sandbox, None), pool_config(batch)).await, RunEnd::Drained);
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
+    );
     assert_exactly_once(&sandbox, &fx);
     assert_eq!(ticket_states(&db).await.get("created"), Some(&50));
     assert_eq!(locked_jobs(&db).await, 0);
@@ -191,38 +202,42 @@ async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: P
     let (batch, _) = enqueue(&db, &fx.manifest).await;
     let mut config = pool_config(batch);
     config.backoff.cap = Duration::from_millis(50);
-    assert_eq!(run(&db, client(&sandbox, None), config).await, RunEnd::Drained);
+    assert_eq!(
+        run(&db, client(&sandbox, None), config).await,
+        RunEnd::Drained
+    );
     assert_exactly_once(&sandbox, &fx);
     let stats = sandbox.stats();
-    assert!(stats.faults_injected > 0 && stats.responses_dropped > 0, "{stats:?}");
+    assert!(
+        stats.faults_injected > 0 && stats.responses_dropped > 0,
+        "{stats:?}"
+    );
     assert_eq!(ticket_states(&db).await.get("created"), Some(&40));
 }
 
 #[sqlx::test]
 async fn expired_upload_urls_are_presigned_again(db: PgPool) {
-    // Uploads throttled to 2/s behind eight presigns with 1 s URLs: most URLs expire
-    // while they wait for their turn, and S3 refuses them with 403.
+    // 1 s URLs (SigV4 dates are whole seconds, so a URL made late in a second lives well under
+    // 1 s) and 600 ms of latency before S3 looks at a PUT: most first URLs have expired by
+    // the time their PUT is checked, and S3 refuses them with 403 AccessDenied.
     let fx = fixture(6, |_| 2, |_, _| 2_000);
     let sandbox = sandbox::start(SandboxConfig {
         url_ttl: Duration::from_secs(1),
+        latency: Duration::from_millis(600),
         ..SandboxConfig::default()
     })
     .await
     .unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
-    let slow = Arc::new(
-        Client::new(ClientConfig {
-            api_url: sandbox.base_url(),
-            credentials: Credentials::Token(Secret::new("sandbox-token")),
-            api_gate: Arc::new(RateGate::new(None)),
-            upload_gate: Arc::new(RateGate::new(Some(Rate::per_second(2)))),
-            timeout: Duration::from_secs(30),
-        })
-        .unwrap(),
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
     );
-    assert_eq!(run(&db, slow, pool_config(batch)).await, RunEnd::Drained);
     assert_exactly_once(&sandbox, &fx);
-    assert!(sandbox.stats().count("PUT /s3", 403) > 0, "some URLs expired");
+    assert!(
+        sandbox.stats().count("PUT /s3", 403) > 0,
+        "some URLs expired"
+    );
 }
 
 #[sqlx::test]
@@ -252,8 +267,15 @@ async fn a_run_cancelled_midway_resumes_and_creates_each_ticket_once(db: PgPool)
     stop.cancel();
     assert_eq!(first.await.unwrap().unwrap(), RunEnd::Interrupted);
     assert!(sandbox.tickets().len() < 30, "stopped before the end");
-    assert_eq!(locked_jobs(&db).await, 0, "nothing left locked after a clean stop");
-    assert_eq!(run(&db, client(&sandbox, None), pool_config(batch)).await, RunEnd::Drained);
+    assert_eq!(
+        locked_jobs(&db).await,
+        0,
+        "nothing left locked after a clean stop"
+    );
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
+    );
     assert_exactly_once(&sandbox, &fx);
 }
 
@@ -267,7 +289,12 @@ async fn an_api_rate_equal_to_the_servers_limit_draws_no_429s(db: PgPool) {
     .await
     .unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
-    run(&db, client(&sandbox, Some(Rate::per_second(20))), pool_config(batch)).await;
+    run(
+        &db,
+        client(&sandbox, Some(Rate::per_second(20))),
+        pool_config(batch),
+    )
+    .await;
     assert_exactly_once(&sandbox, &fx);
     assert_eq!(sandbox.stats().rate_limited, 0);
 }
@@ -295,7 +322,10 @@ async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
     .unwrap();
     let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
     let (batch, _) = enqueue(&db, &dir.path().join("manifest.csv")).await;
-    assert_eq!(run(&db, client(&sandbox, None), pool_config(batch)).await, RunEnd::Drained);
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
+    );
     let created = sandbox.tickets();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].attachments[0].size, 300 * 1_048_576);

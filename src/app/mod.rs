@@ -7,13 +7,13 @@ mod operator;
 pub use logging::{LogFormat, LogSettings, init_logging};
 pub use operator::{RetrySettings, report, retry, status};
 
+use crate::domain::BatchId;
 use crate::manifest::{self, Checked, ManifestOptions};
 use crate::pipeline::{self, PoolConfig, Progress, RunEnd};
 use crate::rate::{Rate, RateGate};
+use crate::secret::Secret;
 use crate::store::{self, status as stats, tickets};
 use crate::visibuild::{Client, ClientConfig, Credentials};
-use crate::domain::BatchId;
-use crate::secret::Secret;
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -159,7 +159,9 @@ pub async fn enqueue(
         );
     }
     let db = store::connect(database_url).await?;
-    let name = batch.map(str::to_string).unwrap_or_else(|| default_batch_name(&settings.manifest));
+    let name = batch
+        .map(str::to_string)
+        .unwrap_or_else(|| default_batch_name(&settings.manifest));
     let root = files_root(settings);
     let mut tx = db.begin().await?;
     let batch_id = tickets::upsert_batch(
@@ -223,7 +225,9 @@ async fn connect_api(
         (sandbox.base_url(), credentials, Some(sandbox))
     } else {
         let url = api.api_url.clone().ok_or_else(|| {
-            UsageError("no Visibuild origin: pass --api-url or --region (or --sandbox to rehearse)".into())
+            UsageError(
+                "no Visibuild origin: pass --api-url or --region (or --sandbox to rehearse)".into(),
+            )
         })?;
         let credentials = api.credentials.clone().ok_or_else(|| {
             UsageError(
@@ -247,7 +251,8 @@ pub fn stop_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let stop = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let next = async {
             match term.as_mut() {
                 Some(t) => {
@@ -285,6 +290,24 @@ pub fn stop_on_signals() -> CancellationToken {
 }
 
 /// Enqueue, run until the batch is finished, print the summary.
+/// The database a rehearsal uses: the real one's name with `_sandbox`, so that tickets
+/// "created" in a sandbox never count as created in the real queue.
+pub fn rehearsal_database_url(database_url: &str) -> String {
+    match url::Url::parse(database_url) {
+        Ok(mut url) => {
+            let name = url.path().trim_start_matches('/').to_string();
+            let name = if name.is_empty() {
+                "visibuild_import".into()
+            } else {
+                name
+            };
+            url.set_path(&format!("/{name}_sandbox"));
+            url.to_string()
+        }
+        Err(_) => format!("{database_url}_sandbox"),
+    }
+}
+
 pub async fn import(
     database_url: &str,
     manifest: &ManifestSettings,
@@ -294,6 +317,19 @@ pub async fn import(
     api: ApiSettings,
     workers: WorkerSettings,
 ) -> Result<Exit, anyhow::Error> {
+    let rehearsal;
+    let database_url = if api.sandbox {
+        // A rehearsal starts from nothing, like the in-process sandbox it talks to.
+        rehearsal = rehearsal_database_url(database_url);
+        store::drop_database(&rehearsal).await?;
+        eprintln!(
+            "rehearsal: using database {} (your real queue is untouched)",
+            store::redact_url(&rehearsal)
+        );
+        rehearsal.as_str()
+    } else {
+        database_url
+    };
     let batch_id = enqueue(database_url, manifest, batch, skip_invalid, max_attempts).await?;
     work(database_url, api, workers, false, Some(batch_id)).await
 }
@@ -306,6 +342,12 @@ pub async fn run(
     watch: bool,
     batch: Option<&str>,
 ) -> Result<Exit, anyhow::Error> {
+    let rehearsal = rehearsal_database_url(database_url);
+    let database_url = if api.sandbox {
+        rehearsal.as_str()
+    } else {
+        database_url
+    };
     let batch_id = match batch {
         Some(name) => Some(
             tickets::batch_by_name(&store::connect(database_url).await?, name)
@@ -329,9 +371,15 @@ async fn work(
     let (client, sandbox) = connect_api(&api).await?;
     let progress = Arc::new(Progress::default());
     let remaining = stats::remaining(&db, batch).await?;
-    progress.tickets_total.store(remaining.tickets, std::sync::atomic::Ordering::Relaxed);
-    progress.files_total.store(remaining.files, std::sync::atomic::Ordering::Relaxed);
-    progress.bytes_total.store(remaining.bytes, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .tickets_total
+        .store(remaining.tickets, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .files_total
+        .store(remaining.files, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .bytes_total
+        .store(remaining.bytes, std::sync::atomic::Ordering::Relaxed);
     let reporter = pipeline::progress::spawn_reporter(progress.clone(), workers.quiet);
     let config = PoolConfig {
         workers: workers.workers,
@@ -396,6 +444,8 @@ fn print_summary(
         );
     }
     if s.failed + s.needs_review > 0 {
-        println!("see `visibuild-import status` for reasons, `visibuild-import retry` to try again");
+        println!(
+            "see `visibuild-import status` for reasons, `visibuild-import retry` to try again"
+        );
     }
 }

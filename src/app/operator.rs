@@ -21,7 +21,11 @@ async fn batch_id(db: &sqlx::PgPool, name: Option<&str>) -> Result<Option<BatchI
     }
 }
 
-pub async fn status(database_url: &str, batch: Option<&str>, json: bool) -> Result<Exit, anyhow::Error> {
+pub async fn status(
+    database_url: &str,
+    batch: Option<&str>,
+    json: bool,
+) -> Result<Exit, anyhow::Error> {
     let db = store::connect(database_url).await?;
     let wanted = batch_id(&db, batch).await?;
     let mut all = Vec::new();
@@ -118,20 +122,32 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     Ok(Exit::Success)
 }
 
-pub async fn report(database_url: &str, batch: Option<&str>, out: &Path) -> Result<Exit, anyhow::Error> {
+pub async fn report(
+    database_url: &str,
+    batch: Option<&str>,
+    out: &Path,
+) -> Result<Exit, anyhow::Error> {
     let db = store::connect(database_url).await?;
     let batch = batch_id(&db, batch).await?;
     let rows = stats::ticket_results(&db, batch).await?;
     let sink: Box<dyn Write> = if out == Path::new("-") {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(std::fs::File::create(out).map_err(|e| {
-            UsageError(format!("cannot write {}: {e}", out.display()))
-        })?)
+        Box::new(
+            std::fs::File::create(out)
+                .map_err(|e| UsageError(format!("cannot write {}: {e}", out.display())))?,
+        )
     };
     let mut w = csv::Writer::from_writer(sink);
     w.write_record([
-        "batch", "ref", "project_id", "state", "ticket_id", "attachment_keys", "attempts", "error",
+        "batch",
+        "ref",
+        "project_id",
+        "state",
+        "ticket_id",
+        "attachment_keys",
+        "attempts",
+        "error",
     ])?;
     for r in &rows {
         w.write_record([

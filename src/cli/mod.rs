@@ -3,7 +3,9 @@
 
 pub mod sandbox_args;
 
-use crate::app::{self, ApiSettings, Exit, LogFormat, LogSettings, ManifestSettings, WorkerSettings};
+use crate::app::{
+    self, ApiSettings, Exit, LogFormat, LogSettings, ManifestSettings, WorkerSettings,
+};
 use crate::domain::JobId;
 use crate::rate::Rate;
 use crate::secret::Secret;
@@ -33,7 +35,13 @@ struct GlobalArgs {
     )]
     database_url: String,
     /// Log format: human (default) or json (for schedulers).
-    #[arg(long, value_enum, global = true, default_value = "human", env = "VISIBUILD_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value = "human",
+        env = "VISIBUILD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     /// More logs (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -218,8 +226,16 @@ impl Cli {
                 let (manifest, batch, skip_invalid, attempts) = a.enqueue.into_parts();
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
-                app::import(&db, &manifest, batch.as_deref(), skip_invalid, attempts, api, workers)
-                    .await
+                app::import(
+                    &db,
+                    &manifest,
+                    batch.as_deref(),
+                    skip_invalid,
+                    attempts,
+                    api,
+                    workers,
+                )
+                .await
             }
             Command::Run(a) => {
                 let api = a.api.into_settings()?;

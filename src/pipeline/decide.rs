@@ -92,7 +92,10 @@ mod tests {
 
     #[test]
     fn transient_failures_retry_with_backoff_or_the_servers_delay() {
-        assert_eq!(decide(Upload, &transient(), WITH_FILES), Next::Retry { after: None });
+        assert_eq!(
+            decide(Upload, &transient(), WITH_FILES),
+            Next::Retry { after: None }
+        );
         let slow = ApiError::Transient {
             reason: "SlowDown".into(),
             retry_after: Some(Duration::from_secs(2)),

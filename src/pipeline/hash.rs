@@ -61,7 +61,10 @@ pub fn md5_file(path: &Path) -> Result<(u64, String), FileError> {
         size += n as u64;
     }
     let digest = hasher.finalize();
-    Ok((size, base64::engine::general_purpose::STANDARD.encode(digest)))
+    Ok((
+        size,
+        base64::engine::general_purpose::STANDARD.encode(digest),
+    ))
 }
 
 #[cfg(test)]
@@ -74,7 +77,10 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"hello").unwrap();
         // md5("hello") = 5d41402abc4b2a76b9719d911017c592
-        assert_eq!(md5_file(&path).unwrap(), (5, "XUFAKrxLKna5cZ2REBfFkg==".into()));
+        assert_eq!(
+            md5_file(&path).unwrap(),
+            (5, "XUFAKrxLKna5cZ2REBfFkg==".into())
+        );
         let big = vec![7u8; HASH_CHUNK * 2 + 3];
         std::fs::write(&path, &big).unwrap();
         let expected = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&big));

@@ -1,9 +1,9 @@
 //! The two job handlers: upload one attachment (hash, presign, PUT) and create one ticket.
 //! Each writes its own success in one transaction; failures go back as a [`Failure`].
 
+use super::Shared;
 use super::decide::{self, Context, Next};
 use super::hash::{self, FileStamp};
-use super::Shared;
 use crate::domain::{AttachmentState, JobKind, Priority, TicketState};
 use crate::store::queue::ClaimedJob;
 use crate::store::{StoreError, tickets};
@@ -58,6 +58,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         .attachment_id
         .ok_or_else(|| Failure::fail("upload job without an attachment"))?;
     let work = tickets::upload_work(&shared.db, attachment).await?;
+    tracing::Span::current().record("ticket_ref", work.ticket_ref.as_str());
     if work.state == AttachmentState::Uploaded {
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
         tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id).await?;
@@ -75,6 +76,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             checksum: md5.clone(),
         };
         let ctx = Context::default();
+        shared.client.upload_turn().await;
         let upload = shared
             .client
             .presign(&request)
@@ -175,6 +177,7 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     let work = tickets::create_work(&mut conn, ticket).await?;
     drop(conn);
     let t = &work.ticket;
+    tracing::Span::current().record("ticket_ref", t.reference.as_str());
     if t.state == TicketState::Created {
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
         tickets::finish_create(&mut tx, job.job_ref(), ticket, None, None).await?;
@@ -210,7 +213,10 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         title: t.title.clone(),
         project_id: t.project_id,
         address: t.address.clone(),
-        priority: t.priority.as_deref().and_then(|p| p.parse::<Priority>().ok()),
+        priority: t
+            .priority
+            .as_deref()
+            .and_then(|p| p.parse::<Priority>().ok()),
         attachment_keys: keys,
         contact: (t.contact_name.is_some() || t.contact_email.is_some()).then(|| Contact {
             name: t.contact_name.clone(),
@@ -226,11 +232,12 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             shared.progress.ticket_done();
             Ok(())
         }
-        Err(e) => match decide::decide(JobKind::CreateTicket, &e, ctx) {
-            Next::AlreadyCreated => {
-                tracing::info!("keys already linked: an earlier create of this ticket landed");
-                let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-                tickets::finish_create(
+        Err(e) => {
+            match decide::decide(JobKind::CreateTicket, &e, ctx) {
+                Next::AlreadyCreated => {
+                    tracing::info!("keys already linked: an earlier create of this ticket landed");
+                    let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+                    tickets::finish_create(
                     &mut tx,
                     job.job_ref(),
                     ticket,
@@ -238,15 +245,16 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                     Some("created by an earlier attempt whose answer was lost; Visibuild id unknown"),
                 )
                 .await?;
-                tx.commit().await.map_err(StoreError::from)?;
-                shared.progress.ticket_done();
-                Ok(())
+                    tx.commit().await.map_err(StoreError::from)?;
+                    shared.progress.ticket_done();
+                    Ok(())
+                }
+                next => Err(Failure {
+                    next,
+                    reason: e.to_string(),
+                }
+                .into()),
             }
-            next => Err(Failure {
-                next,
-                reason: e.to_string(),
-            }
-            .into()),
-        },
+        }
     }
 }

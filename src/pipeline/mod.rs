@@ -131,7 +131,10 @@ pub async fn run(
         }
         let got_work = !claimed.is_empty();
         for job in claimed {
-            let worker = workers.clone().try_acquire_owned().expect("claimed within free slots");
+            let worker = workers
+                .clone()
+                .try_acquire_owned()
+                .expect("claimed within free slots");
             let upload = match job.kind {
                 JobKind::Upload => Some(
                     uploads
@@ -146,7 +149,7 @@ pub async fn run(
             let in_flight = in_flight.clone();
             let span = tracing::info_span!(
                 "job", job_id = %job.id, kind = %job.kind, attempt = job.attempt,
-                batch = ?job.batch_id.map(|b| b.to_string()), ticket_ref = tracing::field::Empty
+                batch = %job.batch_id.map(|b| b.to_string()).unwrap_or_default(), ticket_ref = tracing::field::Empty
             );
             tasks.spawn(
                 async move {
@@ -187,7 +190,10 @@ pub async fn run(
                 log_panic(done);
             }
         };
-        if tokio::time::timeout(config.shutdown_grace, drain).await.is_err() {
+        if tokio::time::timeout(config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
@@ -281,6 +287,19 @@ async fn heartbeat(db: PgPool, in_flight: Arc<Mutex<HashMap<JobId, i32>>>, lease
 
 /// Run one job and settle its outcome. Nothing escapes: every error is recorded or logged.
 async fn execute(shared: &Shared, job: &ClaimedJob) {
+    if job.is_over_budget() {
+        // Its previous holder lost the lease on the last attempt (killed, crashed, hung):
+        // running it again could kill this worker too.
+        let failure = Failure::fail(format!(
+            "gave up: the worker holding attempt {} of {} stopped without an answer",
+            job.attempt - 1,
+            job.max_attempts
+        ));
+        if let Err(e) = settle(shared, job, &failure).await {
+            tracing::error!(error = %e, "could not record an over-budget job");
+        }
+        return;
+    }
     let result = match job.kind {
         JobKind::Upload => jobs::upload(shared, job).await,
         JobKind::CreateTicket => jobs::create(shared, job).await,
@@ -320,12 +339,16 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
         }
         Next::Retry { after } => {
             let outcome = match after {
-                Some(after) => {
-                    queue::fail_after(&mut *tx, job_ref, reason, *after).await?
-                }
+                Some(after) => queue::fail_after(&mut *tx, job_ref, reason, *after).await?,
                 None => {
-                    queue::fail(&mut *tx, job_ref, reason, RetryDecision::Retry, &shared.backoff)
-                        .await?
+                    queue::fail(
+                        &mut *tx,
+                        job_ref,
+                        reason,
+                        RetryDecision::Retry,
+                        &shared.backoff,
+                    )
+                    .await?
                 }
             };
             match outcome {
@@ -334,18 +357,37 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
                 }
                 FailOutcome::Failed => {
                     tracing::error!(error = reason, "out of attempts");
-                    fail_subject(&mut tx, job, &format!("gave up after {} attempts: {reason}", job.attempt)).await?;
+                    fail_subject(
+                        &mut tx,
+                        job,
+                        &format!("gave up after {} attempts: {reason}", job.attempt),
+                    )
+                    .await?;
                 }
             }
         }
         Next::Fail | Next::Presign | Next::Rehash | Next::AlreadyCreated => {
             tracing::error!(error = reason, "failed");
-            queue::fail(&mut *tx, job_ref, reason, RetryDecision::Permanent, &shared.backoff).await?;
+            queue::fail(
+                &mut *tx,
+                job_ref,
+                reason,
+                RetryDecision::Permanent,
+                &shared.backoff,
+            )
+            .await?;
             fail_subject(&mut tx, job, reason).await?;
         }
         Next::Review => {
             tracing::warn!(error = reason, "needs review");
-            queue::fail(&mut *tx, job_ref, reason, RetryDecision::Permanent, &shared.backoff).await?;
+            queue::fail(
+                &mut *tx,
+                job_ref,
+                reason,
+                RetryDecision::Permanent,
+                &shared.backoff,
+            )
+            .await?;
             if let Some(ticket) = job.ticket_id {
                 tickets::set_ticket_state(&mut tx, ticket, TicketState::NeedsReview, Some(reason))
                     .await?;

@@ -59,6 +59,25 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// Drops the database of `database_url` if it exists (a rehearsal's fresh start).
+pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
+    let exists = Postgres::database_exists(database_url)
+        .await
+        .map_err(|source| StoreError::Connect {
+            url: redact_url(database_url),
+            source,
+        })?;
+    if exists {
+        Postgres::drop_database(database_url)
+            .await
+            .map_err(|source| StoreError::CreateDatabase {
+                url: redact_url(database_url),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 /// Connects with [`DEFAULT_MAX_CONNECTIONS`]; see [`connect_with`].
 pub async fn connect(database_url: &str) -> Result<PgPool, StoreError> {
     connect_with(database_url, DEFAULT_MAX_CONNECTIONS).await

@@ -604,52 +604,6 @@ fn truncate(error: &str) -> &str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
-
-    #[test]
-    fn backoff_ceiling_doubles_from_base_and_stops_at_cap() {
-        let b = Backoff {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(5),
-        };
-        let ceilings: Vec<_> = (1..=6).map(|n| b.ceiling(n)).collect();
-        assert_eq!(
-            ceilings,
-            [500, 1000, 2000, 4000, 5000, 5000].map(Duration::from_millis)
-        );
-        assert_eq!(b.ceiling(0), Duration::from_millis(500));
-        assert_eq!(b.ceiling(i32::MAX), Duration::from_secs(5));
-    }
-
-    #[test]
-    fn backoff_delays_are_jittered_within_zero_and_the_ceiling() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(3),
-        };
-        let mut rng = StdRng::seed_from_u64(7);
-        for attempt in 1..=10 {
-            let delays: Vec<_> = (0..200).map(|_| b.delay_with(attempt, &mut rng)).collect();
-            assert!(delays.iter().all(|d| *d <= b.ceiling(attempt)));
-            assert!(delays.iter().all(|d| d.subsec_nanos() % 1000 == 0));
-            // Full jitter spreads over the whole range, not just near the ceiling.
-            let half = b.ceiling(attempt) / 2;
-            assert!(delays.iter().any(|d| *d < half) && delays.iter().any(|d| *d > half));
-        }
-    }
-
-    #[test]
-    fn long_errors_are_cut_on_a_character_boundary() {
-        let long = "é".repeat(MAX_ERROR_CHARS + 10);
-        assert_eq!(truncate(&long).chars().count(), MAX_ERROR_CHARS);
-        assert_eq!(truncate("short"), "short");
-    }
-}
-
 /// Wakes idle workers listening on [`NOTIFY_CHANNEL`] (e.g. after a fan-in unblocked a job).
 pub async fn notify<'e, E: PgExecutor<'e>>(ex: E) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, '')")
@@ -709,4 +663,50 @@ pub async fn has_runnable<'e, E: PgExecutor<'e>>(
     .fetch_one(ex)
     .await?;
     Ok(any)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn backoff_ceiling_doubles_from_base_and_stops_at_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(5),
+        };
+        let ceilings: Vec<_> = (1..=6).map(|n| b.ceiling(n)).collect();
+        assert_eq!(
+            ceilings,
+            [500, 1000, 2000, 4000, 5000, 5000].map(Duration::from_millis)
+        );
+        assert_eq!(b.ceiling(0), Duration::from_millis(500));
+        assert_eq!(b.ceiling(i32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn backoff_delays_are_jittered_within_zero_and_the_ceiling() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(3),
+        };
+        let mut rng = StdRng::seed_from_u64(7);
+        for attempt in 1..=10 {
+            let delays: Vec<_> = (0..200).map(|_| b.delay_with(attempt, &mut rng)).collect();
+            assert!(delays.iter().all(|d| *d <= b.ceiling(attempt)));
+            assert!(delays.iter().all(|d| d.subsec_nanos() % 1000 == 0));
+            // Full jitter spreads over the whole range, not just near the ceiling.
+            let half = b.ceiling(attempt) / 2;
+            assert!(delays.iter().any(|d| *d < half) && delays.iter().any(|d| *d > half));
+        }
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR_CHARS + 10);
+        assert_eq!(truncate(&long).chars().count(), MAX_ERROR_CHARS);
+        assert_eq!(truncate("short"), "short");
+    }
 }

@@ -173,8 +173,8 @@ pub async fn batch_status(
     .fetch_one(pool)
     .await?;
     let files_pending: i64 = files.iter().filter(|f| f.0 == "pending").map(|f| f.1).sum();
-    let eta_seconds =
-        (files_last_minute > 0 && files_pending > 0).then(|| files_pending * 60 / files_last_minute);
+    let eta_seconds = (files_last_minute > 0 && files_pending > 0)
+        .then(|| files_pending * 60 / files_last_minute);
     let top_errors = top_errors(pool, Some(batch), 5)
         .await?
         .into_iter()
@@ -256,9 +256,13 @@ pub async fn retry(
     scope: &RetryScope,
     max_attempts: i32,
 ) -> Result<Retried, StoreError> {
-    let jobs: Vec<(JobId, Option<uuid::Uuid>, Option<uuid::Uuid>, crate::domain::JobKind)> =
-        sqlx::query_as(
-            "SELECT j.id, j.ticket_id, j.attachment_id, j.kind
+    let jobs: Vec<(
+        JobId,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        crate::domain::JobKind,
+    )> = sqlx::query_as(
+        "SELECT j.id, j.ticket_id, j.attachment_id, j.kind
                FROM jobs j JOIN tickets t ON t.id = j.ticket_id
               WHERE j.state = 'failed'
                 AND ($1::uuid IS NULL OR j.batch_id = $1)
@@ -268,14 +272,14 @@ pub async fn retry(
                      OR strpos(t.last_error, $4) > 0)
                 AND (t.state <> 'needs_review' OR $5)
               FOR UPDATE OF j",
-        )
-        .bind(scope.batch)
-        .bind(scope.reference.as_deref())
-        .bind(scope.job)
-        .bind(scope.error_contains.as_deref())
-        .bind(scope.force)
-        .fetch_all(&mut *conn)
-        .await?;
+    )
+    .bind(scope.batch)
+    .bind(scope.reference.as_deref())
+    .bind(scope.job)
+    .bind(scope.error_contains.as_deref())
+    .bind(scope.force)
+    .fetch_all(&mut *conn)
+    .await?;
     let ids: Vec<JobId> = jobs.iter().map(|j| j.0).collect();
     let tickets: Vec<uuid::Uuid> = {
         let mut t: Vec<_> = jobs.iter().filter_map(|j| j.1).collect();

@@ -47,9 +47,11 @@ pub async fn upsert_batch<'e, E: PgExecutor<'e>>(
 }
 
 pub async fn batches<'e, E: PgExecutor<'e>>(ex: E) -> Result<Vec<Batch>, StoreError> {
-    Ok(sqlx::query_as("SELECT * FROM batches ORDER BY created_at, name")
-        .fetch_all(ex)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT * FROM batches ORDER BY created_at, name")
+            .fetch_all(ex)
+            .await?,
+    )
 }
 
 pub async fn batch_by_name<'e, E: PgExecutor<'e>>(
@@ -150,18 +152,38 @@ async fn load_chunk(
     .bind(batch)
     .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
     .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|f| f.1.reference.as_str()).collect::<Vec<_>>())
+    .bind(
+        fresh
+            .iter()
+            .map(|f| f.1.reference.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
     .bind(fresh.iter().map(|f| f.1.title.as_str()).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|f| f.1.address.as_deref()).collect::<Vec<_>>())
+    .bind(
+        fresh
+            .iter()
+            .map(|f| f.1.address.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         fresh
             .iter()
             .map(|f| f.1.priority.map(Priority::as_str))
             .collect::<Vec<_>>(),
     )
-    .bind(fresh.iter().map(|f| f.1.contact_name.as_deref()).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|f| f.1.contact_email.as_deref()).collect::<Vec<_>>())
+    .bind(
+        fresh
+            .iter()
+            .map(|f| f.1.contact_name.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        fresh
+            .iter()
+            .map(|f| f.1.contact_email.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(fresh.iter().map(|f| f.2.as_str()).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
@@ -417,7 +439,10 @@ pub struct TicketRow {
     pub last_error: Option<String>,
 }
 
-pub async fn create_work(conn: &mut PgConnection, ticket: TicketId) -> Result<CreateWork, StoreError> {
+pub async fn create_work(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+) -> Result<CreateWork, StoreError> {
     let ticket: TicketRow = sqlx::query_as(
         "SELECT id, batch_id, project_id, ref, line, title, address, priority, contact_name,
                 contact_email, state, visibuild_id, create_sent_at, last_error

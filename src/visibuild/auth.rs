@@ -94,20 +94,24 @@ async fn fetch_token(
         ("client_secret", secret.expose()),
         ("scope", "read write"),
     ];
-    let response = http.post(url).form(&form).send().await.map_err(|e| {
-        ApiError::Transient {
+    let response = http
+        .post(url)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| ApiError::Transient {
             reason: format!("token request failed: {}", super::describe_reqwest(e)),
             retry_after: None,
-        }
-    })?;
+        })?;
     let status = response.status();
     let retry_after = super::retry_after_of(&response);
     let body = response.text().await.unwrap_or_default();
     if status.is_success() {
-        let parsed: TokenResponse = serde_json::from_str(&body).map_err(|_| ApiError::Permanent {
-            status: status.as_u16(),
-            reason: "token endpoint answered without an access_token".into(),
-        })?;
+        let parsed: TokenResponse =
+            serde_json::from_str(&body).map_err(|_| ApiError::Permanent {
+                status: status.as_u16(),
+                reason: "token endpoint answered without an access_token".into(),
+            })?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600));
         // Refresh a minute early, or at 80% of a short lifetime.
         let use_for = lifetime

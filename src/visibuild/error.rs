@@ -42,7 +42,10 @@ pub enum ApiError {
     #[error("attachment key not found ({})", describe_keys(keys))]
     KeyNotFound { keys: Vec<String> },
     /// Ticket 422 "attachment belongs to another company": permanent.
-    #[error("attachment belongs to another company ({}): the credentials belong to a different company than the one the files were uploaded for", describe_keys(keys))]
+    #[error(
+        "attachment belongs to another company ({}): the credentials belong to a different company than the one the files were uploaded for",
+        describe_keys(keys)
+    )]
     OtherCompany { keys: Vec<String> },
     /// Ticket 422 "attachment already associated".
     #[error("attachment already associated ({})", describe_keys(keys))]
@@ -119,7 +122,10 @@ mod tests {
 
     #[test]
     fn the_three_422s_are_recognised_by_their_text_and_name_our_keys() {
-        let keys = vec!["attachment/a/x.jpg".to_string(), "attachment/b/y.jpg".to_string()];
+        let keys = vec![
+            "attachment/a/x.jpg".to_string(),
+            "attachment/b/y.jpg".to_string(),
+        ];
         let body = r#"{"error":{"message":"Attachment key not found","key":"attachment/b/y.jpg"}}"#;
         assert_eq!(
             classify_ticket_422(body, &keys),
@@ -135,7 +141,10 @@ mod tests {
             classify_ticket_422("attachment belongs to another company", &keys),
             Some(ApiError::OtherCompany { .. })
         ));
-        assert_eq!(classify_ticket_422(r#"{"error":"title is blank"}"#, &keys), None);
+        assert_eq!(
+            classify_ticket_422(r#"{"error":"title is blank"}"#, &keys),
+            None
+        );
     }
 
     #[test]

@@ -178,10 +178,16 @@ impl Client {
         })
     }
 
-    /// `PUT` the file to the presigned URL: streamed, with exactly the returned headers and
-    /// an explicit `Content-Length` (S3 refuses chunked bodies).
-    pub async fn put_file(&self, upload: &Upload, path: &Path, size: u64) -> Result<(), ApiError> {
+    /// Wait for the upload rate. Called *before* presigning, so that a URL is used the moment
+    /// it is made: a throttled upload never sits on a URL that expires while it waits.
+    pub async fn upload_turn(&self) {
         self.upload_gate.acquire().await;
+    }
+
+    /// `PUT` the file to the presigned URL: streamed, with exactly the returned headers and
+    /// an explicit `Content-Length` (S3 refuses chunked bodies). Take an
+    /// [`upload_turn`](Self::upload_turn) before presigning.
+    pub async fn put_file(&self, upload: &Upload, path: &Path, size: u64) -> Result<(), ApiError> {
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         let file = tokio::fs::File::open(path)
             .await
@@ -219,13 +225,15 @@ impl Client {
                 code,
                 reason,
             },
-            (400, "BadDigest" | "InvalidDigest" | "IncompleteBody" | "EntityTooSmall" | "EntityTooLarge") => {
-                ApiError::UploadContentMismatch {
-                    status: 400,
-                    code,
-                    reason,
-                }
-            }
+            (
+                400,
+                "BadDigest" | "InvalidDigest" | "IncompleteBody" | "EntityTooSmall"
+                | "EntityTooLarge",
+            ) => ApiError::UploadContentMismatch {
+                status: 400,
+                code,
+                reason,
+            },
             (429, _) => {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 let delay = retry_after.unwrap_or(Duration::from_secs(1));
