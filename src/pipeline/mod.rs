@@ -22,6 +22,35 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// How long the pool rides out a database it cannot reach (a restart, a failover) before
+/// it gives up. Leases keep what was in flight safe meanwhile.
+const DB_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
+
+/// Evaluate a store call inside the claim loop; on error wait a second and go round again,
+/// until the outage has lasted [`DB_OUTAGE_LIMIT`].
+macro_rules! or_retry {
+    ($call:expr, $outage:ident, $stop:ident) => {
+        match $call {
+            Ok(value) => {
+                $outage = None;
+                value
+            }
+            Err(e) => {
+                let since = *$outage.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > DB_OUTAGE_LIMIT {
+                    break Err(e);
+                }
+                tracing::warn!(error = %e, "database unavailable; trying again in 1s");
+                tokio::select! {
+                    _ = $stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        }
+    };
+}
+
 /// How the pool runs.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -111,9 +140,10 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat(db.clone(), in_flight.clone(), config.lease));
     let mut listener = queue::listen(&db).await.ok();
 
-    let end = loop {
+    let mut outage: Option<std::time::Instant> = None;
+    let end: Result<RunEnd, StoreError> = loop {
         if stop.is_cancelled() {
-            break RunEnd::Interrupted;
+            break Ok(RunEnd::Interrupted);
         }
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
@@ -121,13 +151,22 @@ pub async fn run(
         let free = workers.available_permits();
         let mut claimed = Vec::new();
         if free > 0 {
-            claimed = claim(&db, &config, &[JobKind::CreateTicket], free).await?;
+            claimed = or_retry!(
+                claim(&db, &config, &[JobKind::CreateTicket], free).await,
+                outage,
+                stop
+            );
         }
         let free_uploads = uploads
             .available_permits()
             .min(free.saturating_sub(claimed.len()));
         if free_uploads > 0 {
-            claimed.extend(claim(&db, &config, &[JobKind::Upload], free_uploads).await?);
+            let uploads_claimed = or_retry!(
+                claim(&db, &config, &[JobKind::Upload], free_uploads).await,
+                outage,
+                stop
+            );
+            claimed.extend(uploads_claimed);
         }
         let got_work = !claimed.is_empty();
         for job in claimed {
@@ -166,12 +205,12 @@ pub async fn run(
         if !got_work
             && tasks.is_empty()
             && !config.watch
-            && !queue::has_runnable(&db, config.batch).await?
+            && !or_retry!(queue::has_runnable(&db, config.batch).await, outage, stop)
         {
-            break RunEnd::Drained;
+            break Ok(RunEnd::Drained);
         }
         // Wait for a slot, a notification, the next scheduled job, or a stop.
-        let wake = next_wake(&db, &config).await?;
+        let wake = or_retry!(next_wake(&db, &config).await, outage, stop);
         tokio::select! {
             _ = stop.cancelled() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
@@ -180,7 +219,7 @@ pub async fn run(
         }
     };
 
-    if end == RunEnd::Interrupted && !tasks.is_empty() {
+    if !matches!(end, Ok(RunEnd::Drained)) && !tasks.is_empty() {
         tracing::info!(
             in_flight = tasks.len(),
             "stopping: no new claims; letting in-flight jobs finish"
@@ -208,10 +247,14 @@ pub async fn run(
         })
         .collect();
     if !leftover.is_empty() {
-        queue::release(&db, &leftover).await?;
-        tracing::info!(released = leftover.len(), "released unfinished jobs");
+        match queue::release(&db, &leftover).await {
+            Ok(n) => tracing::info!(released = n, "released unfinished jobs"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release jobs; their leases will expire")
+            }
+        }
     }
-    Ok(end)
+    end
 }
 
 async fn claim(
