@@ -330,3 +330,31 @@ async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].attachments[0].size, 300 * 1_048_576);
 }
+
+#[sqlx::test]
+async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: PgPool) {
+    let fx = fixture(5, |t| t % 2, |_, _| 100);
+    let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
+    let (batch, _) = enqueue(&db, &fx.manifest).await;
+    let wrong = Arc::new(
+        Client::new(ClientConfig {
+            api_url: sandbox.base_url(),
+            credentials: Credentials::Token(Secret::new("not-the-token")),
+            api_gate: Arc::new(RateGate::new(None)),
+            upload_gate: Arc::new(RateGate::new(None)),
+            timeout: Duration::from_secs(30),
+        })
+        .unwrap(),
+    );
+    let end = run(&db, wrong, pool_config(batch)).await;
+    assert!(matches!(end, RunEnd::CredentialsRefused { .. }), "{end:?}");
+    let states = ticket_states(&db).await;
+    assert_eq!(states.get("failed"), None, "{states:?}");
+    assert_eq!(locked_jobs(&db).await, 0);
+    // With the right token the same queue finishes.
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
+    );
+    assert_exactly_once(&sandbox, &fx);
+}

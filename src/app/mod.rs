@@ -400,6 +400,13 @@ async fn work(
         sandbox.shutdown().await;
     }
     Ok(match end {
+        RunEnd::CredentialsRefused { reason } => {
+            eprintln!(
+                "error: Visibuild refused the credentials ({reason}); nothing was marked failed — \
+                 fix VISIBUILD_TOKEN or VISIBUILD_CLIENT_ID/VISIBUILD_CLIENT_SECRET and run again"
+            );
+            Exit::Usage
+        }
         RunEnd::Interrupted => Exit::Interrupted,
         RunEnd::Drained if summary.failed + summary.needs_review + summary.pending > 0 => {
             Exit::TicketsFailed

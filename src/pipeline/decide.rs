@@ -24,6 +24,9 @@ pub enum Next {
     AlreadyCreated,
     /// Create, no attachments, outcome unknown: an operator must decide (`retry --force`).
     Review,
+    /// The credentials are refused: no job can succeed. Put this one back untouched and stop
+    /// the run, so nothing is marked failed for what is an operator's fix.
+    Halt,
 }
 
 /// What the decision may depend on besides the error.
@@ -31,6 +34,8 @@ pub enum Next {
 pub struct Context {
     /// A create request for this ticket left earlier (before this attempt).
     pub sent_before: bool,
+    /// The last create request that left got no definite answer: it may have landed.
+    pub unanswered: bool,
     /// The ticket has attachments (so a repeat create is safe: Visibuild links a key once).
     pub has_attachments: bool,
 }
@@ -44,7 +49,8 @@ pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
         (_, RateLimited { retry_after }) => Next::Wait {
             after: retry_after.unwrap_or(Duration::from_secs(1)),
         },
-        (_, Unauthorized { .. } | Permanent { .. } | OtherCompany { .. }) => Next::Fail,
+        (_, Unauthorized { .. }) => Next::Halt,
+        (_, Permanent { .. } | OtherCompany { .. }) => Next::Fail,
         (JobKind::Upload, UploadUrlRejected { .. }) => Next::Presign,
         (JobKind::Upload, UploadContentMismatch { .. }) => Next::Rehash,
         (JobKind::Upload, OutcomeUnknown { .. }) => Next::Retry { after: None },
@@ -79,14 +85,17 @@ mod tests {
 
     const WITH_FILES: Context = Context {
         sent_before: false,
+        unanswered: false,
         has_attachments: true,
     };
     const RESENT_WITH_FILES: Context = Context {
         sent_before: true,
+        unanswered: true,
         has_attachments: true,
     };
     const RESENT_NO_FILES: Context = Context {
         sent_before: true,
+        unanswered: true,
         has_attachments: false,
     };
 
@@ -131,7 +140,6 @@ mod tests {
     #[test]
     fn refusals_fail_at_once() {
         for e in [
-            ApiError::Unauthorized { reason: "x".into() },
             ApiError::Permanent {
                 status: 400,
                 reason: "x".into(),
@@ -141,6 +149,13 @@ mod tests {
             assert_eq!(decide(CreateTicket, &e, WITH_FILES), Next::Fail, "{e}");
             assert_eq!(decide(Upload, &e, WITH_FILES), Next::Fail, "{e}");
         }
+    }
+
+    #[test]
+    fn refused_credentials_halt_the_run_instead_of_failing_tickets() {
+        let e = ApiError::Unauthorized { reason: "x".into() };
+        assert_eq!(decide(Upload, &e, WITH_FILES), Next::Halt);
+        assert_eq!(decide(CreateTicket, &e, RESENT_NO_FILES), Next::Halt);
     }
 
     #[test]

@@ -198,9 +198,10 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     }
     let ctx = Context {
         sent_before: t.create_sent_at.is_some(),
+        unanswered: t.create_unanswered,
         has_attachments: !keys.is_empty(),
     };
-    if ctx.sent_before && !ctx.has_attachments {
+    if ctx.unanswered && !ctx.has_attachments {
         return Err(Failure {
             next: Next::Review,
             reason: "an earlier create request left without an answer; the ticket may exist \
@@ -232,29 +233,28 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             shared.progress.ticket_done();
             Ok(())
         }
-        Err(e) => {
-            match decide::decide(JobKind::CreateTicket, &e, ctx) {
-                Next::AlreadyCreated => {
-                    tracing::info!("keys already linked: an earlier create of this ticket landed");
-                    let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-                    tickets::finish_create(
-                    &mut tx,
-                    job.job_ref(),
-                    ticket,
-                    None,
-                    Some("created by an earlier attempt whose answer was lost; Visibuild id unknown"),
-                )
-                .await?;
-                    tx.commit().await.map_err(StoreError::from)?;
-                    shared.progress.ticket_done();
-                    Ok(())
+        Err(e) => match decide::decide(JobKind::CreateTicket, &e, ctx) {
+            Next::AlreadyCreated => {
+                tracing::info!("keys already linked: an earlier create of this ticket landed");
+                let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
+                let note =
+                    "created by an earlier attempt whose answer was lost; Visibuild id unknown";
+                tickets::finish_create(&mut tx, job.job_ref(), ticket, None, Some(note)).await?;
+                tx.commit().await.map_err(StoreError::from)?;
+                shared.progress.ticket_done();
+                Ok(())
+            }
+            next => {
+                if !matches!(e, ApiError::OutcomeUnknown { .. }) {
+                    // A definite "no": nothing landed, so a later attempt may send again.
+                    tickets::mark_create_answered(&shared.db, job.job_ref(), ticket).await?;
                 }
-                next => Err(Failure {
+                Err(Failure {
                     next,
                     reason: e.to_string(),
                 }
-                .into()),
+                .into())
             }
-        }
+        },
     }
 }

@@ -105,18 +105,23 @@ pub fn default_worker_name() -> String {
 /// What the handlers share.
 pub struct Shared {
     pub db: PgPool,
+    /// Set when the credentials are refused: the pool stops claiming and ends the run.
+    pub halted: Mutex<Option<String>>,
     pub client: Arc<Client>,
     pub progress: Arc<Progress>,
     pub backoff: Backoff,
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
     /// No runnable work left.
     Drained,
     /// Stopped by a signal; unfinished jobs were released.
     Interrupted,
+    /// Visibuild refused the credentials (401 after a refresh); unfinished jobs were
+    /// released, nothing was failed for it.
+    CredentialsRefused { reason: String },
 }
 
 /// Run the pool until no runnable work is left (or forever with `watch`), or until `stop`.
@@ -128,6 +133,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<RunEnd, StoreError> {
     let shared = Arc::new(Shared {
+        halted: Mutex::new(None),
         db: db.clone(),
         client,
         progress,
@@ -142,6 +148,9 @@ pub async fn run(
 
     let mut outage: Option<std::time::Instant> = None;
     let end: Result<RunEnd, StoreError> = loop {
+        if let Some(reason) = lock(&shared.halted).clone() {
+            break Ok(RunEnd::CredentialsRefused { reason });
+        }
         if stop.is_cancelled() {
             break Ok(RunEnd::Interrupted);
         }
@@ -420,6 +429,11 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             )
             .await?;
             fail_subject(&mut tx, job, reason).await?;
+        }
+        Next::Halt => {
+            tracing::error!(error = reason, "credentials refused; stopping the run");
+            queue::reschedule(&mut *tx, job_ref, Duration::ZERO, Some(reason)).await?;
+            lock(&shared.halted).get_or_insert_with(|| reason.to_string());
         }
         Next::Review => {
             tracing::warn!(error = reason, "needs review");

@@ -436,6 +436,7 @@ pub struct TicketRow {
     pub state: TicketState,
     pub visibuild_id: Option<String>,
     pub create_sent_at: Option<OffsetDateTime>,
+    pub create_unanswered: bool,
     pub last_error: Option<String>,
 }
 
@@ -445,7 +446,7 @@ pub async fn create_work(
 ) -> Result<CreateWork, StoreError> {
     let ticket: TicketRow = sqlx::query_as(
         "SELECT id, batch_id, project_id, ref, line, title, address, priority, contact_name,
-                contact_email, state, visibuild_id, create_sent_at, last_error
+                contact_email, state, visibuild_id, create_sent_at, create_unanswered, last_error
            FROM tickets WHERE id = $1",
     )
     .bind(ticket)
@@ -470,7 +471,28 @@ pub async fn mark_create_sent<'e, E: PgExecutor<'e>>(
     ticket: TicketId,
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
-        "UPDATE tickets SET create_sent_at = now(), state = 'creating', updated_at = now()
+        "UPDATE tickets SET create_sent_at = now(), create_unanswered = true, state = 'creating',
+                updated_at = now()
+          WHERE id = $3
+            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
+    )
+    .bind(job.id)
+    .bind(job.attempt)
+    .bind(ticket)
+    .execute(ex)
+    .await?;
+    fenced(done.rows_affected(), job)
+}
+
+/// A definite answer came back for this claim's create request: it did not land, so the
+/// next attempt may send again without review. Fenced: a stale claim clears nothing.
+pub async fn mark_create_answered<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    ticket: TicketId,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE tickets SET create_unanswered = false, updated_at = now()
           WHERE id = $3
             AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
     )
