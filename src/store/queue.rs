@@ -391,6 +391,27 @@ pub async fn fail<'e, E: PgExecutor<'e>>(
     retry: RetryDecision,
     backoff: &Backoff,
 ) -> Result<FailOutcome, StoreError> {
+    record_failure(ex, job, error, retry, backoff.delay(job.attempt)).await
+}
+
+/// Records a failed attempt whose retry the server timed (`Retry-After` on a 503, S3's
+/// `SlowDown`): like [`fail`] with `Retry`, but available after `delay` instead of a backoff.
+pub async fn fail_after<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    error: &str,
+    delay: Duration,
+) -> Result<FailOutcome, StoreError> {
+    record_failure(ex, job, error, RetryDecision::Retry, delay).await
+}
+
+async fn record_failure<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    error: &str,
+    retry: RetryDecision,
+    delay: Duration,
+) -> Result<FailOutcome, StoreError> {
     let row = sqlx::query_as::<_, (JobState, OffsetDateTime)>(
         "UPDATE jobs
          SET state = CASE WHEN $3 AND attempt < max_attempts
@@ -405,7 +426,7 @@ pub async fn fail<'e, E: PgExecutor<'e>>(
     .bind(job.id)
     .bind(job.attempt)
     .bind(retry == RetryDecision::Retry)
-    .bind(micros(backoff.delay(job.attempt)))
+    .bind(micros(delay))
     .bind(truncate(error))
     .fetch_optional(ex)
     .await?;
@@ -611,38 +632,6 @@ pub async fn notify<'e, E: PgExecutor<'e>>(ex: E) -> Result<(), StoreError> {
         .execute(ex)
         .await?;
     Ok(())
-}
-
-/// Records a failed attempt whose retry the server timed (`Retry-After` on a 503, S3's
-/// `SlowDown`): like [`fail`] with `Retry`, but available after `delay` instead of a backoff.
-pub async fn fail_after<'e, E: PgExecutor<'e>>(
-    ex: E,
-    job: JobRef,
-    error: &str,
-    delay: Duration,
-) -> Result<FailOutcome, StoreError> {
-    let row = sqlx::query_as::<_, (JobState, OffsetDateTime)>(
-        "UPDATE jobs
-         SET state = CASE WHEN attempt < max_attempts
-                          THEN 'available'::job_state ELSE 'failed'::job_state END,
-             run_at = CASE WHEN attempt < max_attempts
-                           THEN now() + $3::float8 * interval '1 microsecond' ELSE run_at END,
-             finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE now() END,
-             last_error = $4, updated_at = now(), locked_until = NULL, locked_by = NULL
-         WHERE id = $1 AND attempt = $2 AND state = 'running'
-         RETURNING state, run_at",
-    )
-    .bind(job.id)
-    .bind(job.attempt)
-    .bind(micros(delay))
-    .bind(truncate(error))
-    .fetch_optional(ex)
-    .await?;
-    match row {
-        None => Err(fenced_error(job)),
-        Some((JobState::Available, at)) => Ok(FailOutcome::Retrying { at }),
-        Some(_) => Ok(FailOutcome::Failed),
-    }
 }
 
 /// Whether any job (of all batches or one) can still run: available (now or later) or

@@ -470,18 +470,7 @@ pub async fn mark_create_sent<'e, E: PgExecutor<'e>>(
     job: JobRef,
     ticket: TicketId,
 ) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE tickets SET create_sent_at = now(), create_unanswered = true, state = 'creating',
-                updated_at = now()
-          WHERE id = $3
-            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
-    )
-    .bind(job.id)
-    .bind(job.attempt)
-    .bind(ticket)
-    .execute(ex)
-    .await?;
-    fenced(done.rows_affected(), job)
+    mark_create(ex, job, ticket, true).await
 }
 
 /// A definite answer came back for this claim's create request: it did not land, so the
@@ -491,14 +480,28 @@ pub async fn mark_create_answered<'e, E: PgExecutor<'e>>(
     job: JobRef,
     ticket: TicketId,
 ) -> Result<(), StoreError> {
+    mark_create(ex, job, ticket, false).await
+}
+
+async fn mark_create<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    ticket: TicketId,
+    leaving: bool,
+) -> Result<(), StoreError> {
     let done = sqlx::query(
-        "UPDATE tickets SET create_unanswered = false, updated_at = now()
+        "UPDATE tickets
+            SET create_unanswered = $4,
+                create_sent_at = CASE WHEN $4 THEN now() ELSE create_sent_at END,
+                state = CASE WHEN $4 THEN 'creating'::ticket_state ELSE state END,
+                updated_at = now()
           WHERE id = $3
             AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
     )
     .bind(job.id)
     .bind(job.attempt)
     .bind(ticket)
+    .bind(leaving)
     .execute(ex)
     .await?;
     fenced(done.rows_affected(), job)
