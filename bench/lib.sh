@@ -86,8 +86,18 @@ sandbox_ticket_count() { curl -fsS "$SANDBOX_URL/sandbox/tickets" | jq ".tickets
 timed() {
     local name=$1
     shift
-    local status=0
-    /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || status=$?
+    local status attempt
+    for attempt in 1 2 3; do
+        wait_for_pg
+        status=0
+        /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || status=$?
+        # Another suite may restart the shared Postgres: a run that could not even connect
+        # did nothing yet, so it is run again rather than reported.
+        if ((status == 0)) || ! grep -qE "cannot connect|the database system is" "$WORK/$name.err"; then
+            break
+        fi
+        log "$name: Postgres was restarting; running it again"
+    done
     if ((status != 0)); then
         echo "$name failed (exit $status):" >&2
         tail -20 "$WORK/$name.err" >&2
@@ -98,6 +108,15 @@ timed() {
         n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$WORK/$name.time")
     CPU=$(awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {printf "%.2f", u + s}' "$WORK/$name.time")
     RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.time")
+}
+
+# Wait (up to 60 s) until Postgres accepts connections.
+wait_for_pg() {
+    local deadline=$((SECONDS + 60))
+    until psql -qtA "$PG/postgres" -c "SELECT 1" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { echo "Postgres at $PG is not answering" >&2; return 1; }
+        sleep 0.5
+    done
 }
 
 # median X Y Z…

@@ -129,7 +129,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo test --all-targets` runs harness-less benches too; only measure under `cargo bench`.
     if !args.iter().any(|a| a == "--bench") {
-        println!("baseline bench: skipped (run it with `cargo bench --bench baseline -- MANIFEST API_URL`)");
+        println!(
+            "baseline bench: skipped (run it with `cargo bench --bench baseline -- MANIFEST API_URL`)"
+        );
         return Ok(());
     }
     let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
