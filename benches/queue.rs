@@ -1,8 +1,8 @@
 //! Queue throughput: bulk-enqueue no-op jobs, then drain them with concurrent workers that
 //! claim in batches and complete in batches, fencing intact. Run: `cargo bench --bench queue`.
 //!
-//! Uses a fresh database `visibuild_import_bench` on the server of `DATABASE_URL` (dropped
-//! and recreated). Knobs: `QUEUE_BENCH_JOBS` (20000), `QUEUE_BENCH_WORKERS` (10),
+//! Uses a fresh database `visibuild_import_bench_<pid>` on the server of `DATABASE_URL`
+//! (dropped at the end), so runs side by side never share one. Knobs: `QUEUE_BENCH_JOBS` (20000), `QUEUE_BENCH_WORKERS` (10),
 //! `QUEUE_BENCH_BATCH` (50).
 
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
 
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
     let mut url = url::Url::parse(&base).context("DATABASE_URL")?;
-    url.set_path("/visibuild_import_bench");
+    url.set_path(&format!("/visibuild_import_bench_{}", std::process::id()));
     let url = url.to_string();
     if Postgres::database_exists(&url).await? {
         Postgres::force_drop_database(&url).await?;
