@@ -61,14 +61,14 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     tracing::Span::current().record("ticket_ref", work.ticket_ref.as_str());
     if work.state == AttachmentState::Uploaded {
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-        tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id).await?;
+        tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id, None).await?;
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(());
     }
     let path = PathBuf::from(&work.resolved_path);
-    let mut rehash = false;
+    let mut cached = work.cached_hash();
     for round in 1..=UPLOAD_ROUNDS {
-        let (stamp, md5) = file_hash(shared, &path, rehash).await?;
+        let (stamp, md5) = file_hash(&path, cached.take()).await?;
         let request = PresignRequest {
             filename: work.filename.clone(),
             content_type: work.content_type.clone(),
@@ -82,36 +82,39 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             .presign(&request)
             .await
             .map_err(|e| api_failure(JobKind::Upload, e, ctx))?;
-        tickets::record_presign(
-            &shared.db,
-            job.job_ref(),
-            attachment,
-            &upload.key,
-            stamp.size as i64,
-            &md5,
-        )
-        .await?;
         // The file must still be what we hashed; otherwise hash and presign again.
         if stamp_of(&path)? != stamp {
-            rehash = true;
             continue;
         }
         match shared.client.put_file(&upload, &path, stamp.size).await {
             Ok(()) => {
                 shared.progress.file_done(stamp.size);
+                let uploaded = tickets::Uploaded {
+                    key: &upload.key,
+                    resolved_path: &work.resolved_path,
+                    size: stamp.size as i64,
+                    mtime_ns: stamp.mtime_ns,
+                    md5: &md5,
+                };
                 let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-                tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id).await?;
+                tickets::finish_upload(
+                    &mut tx,
+                    job.job_ref(),
+                    attachment,
+                    work.ticket_id,
+                    Some(uploaded),
+                )
+                .await?;
                 tx.commit().await.map_err(StoreError::from)?;
                 return Ok(());
             }
             Err(e) => match decide::decide(JobKind::Upload, &e, ctx) {
                 Next::Presign if round < UPLOAD_ROUNDS => {
                     tracing::info!(error = %e, "presigning again");
-                    rehash = false;
+                    cached = Some((stamp, md5));
                 }
                 Next::Rehash if round < UPLOAD_ROUNDS => {
                     tracing::info!(error = %e, "hashing and presigning again");
-                    rehash = true;
                 }
                 Next::Presign | Next::Rehash => {
                     return Err(Failure {
@@ -137,23 +140,20 @@ fn stamp_of(path: &std::path::Path) -> Result<FileStamp, Failure> {
     hash::stamp(path).map_err(|e| Failure::fail(e.to_string()))
 }
 
-/// The file's stamp and MD5: from the cache when the file is unchanged, else read again.
+/// The file's stamp and MD5: the known ones while the file is unchanged, else read again.
 async fn file_hash(
-    shared: &Shared,
     path: &std::path::Path,
-    force: bool,
+    known: Option<(FileStamp, String)>,
 ) -> Result<(FileStamp, String), HandlerError> {
-    let key = path.to_string_lossy().into_owned();
     loop {
         let before = stamp_of(path)?;
         if before.size == 0 {
             return Err(Failure::fail(format!("{}: the file is empty", path.display())).into());
         }
-        if !force
-            && let Some(md5) =
-                tickets::cached_hash(&shared.db, &key, before.size as i64, before.mtime_ns).await?
+        if let Some((stamp, md5)) = &known
+            && *stamp == before
         {
-            return Ok((before, md5));
+            return Ok((before, md5.clone()));
         }
         let owned = path.to_path_buf();
         let (size, md5) = tokio::task::spawn_blocking(move || hash::md5_file(&owned))
@@ -162,7 +162,6 @@ async fn file_hash(
             .map_err(|e| Failure::fail(e.to_string()))?;
         let after = stamp_of(path)?;
         if after == before && after.size == size {
-            tickets::save_hash(&shared.db, &key, size as i64, after.mtime_ns, &md5).await?;
             return Ok((after, md5));
         }
         // Changed while we read it: read it again.

@@ -270,6 +270,23 @@ pub struct UploadWork {
     pub content_type: String,
     pub size: i64,
     pub state: AttachmentState,
+    /// The hash cache's entry for this path, if any: (size, mtime in ns, MD5).
+    pub cached_size: Option<i64>,
+    pub cached_mtime_ns: Option<i64>,
+    pub cached_md5: Option<String>,
+}
+
+impl UploadWork {
+    /// The cached stamp and MD5 of the file, to reuse while the file is unchanged.
+    pub fn cached_hash(&self) -> Option<(crate::pipeline::hash::FileStamp, String)> {
+        Some((
+            crate::pipeline::hash::FileStamp {
+                size: u64::try_from(self.cached_size?).ok()?,
+                mtime_ns: self.cached_mtime_ns?,
+            },
+            self.cached_md5.clone()?,
+        ))
+    }
 }
 
 pub async fn upload_work<'e, E: PgExecutor<'e>>(
@@ -278,8 +295,10 @@ pub async fn upload_work<'e, E: PgExecutor<'e>>(
 ) -> Result<UploadWork, StoreError> {
     Ok(sqlx::query_as(
         "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
-                a.filename, a.content_type, a.size, a.state
+                a.filename, a.content_type, a.size, a.state, h.size AS cached_size,
+                h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
            FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+           LEFT JOIN file_hashes h ON h.resolved_path = a.resolved_path
           WHERE a.id = $1",
     )
     .bind(attachment)
@@ -287,68 +306,14 @@ pub async fn upload_work<'e, E: PgExecutor<'e>>(
     .await?)
 }
 
-/// The MD5 recorded for this file at this size and mtime, if any.
-pub async fn cached_hash<'e, E: PgExecutor<'e>>(
-    ex: E,
-    path: &str,
-    size: i64,
-    mtime_ns: i64,
-) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT md5 FROM file_hashes WHERE resolved_path = $1 AND size = $2 AND mtime_ns = $3",
-    )
-    .bind(path)
-    .bind(size)
-    .bind(mtime_ns)
-    .fetch_optional(ex)
-    .await?)
-}
-
-pub async fn save_hash<'e, E: PgExecutor<'e>>(
-    ex: E,
-    path: &str,
-    size: i64,
-    mtime_ns: i64,
-    md5: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (resolved_path) DO UPDATE
-            SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5",
-    )
-    .bind(path)
-    .bind(size)
-    .bind(mtime_ns)
-    .bind(md5)
-    .execute(ex)
-    .await?;
-    Ok(())
-}
-
-/// Record the key a presign returned (and the size and MD5 it was asked for), fenced by the
-/// job's claim: a worker whose lease was taken over writes nothing.
-pub async fn record_presign<'e, E: PgExecutor<'e>>(
-    ex: E,
-    job: JobRef,
-    attachment: AttachmentId,
-    key: &str,
-    size: i64,
-    md5: &str,
-) -> Result<(), StoreError> {
-    let done = sqlx::query(
-        "UPDATE attachments SET key = $3, size = $4, md5 = $5
-          WHERE id = $6
-            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
-    )
-    .bind(job.id)
-    .bind(job.attempt)
-    .bind(key)
-    .bind(size)
-    .bind(md5)
-    .bind(attachment)
-    .execute(ex)
-    .await?;
-    fenced(done.rows_affected(), job)
+/// What an upload left in S3: its key, and the bytes it carried (also cached by path).
+#[derive(Debug, Clone, Copy)]
+pub struct Uploaded<'a> {
+    pub key: &'a str,
+    pub resolved_path: &'a str,
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub md5: &'a str,
 }
 
 /// The attachment is in S3: mark it, complete its job, and — if it was the ticket's last —
@@ -359,19 +324,42 @@ pub async fn finish_upload(
     job: JobRef,
     attachment: AttachmentId,
     ticket: TicketId,
+    uploaded: Option<Uploaded<'_>>,
 ) -> Result<bool, StoreError> {
+    // Losing this commit in a database crash costs one repeated upload (a new key; the old
+    // object is never linked), never a duplicate ticket: no need to wait for the disk.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE")
         .bind(ticket)
         .execute(&mut *conn)
         .await?;
     queue::complete(&mut *conn, job).await?;
-    sqlx::query(
-        "UPDATE attachments SET state = 'uploaded', uploaded_at = now(), last_error = NULL
-          WHERE id = $1",
-    )
-    .bind(attachment)
-    .execute(&mut *conn)
-    .await?;
+    if let Some(u) = uploaded {
+        sqlx::query(
+            "UPDATE attachments SET state = 'uploaded', uploaded_at = now(), last_error = NULL,
+                    key = $2, size = $3, md5 = $4
+              WHERE id = $1",
+        )
+        .bind(attachment)
+        .bind(u.key)
+        .bind(u.size)
+        .bind(u.md5)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (resolved_path) DO UPDATE
+                SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5",
+        )
+        .bind(u.resolved_path)
+        .bind(u.size)
+        .bind(u.mtime_ns)
+        .bind(u.md5)
+        .execute(&mut *conn)
+        .await?;
+    }
     let unblocked = sqlx::query(
         "UPDATE jobs SET state = 'available', run_at = now(), updated_at = now()
           WHERE kind = 'create_ticket' AND ticket_id = $1 AND state = 'blocked'
