@@ -91,6 +91,8 @@ pub struct WorkerSettings {
     pub workers: usize,
     pub upload_concurrency: usize,
     pub lease: Duration,
+    /// Plain progress line interval (no terminal).
+    pub progress_every: Duration,
     pub quiet: bool,
 }
 
@@ -246,6 +248,22 @@ async fn connect_api(
     Ok((Arc::new(client), sandbox))
 }
 
+/// Refused client credentials are the operator's to fix (exit 2), not a reason to fail every
+/// ticket. Other trouble fetching a token is left to the workers, which retry it.
+async fn authenticate(client: &Client) -> Result<(), anyhow::Error> {
+    match client.authenticate().await {
+        Ok(()) => Ok(()),
+        Err(crate::visibuild::ApiError::Unauthorized { reason }) => Err(UsageError(format!(
+            "{reason}; check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
+        ))
+        .into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not fetch an access token yet; the workers will retry");
+            Ok(())
+        }
+    }
+}
+
 /// Cancelled at the first Ctrl-C or SIGTERM; a second one exits at once.
 pub fn stop_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -369,6 +387,7 @@ async fn work(
 ) -> Result<Exit, anyhow::Error> {
     let db = store::connect(database_url).await?;
     let (client, sandbox) = connect_api(&api).await?;
+    authenticate(&client).await?;
     let progress = Arc::new(Progress::default());
     let remaining = stats::remaining(&db, batch).await?;
     progress
@@ -380,7 +399,8 @@ async fn work(
     progress
         .bytes_total
         .store(remaining.bytes, std::sync::atomic::Ordering::Relaxed);
-    let reporter = pipeline::progress::spawn_reporter(progress.clone(), workers.quiet);
+    let reporter =
+        pipeline::progress::spawn_reporter(progress.clone(), workers.quiet, workers.progress_every);
     let config = PoolConfig {
         workers: workers.workers,
         upload_concurrency: workers.upload_concurrency,

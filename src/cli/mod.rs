@@ -160,6 +160,9 @@ struct WorkerArgs {
     /// Seconds a claimed job is held before another worker may take it over.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(3..=86_400))]
     lease_secs: u64,
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    #[arg(long, hide = true, env = "VISIBUILD_PROGRESS_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    progress_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +332,7 @@ impl WorkerArgs {
             workers: self.workers.into(),
             upload_concurrency: self.upload_concurrency.into(),
             lease: std::time::Duration::from_secs(self.lease_secs),
+            progress_every: std::time::Duration::from_secs(self.progress_secs),
             quiet,
         }
     }

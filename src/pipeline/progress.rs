@@ -82,10 +82,15 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Show progress until the returned handle is dropped or aborted. `quiet` shows nothing.
+/// How often the plain progress line is logged when stderr is not a terminal.
+pub const DEFAULT_LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Show progress until the returned handle is dropped or aborted. `quiet` shows nothing;
+/// without a terminal, a plain line every `every`.
 pub fn spawn_reporter(
     progress: std::sync::Arc<Progress>,
     quiet: bool,
+    every: Duration,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if quiet {
         return None;
@@ -94,11 +99,12 @@ pub fn spawn_reporter(
         Some(tokio::spawn(bars(progress)))
     } else {
         Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                tracing::info!(target: "progress", "{}", progress.line());
+                // Under our own target, so the default filter (our crate at info) shows it.
+                tracing::info!("{}", progress.line());
             }
         }))
     }

@@ -290,8 +290,10 @@ impl Client {
         let url = format!("{}{}", self.api_url, path);
         let mut refreshed = false;
         loop {
-            let token = self.token().await?;
+            // The token after the gate: a wait at the gate must not outlast a short-lived
+            // token taken before it.
             self.api_gate.acquire().await;
+            let token = self.token().await?;
             let sent = self
                 .http
                 .post(&url)
@@ -341,6 +343,12 @@ impl Client {
                 _ => return Ok((status, text)),
             }
         }
+    }
+
+    /// Fetch a token now (client credentials), so refused credentials stop a run before
+    /// any work is claimed. A long-lived token is only checked by its first call.
+    pub async fn authenticate(&self) -> Result<(), ApiError> {
+        self.token().await.map(|_| ())
     }
 
     async fn token(&self) -> Result<Secret, ApiError> {

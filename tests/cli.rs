@@ -1,0 +1,1096 @@
+//! The operator's surface, through the real binary: check, enqueue, import, run, status,
+//! retry, report, OAuth, secrets in logs, signals and progress — against an in-process
+//! sandbox on port 0 and a fresh Postgres database per test.
+
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use visibuild_import::sandbox::{self, Sandbox, SandboxConfig};
+use visibuild_import::secret::Secret;
+
+const BIN: &str = env!("CARGO_BIN_EXE_visibuild-import");
+const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
+const COLUMNS: &str =
+    "ref, project_id, title, address, priority, contact_name, contact_email, attachments";
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+/// A database of the test's own, which the binary creates on first use; dropped at the end.
+struct Db {
+    url: String,
+    name: String,
+    master: String,
+}
+
+impl Db {
+    fn new(tag: &str) -> Self {
+        let master = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("vi_cli_{tag}_{}_{nanos}", std::process::id());
+        let mut url = url::Url::parse(&master).unwrap();
+        url.set_path(&format!("/{name}"));
+        Self {
+            url: url.to_string(),
+            name,
+            master,
+        }
+    }
+
+    async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Best effort, on a thread of its own: Drop may run inside the test's runtime.
+        let master = self.master.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = PgPool::connect(&master).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A manifest of `tickets` tickets, ticket i titled `Defect i` with `files_of(i)` files.
+struct Manifest {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    files: HashMap<String, Vec<String>>,
+}
+
+impl Manifest {
+    fn new(tickets: usize, files_of: impl Fn(usize) -> usize) -> Self {
+        Self::with_refs("DEF", tickets, files_of)
+    }
+
+    /// Refs `PREFIX-0000`…; titles stay `Defect i`.
+    fn with_refs(prefix: &str, tickets: usize, files_of: impl Fn(usize) -> usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("files")).unwrap();
+        let mut csv = String::from("ref,project_id,title,priority,attachments\n");
+        let mut files = HashMap::new();
+        for t in 0..tickets {
+            let reference = format!("{prefix}-{t:04}");
+            let mut paths = Vec::new();
+            for f in 0..files_of(t) {
+                let name = format!("files/t{t}-f{f}.jpg");
+                let bytes: Vec<u8> = (0..3000 + 97 * t + f)
+                    .map(|i| ((i * 31 + t * 7 + f) % 251) as u8)
+                    .collect();
+                std::fs::write(dir.path().join(&name), bytes).unwrap();
+                paths.push(name);
+            }
+            csv.push_str(&format!(
+                "{reference},{PROJECT},Defect {t},medium,{}\n",
+                paths.join(";")
+            ));
+            files.insert(reference, paths);
+        }
+        let path = dir.path().join("manifest.csv");
+        std::fs::write(&path, csv).unwrap();
+        Self { dir, path, files }
+    }
+
+    fn file(&self, reference: &str, index: usize) -> PathBuf {
+        self.dir.path().join(&self.files[reference][index])
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+fn reference(t: usize) -> String {
+    format!("DEF-{t:04}")
+}
+
+async fn start(config: SandboxConfig) -> Sandbox {
+    sandbox::start(config).await.unwrap()
+}
+
+/// Created tickets by title: how many times each was created.
+fn created_by_title(sb: &Sandbox) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for t in sb.tickets() {
+        *counts.entry(t.title).or_default() += 1;
+    }
+    counts
+}
+
+fn each_once(tickets: usize) -> BTreeMap<String, usize> {
+    (0..tickets).map(|t| (format!("Defect {t}"), 1)).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------------------
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The binary on `db`, with no ambient settings leaking in from the environment.
+fn bin(db: &Db, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", &db.url)
+        .kill_on_drop(true);
+    for var in [
+        "RUST_LOG",
+        "VISIBUILD_TOKEN",
+        "VISIBUILD_CLIENT_ID",
+        "VISIBUILD_CLIENT_SECRET",
+        "VISIBUILD_API_URL",
+        "VISIBUILD_REGION",
+        "VISIBUILD_LOG_FORMAT",
+        "VISIBUILD_PROGRESS_SECS",
+        "VISIBUILD_FILES_ROOT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// `bin` with the sandbox's static token.
+fn with_token(db: &Db, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = bin(db, args);
+    cmd.env("VISIBUILD_TOKEN", "sandbox-token");
+    cmd
+}
+
+async fn output(mut cmd: tokio::process::Command) -> Out {
+    let out = cmd.stdin(Stdio::null()).output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A running binary whose output goes to files the test can poll.
+struct Running {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+fn spawn(mut cmd: tokio::process::Command) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = dir.path().join("stdout");
+    let stderr = dir.path().join("stderr");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Running {
+        child,
+        _dir: dir,
+        stdout,
+        stderr,
+    }
+}
+
+impl Running {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().expect("still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait(mut self) -> Out {
+        let status = tokio::time::timeout(Duration::from_secs(120), self.child.wait())
+            .await
+            .expect("the binary ends")
+            .unwrap();
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
+    }
+}
+
+/// Poll `condition` until it holds, or fail after a minute.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn status_json(db: &Db) -> serde_json::Value {
+    let out = output(bin(db, &["status", "--json"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// The report as (ref → column → value).
+async fn report(db: &Db) -> BTreeMap<String, HashMap<String, String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.csv");
+    let out = output(bin(db, &["report", "--out", file.to_str().unwrap()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut reader = csv::Reader::from_path(&file).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let mut rows = BTreeMap::new();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let row: HashMap<String, String> = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, v)| (h.to_string(), v.to_string()))
+            .collect();
+        assert!(
+            rows.insert(row["ref"].clone(), row).is_none(),
+            "one row per ticket"
+        );
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------------------
+// check and enqueue
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn check_prints_every_corpus_problem_compiler_style_and_exits_2() {
+    let db = Db::new("check");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "missing_column.csv",
+            &[r#"1: missing required column "project_id""#],
+        ),
+        (
+            "unknown_column.csv",
+            &[r#"1: unknown column "colour" (the columns are {COLUMNS})"#],
+        ),
+        (
+            "bad_priority.csv",
+            &[r#"3: priority: "urgent" is not one of low, medium, high"#],
+        ),
+        (
+            "bad_email.csv",
+            &[r#"2: contact_email: "sam.example.com" is not an e-mail address"#],
+        ),
+        (
+            "bad_uuid.csv",
+            &[r#"2: project_id: "not-a-uuid" is not a UUID"#],
+        ),
+        (
+            "missing_value.csv",
+            &[
+                "2: title: missing required value",
+                "3: ref: missing required value",
+                "4: project_id: missing required value",
+            ],
+        ),
+        (
+            "missing_file.csv",
+            &[r#"2: attachments: "files/nope.jpg" does not exist"#],
+        ),
+        (
+            "empty_file.csv",
+            &[r#"2: attachments: "files/empty.jpg" is empty (0 bytes)"#],
+        ),
+        (
+            "absolute.csv",
+            &[
+                r#"2: attachments: "/etc/passwd" is an absolute path; paths are relative to the files root (--allow-outside-root lifts this)"#,
+            ],
+        ),
+        (
+            "field_count.csv",
+            &["3: expected 8 fields (as in the header), found 4"],
+        ),
+        (
+            "invalid_utf8.csv",
+            &["3: title: not valid UTF-8 text (save the manifest as UTF-8)"],
+        ),
+        (
+            "not_a_csv.csv",
+            &[
+                "1: not a CSV file: its content is image/png; expected a UTF-8 header row ({COLUMNS})",
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, problems) in cases {
+        let path = format!("tests/manifests/{name}");
+        let out = output(bin(&db, &["check", &path])).await;
+        let mut expected: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{path}:{}", p.replace("{COLUMNS}", COLUMNS)))
+            .collect();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let summary = lines.last().copied().unwrap_or_default();
+        let wanted_summary_end = format!("; {} problems", problems.len());
+        if out.code != 2
+            || lines[..lines.len().saturating_sub(1)] != expected[..]
+            || !summary.starts_with("errors: ")
+            || !summary.ends_with(&wanted_summary_end)
+        {
+            expected.push(format!(
+                "errors: … tickets, … files, … bytes{wanted_summary_end}"
+            ));
+            failures.push(format!(
+                "{name}: expected exit 2 and {expected:#?}\ngot {out:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn check_passes_the_sample_manifest_with_a_summary_and_touches_no_database() {
+    let db = Db::new("check_ok");
+    let out = output(bin(&db, &["check", "samples/manifest.csv"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("ok: 12 tickets, 20 files, 563035 bytes; 0 problems"),
+        "{out:?}"
+    );
+    assert!(
+        PgPool::connect(&db.url).await.is_err(),
+        "check created the database"
+    );
+}
+
+#[tokio::test]
+async fn enqueue_loads_nothing_from_a_manifest_with_errors_unless_told_to_skip_invalid() {
+    let db = Db::new("enqueue");
+    assert_eq!(output(bin(&db, &["migrate"])).await.code, 0);
+    let pool = db.pool().await;
+
+    let out = output(bin(&db, &["enqueue", "tests/manifests/bad_priority.csv"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains(
+        r#"tests/manifests/bad_priority.csv:3: priority: "urgent" is not one of low, medium, high"#
+    ));
+    assert!(out.stderr.contains("nothing was loaded"), "{out:?}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM tickets").await, 0);
+
+    let out = output(bin(
+        &db,
+        &[
+            "enqueue",
+            "tests/manifests/bad_priority.csv",
+            "--skip-invalid",
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("skipped 1 tickets with problems: D-2"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("1 tickets and 0 files added"),
+        "{out:?}"
+    );
+    let refs: Vec<String> = sqlx::query_scalar("SELECT ref FROM tickets")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(refs, ["D-1"]);
+
+    // Enqueue is idempotent: the same manifest again adds nothing.
+    let out = output(bin(
+        &db,
+        &[
+            "enqueue",
+            "tests/manifests/bad_priority.csv",
+            "--skip-invalid",
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("0 tickets and 0 files added; 1 already known")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// import, status, report, retry
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_status_and_report_describe_every_ticket() {
+    let db = Db::new("import");
+    let sb = start(SandboxConfig::default()).await;
+    let manifest = Manifest::new(6, |t| t % 3);
+    let files: usize = (0..6).map(|t| t % 3).sum();
+
+    let out = output(with_token(
+        &db,
+        &["import", manifest.arg(), "--api-url", &sb.base_url()],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("tickets: 6 created, 0 failed, 0 need review, 0 not finished"),
+        "{out:?}"
+    );
+    assert_eq!(created_by_title(&sb), each_once(6));
+
+    let human = output(bin(&db, &["status"])).await;
+    assert_eq!(human.code, 0, "{human:?}");
+    assert!(human.stdout.contains("batch manifest.csv"), "{human:?}");
+    assert!(human.stdout.contains("tickets: 6 created"), "{human:?}");
+    assert!(
+        human.stdout.contains(&format!("files:   {files} uploaded")),
+        "{human:?}"
+    );
+
+    let json = status_json(&db).await;
+    let batch = &json[0];
+    assert_eq!(batch["batch"], "manifest.csv");
+    assert_eq!(batch["tickets"]["created"], 6);
+    assert_eq!(batch["files"]["uploaded"], files);
+    assert_eq!(batch["jobs"]["failed"], 0);
+    assert_eq!(batch["jobs"]["completed"], 6 + files);
+    assert_eq!(batch["bytes_uploaded"], batch["bytes_total"]);
+    assert_eq!(batch["top_errors"].as_array().unwrap().len(), 0);
+
+    let rows = report(&db).await;
+    let in_sandbox: HashMap<String, _> = sb
+        .tickets()
+        .into_iter()
+        .map(|t| (t.title.clone(), t))
+        .collect();
+    assert_eq!(rows.len(), 6);
+    for t in 0..6 {
+        let row = &rows[&reference(t)];
+        let created = &in_sandbox[&format!("Defect {t}")];
+        assert_eq!(row["state"], "created");
+        assert_eq!(row["project_id"], PROJECT);
+        assert_eq!(row["ticket_id"], created.id.to_string());
+        let keys: Vec<&str> = row["attachment_keys"]
+            .split(';')
+            .filter(|k| !k.is_empty())
+            .collect();
+        let expected: Vec<&str> = created.attachments.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, expected, "{}", reference(t));
+        assert_eq!(row["error"], "");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_uploads_are_retried_by_ref_error_and_job_and_each_ticket_is_created_once() {
+    let db = Db::new("retry");
+    let sb = start(SandboxConfig::default()).await;
+    let api = sb.base_url();
+    let manifest = Manifest::new(4, |_| 2);
+    let out = output(bin(&db, &["enqueue", manifest.arg()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // The first file of tickets 0..3 disappears after it was checked: those uploads fail.
+    let hidden = tempfile::tempdir().unwrap();
+    for t in 0..3 {
+        std::fs::rename(
+            manifest.file(&reference(t), 0),
+            hidden.path().join(t.to_string()),
+        )
+        .unwrap();
+    }
+    let out = output(with_token(&db, &["run", "--api-url", &api])).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("tickets: 1 created, 3 failed, 0 need review, 0 not finished"),
+        "{out:?}"
+    );
+    assert_eq!(created_by_title(&sb), [("Defect 3".to_string(), 1)].into());
+
+    let human = output(bin(&db, &["status"])).await;
+    assert!(
+        human.stdout.contains("tickets: 1 created, 3 failed"),
+        "{human:?}"
+    );
+    assert!(
+        human.stdout.contains("t0-f0.jpg") && human.stdout.contains("No such file"),
+        "status names the reason: {human:?}"
+    );
+    let json = status_json(&db).await;
+    assert_eq!(json[0]["jobs"]["failed"], 3);
+    assert_eq!(
+        json[0]["jobs"]["blocked"], 3,
+        "their creates wait for the uploads"
+    );
+    let rows = report(&db).await;
+    for t in 0..3 {
+        let row = &rows[&reference(t)];
+        assert_eq!(row["state"], "failed");
+        assert!(
+            row["error"].contains(&format!("t{t}-f0.jpg")),
+            "report names the file: {row:?}"
+        );
+        assert_eq!(row["ticket_id"], "");
+    }
+
+    for t in 0..3 {
+        std::fs::rename(
+            hidden.path().join(t.to_string()),
+            manifest.file(&reference(t), 0),
+        )
+        .unwrap();
+    }
+
+    // By ref: only that ticket goes back, and its create runs once the upload lands.
+    let out = output(bin(&db, &["retry", "--ref", "DEF-0000"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        "{out:?}"
+    );
+    let out = output(with_token(&db, &["run", "--api-url", &api])).await;
+    assert_eq!(out.code, 1, "two tickets are still failed: {out:?}");
+    assert_eq!(created_by_title(&sb).get("Defect 0"), Some(&1));
+    assert_eq!(created_by_title(&sb).len(), 2);
+
+    // By error text.
+    let out = output(bin(&db, &["retry", "--error-contains", "t1-f0.jpg"])).await;
+    assert!(
+        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        "{out:?}"
+    );
+
+    // By job id.
+    let pool = db.pool().await;
+    let job: i64 = sqlx::query_scalar(
+        "SELECT j.id FROM jobs j JOIN tickets t ON t.id = j.ticket_id
+          WHERE t.ref = 'DEF-0002' AND j.state = 'failed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let out = output(bin(&db, &["retry", "--job", &job.to_string()])).await;
+    assert!(
+        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        "{out:?}"
+    );
+
+    let out = output(with_token(&db, &["run", "--api-url", &api])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(created_by_title(&sb), each_once(4));
+    for t in sb.tickets() {
+        assert_eq!(t.attachments.len(), 2, "{t:?}");
+    }
+    let rows = report(&db).await;
+    assert!(rows.values().all(|r| r["state"] == "created"), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_whose_create_answer_is_lost_needs_review_until_retry_force() {
+    let db = Db::new("review");
+    let lossy = start(SandboxConfig {
+        drop_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let manifest = Manifest::new(1, |_| 0);
+    let out = output(with_token(
+        &db,
+        &["import", manifest.arg(), "--api-url", &lossy.base_url()],
+    ))
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("0 created, 0 failed, 1 need review"),
+        "{out:?}"
+    );
+    assert_eq!(status_json(&db).await[0]["tickets"]["needs_review"], 1);
+    let human = output(bin(&db, &["status"])).await;
+    assert!(human.stdout.contains("1 needs_review"), "{human:?}");
+    assert!(human.stdout.contains("outcome unknown"), "{human:?}");
+    assert_eq!(report(&db).await["DEF-0000"]["state"], "needs_review");
+
+    let out = output(bin(&db, &["retry"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("0 failed jobs of 0 tickets"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("1 tickets need review"), "{out:?}");
+    assert_eq!(status_json(&db).await[0]["tickets"]["needs_review"], 1);
+
+    let out = output(bin(&db, &["retry", "--force"])).await;
+    assert!(
+        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        "{out:?}"
+    );
+    let healthy = start(SandboxConfig::default()).await;
+    let out = output(with_token(&db, &["run", "--api-url", &healthy.base_url()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(created_by_title(&healthy), each_once(1));
+    let row = &report(&db).await["DEF-0000"];
+    assert_eq!(row["state"], "created");
+    assert_eq!(row["ticket_id"], healthy.tickets()[0].id.to_string());
+}
+
+// ---------------------------------------------------------------------------------------
+// Credentials and secrets
+// ---------------------------------------------------------------------------------------
+
+const CLIENT_ID: &str = "cli-test-client";
+const CLIENT_SECRET: &str = "cs-7d1e0f-never-print-me";
+const STATIC_TOKEN: &str = "tok-3b9a-never-print-me";
+
+fn oauth_sandbox(token_ttl: Duration) -> SandboxConfig {
+    SandboxConfig {
+        clients: vec![(
+            CLIENT_ID.into(),
+            Secret::new(CLIENT_SECRET),
+            "sandbox".into(),
+        )],
+        tokens: vec![(Secret::new(STATIC_TOKEN), "sandbox".into())],
+        token_ttl,
+        ..Default::default()
+    }
+}
+
+fn with_client(db: &Db, secret: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = bin(db, args);
+    cmd.env("VISIBUILD_CLIENT_ID", CLIENT_ID)
+        .env("VISIBUILD_CLIENT_SECRET", secret);
+    cmd
+}
+
+/// Every way a secret could show: the client secret, the static token, a token the
+/// sandbox issued (`sbx_` + 40 characters), a presigned URL's signature.
+fn assert_no_secrets(what: &str, text: &str) {
+    assert!(
+        !text.contains(CLIENT_SECRET),
+        "{what}: client secret leaked"
+    );
+    assert!(!text.contains(STATIC_TOKEN), "{what}: static token leaked");
+    assert!(
+        !text.contains("X-Amz-Signature="),
+        "{what}: presigned signature leaked"
+    );
+    for (i, _) in text.match_indices("sbx_") {
+        let issued = text[i + 4..]
+            .chars()
+            .take(40)
+            .filter(char::is_ascii_alphanumeric)
+            .count();
+        assert!(issued < 40, "{what}: an issued access token leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_are_refreshed_during_an_import_longer_than_their_lifetime() {
+    let db = Db::new("oauth");
+    let sb = start(oauth_sandbox(Duration::from_secs(2))).await;
+    // 15 tickets with a file each: 30 API calls at 5/s, about 6 s, three token lifetimes.
+    let manifest = Manifest::new(15, |_| 1);
+    let out = output(with_client(
+        &db,
+        CLIENT_SECRET,
+        &[
+            "import",
+            manifest.arg(),
+            "--api-url",
+            &sb.base_url(),
+            "--api-rate",
+            "5/s",
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(created_by_title(&sb), each_once(15));
+    let stats = sb.stats();
+    assert!(
+        stats.count("POST /oauth/token", 200) >= 2,
+        "tokens were refreshed: {stats:?}"
+    );
+    assert_eq!(
+        stats.count("POST /api/core/v1/tickets", 401),
+        0,
+        "{stats:?}"
+    );
+    assert_no_secrets("oauth import", &out.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_client_credentials_exit_2_with_a_plain_message_and_fail_no_ticket() {
+    let db = Db::new("badsecret");
+    let sb = start(oauth_sandbox(Duration::from_secs(3600))).await;
+    let manifest = Manifest::new(2, |_| 1);
+    let wrong = "wrong-secret-never-print-me";
+    let mut cmd = with_client(
+        &db,
+        wrong,
+        &["-vv", "import", manifest.arg(), "--api-url", &sb.base_url()],
+    );
+    cmd.env("RUST_LOG", "trace");
+    let out = output(cmd).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the client credentials were refused")
+            && last.contains("check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"),
+        "{out:?}"
+    );
+    assert!(!out.all().contains(wrong), "the wrong secret is not echoed");
+    assert_no_secrets("refused credentials", &out.all());
+    assert!(sb.tickets().is_empty());
+    let json = status_json(&db).await;
+    assert_eq!(json[0]["tickets"]["pending"], 2, "nothing failed: {json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_trace_level_logs_status_or_report() {
+    let db = Db::new("secrets");
+    let sb = start(oauth_sandbox(Duration::from_secs(2))).await;
+    let api = sb.base_url();
+    let trace = |mut cmd: tokio::process::Command| {
+        cmd.env("RUST_LOG", "trace");
+        cmd
+    };
+
+    // OAuth, trace level everywhere (reqwest, hyper, sqlx included).
+    let manifest = Manifest::new(3, |_| 2);
+    let out = output(trace(with_client(
+        &db,
+        CLIENT_SECRET,
+        &["-vv", "import", manifest.arg(), "--api-url", &api],
+    )))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.lines().count() > 100,
+        "trace logs are on: {out:?}"
+    );
+    assert_no_secrets("oauth import at trace", &out.all());
+
+    // A long-lived token.
+    let second = Manifest::with_refs("TOK", 2, |_| 1);
+    let mut cmd = trace(bin(
+        &db,
+        &[
+            "-vv",
+            "import",
+            second.arg(),
+            "--batch",
+            "second",
+            "--api-url",
+            &api,
+        ],
+    ));
+    cmd.env("VISIBUILD_TOKEN", STATIC_TOKEN);
+    let out = output(cmd).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_secrets("token import at trace", &out.all());
+
+    for args in [
+        vec!["-vv", "status"],
+        vec!["-vv", "status", "--json"],
+        vec!["-vv", "report"],
+    ] {
+        let out = output(trace(bin(&db, &args))).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_no_secrets(&args.join(" "), &out.all());
+    }
+
+    // An error path: S3 refuses every URL as expired (403), so uploads fail.
+    let slow = start(SandboxConfig {
+        url_ttl: Duration::from_secs(1),
+        latency: Duration::from_millis(1200),
+        tokens: vec![(Secret::new(STATIC_TOKEN), "sandbox".into())],
+        ..Default::default()
+    })
+    .await;
+    let third = Manifest::with_refs("EXP", 1, |_| 1);
+    let mut cmd = trace(bin(
+        &db,
+        &[
+            "-vv",
+            "import",
+            third.arg(),
+            "--batch",
+            "third",
+            "--max-attempts",
+            "1",
+            "--api-url",
+            &slow.base_url(),
+        ],
+    ));
+    cmd.env("VISIBUILD_TOKEN", STATIC_TOKEN);
+    let out = output(cmd).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("403 AccessDenied"), "{out:?}");
+    assert_no_secrets("403 import at trace", &out.all());
+    let out = output(trace(bin(&db, &["-vv", "report", "--batch", "third"]))).await;
+    assert!(out.stdout.contains("403 AccessDenied"), "{out:?}");
+    assert_no_secrets("403 report", &out.all());
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_exits_130_holds_nothing_and_a_later_run_finishes_each_ticket_once() {
+    let db = Db::new("sigterm");
+    let sb = start(SandboxConfig {
+        latency: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let manifest = Manifest::new(30, |_| 1);
+    assert_eq!(output(bin(&db, &["enqueue", manifest.arg()])).await.code, 0);
+    let pool = db.pool().await;
+    let p = &pool;
+
+    let run = spawn(with_token(
+        &db,
+        &["run", "--api-url", &sb.base_url(), "--workers", "4"],
+    ));
+    eventually("some work is done", move || async move {
+        count(p, "SELECT count(*) FROM jobs WHERE state = 'completed'").await > 0
+    })
+    .await;
+    run.terminate();
+    let out = run.wait().await;
+    assert_eq!(out.code, 130, "{out:?}");
+    assert!(
+        out.stderr.contains("stopping: finishing in-flight work"),
+        "{out:?}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM jobs WHERE state = 'running'").await,
+        0,
+        "nothing is left locked"
+    );
+    assert!(sb.tickets().len() < 30, "interrupted before the end");
+
+    let out = output(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(created_by_title(&sb), each_once(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_a_later_run_still_finishes_each_ticket_once() {
+    let db = Db::new("sigterm2");
+    // Slow enough that in-flight requests are still waiting when the second signal comes.
+    let sb = start(SandboxConfig {
+        latency: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let manifest = Manifest::new(5, |_| 1);
+    assert_eq!(output(bin(&db, &["enqueue", manifest.arg()])).await.code, 0);
+    let pool = db.pool().await;
+    let p = &pool;
+
+    let run = spawn(with_token(
+        &db,
+        &["run", "--api-url", &sb.base_url(), "--lease-secs", "3"],
+    ));
+    eventually("jobs are in flight", move || async move {
+        count(p, "SELECT count(*) FROM jobs WHERE state = 'running'").await > 0
+    })
+    .await;
+    run.terminate();
+    let r = &run;
+    eventually("the first signal is taken", move || async move {
+        r.stderr().contains("stopping: finishing in-flight work")
+    })
+    .await;
+    run.terminate();
+    let out = run.wait().await;
+    assert_eq!(out.code, 130, "{out:?}");
+    assert!(out.stderr.contains("second signal: exiting now"), "{out:?}");
+
+    let out = output(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(created_by_title(&sb), each_once(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_watch_serves_batches_enqueued_later_until_sigterm() {
+    let db = Db::new("watch");
+    let sb = start(SandboxConfig::default()).await;
+    assert_eq!(output(bin(&db, &["migrate"])).await.code, 0);
+    let watch = spawn(with_token(
+        &db,
+        &["run", "--watch", "--api-url", &sb.base_url()],
+    ));
+    let manifest = Manifest::new(3, |t| t);
+    let out = output(bin(&db, &["enqueue", manifest.arg()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let sbr = &sb;
+    eventually("the watcher created the tickets", move || async move {
+        sbr.tickets().len() == 3
+    })
+    .await;
+    let later = Manifest::with_refs("LATE", 2, |_| 1);
+    let out = output(bin(&db, &["enqueue", later.arg(), "--batch", "later"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    eventually(
+        "the watcher created the later tickets too",
+        move || async move { sbr.tickets().len() == 5 },
+    )
+    .await;
+    watch.terminate();
+    let out = watch.wait().await;
+    assert_eq!(out.code, 130, "{out:?}");
+    let titles = created_by_title(&sb);
+    assert_eq!(titles["Defect 0"], 2, "one per batch: {titles:?}");
+    assert_eq!(titles["Defect 2"], 1, "{titles:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress and log formats
+// ---------------------------------------------------------------------------------------
+
+/// An import of 10 one-file tickets at 5 API calls a second: about 4 s.
+async fn slow_import(db: &Db, sb: &Sandbox, flags: &[&str]) -> Out {
+    let manifest = Manifest::new(10, |_| 1);
+    let url = sb.base_url();
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([
+        "import",
+        manifest.arg(),
+        "--api-url",
+        &url,
+        "--api-rate",
+        "5/s",
+    ]);
+    let mut cmd = with_token(db, &args);
+    cmd.env("VISIBUILD_PROGRESS_SECS", "1");
+    let out = output(cmd).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_progress_is_a_plain_log_line_and_the_summary_goes_to_stdout() {
+    let db = Db::new("progress");
+    let sb = start(SandboxConfig::default()).await;
+    let out = slow_import(&db, &sb, &[]).await;
+    let progress: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("/10, files "))
+        .collect();
+    assert!(!progress.is_empty(), "a progress line: {out:?}");
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "no colour codes without a terminal"
+    );
+    assert!(!out.stdout.contains("/10, files "), "{out:?}");
+    assert!(out.stdout.contains("tickets: 10 created"), "{out:?}");
+    assert!(!out.stderr.contains("tickets: 10 created"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_only_json_lines_to_stderr() {
+    let db = Db::new("json");
+    let sb = start(SandboxConfig::default()).await;
+    let out = slow_import(&db, &sb, &["--log-format", "json"]).await;
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let progress = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("/10, files "))
+        })
+        .unwrap_or_else(|| panic!("a progress line: {out:?}"));
+    assert_eq!(progress["level"], "INFO");
+    assert!(progress["timestamp"].is_string());
+    assert!(out.stdout.contains("tickets: 10 created"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_shows_only_warnings_and_no_progress() {
+    let db = Db::new("quiet");
+    let sb = start(SandboxConfig::default()).await;
+    let out = slow_import(&db, &sb, &["-q"]).await;
+    assert!(
+        !out.stderr.contains(" INFO ") && !out.stderr.contains("/10, files "),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("tickets: 10 created"), "{out:?}");
+
+    // A failure still shows its warning/error under -q.
+    let manifest = Manifest::with_refs("Q", 1, |_| 1);
+    assert_eq!(
+        output(bin(&db, &["enqueue", manifest.arg(), "--batch", "b"]))
+            .await
+            .code,
+        0
+    );
+    std::fs::remove_file(manifest.file("Q-0000", 0)).unwrap();
+    let out = output(with_token(&db, &["-q", "run", "--api-url", &sb.base_url()])).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("ERROR"), "{out:?}");
+    assert!(!out.stderr.contains(" INFO "), "{out:?}");
+}
