@@ -326,7 +326,7 @@ pub async fn retry(
     // Forced: the operator checked Visibuild and wants the create sent again.
     sqlx::query(
         "UPDATE tickets SET state = 'pending', updated_at = now(), finished_at = NULL,
-                create_sent_at = CASE WHEN state = 'needs_review' THEN NULL ELSE create_sent_at END
+                create_unanswered = CASE WHEN state = 'needs_review' THEN false ELSE create_unanswered END
           WHERE id = ANY($1) AND state IN ('failed', 'needs_review')",
     )
     .bind(&tickets)
