@@ -15,8 +15,10 @@ macro_rules! uuid_id {
         pub struct $name(pub Uuid);
 
         impl $name {
+            /// A new time-ordered id (UUIDv7): rows loaded together sit together in the
+            /// primary-key index, so a 100,000-ticket load appends instead of scattering.
             pub fn new() -> Self {
-                Self(Uuid::new_v4())
+                Self(Uuid::now_v7())
             }
         }
 
