@@ -271,43 +271,31 @@ pub fn stop_on_signals() -> CancellationToken {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let next = async {
-            match term.as_mut() {
-                Some(t) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = t.recv() => {}
-                    }
-                }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
-        next.await;
+        next_signal(&mut term).await;
         eprintln!("stopping: finishing in-flight work (signal again to exit at once)");
         stop.cancel();
-        let again = async {
-            match term.as_mut() {
-                Some(t) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = t.recv() => {}
-                    }
-                }
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        };
-        again.await;
+        next_signal(&mut term).await;
         eprintln!("second signal: exiting now; leases will return unfinished work to the queue");
         std::process::exit(130);
     });
     token
 }
 
-/// Enqueue, run until the batch is finished, print the summary.
+/// The next Ctrl-C or SIGTERM.
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = t.recv() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// The database a rehearsal uses: the real one's name with `_sandbox`, so that tickets
 /// "created" in a sandbox never count as created in the real queue.
 pub fn rehearsal_database_url(database_url: &str) -> String {
@@ -326,6 +314,7 @@ pub fn rehearsal_database_url(database_url: &str) -> String {
     }
 }
 
+/// Enqueue, run until the batch is finished, print the summary.
 pub async fn import(
     database_url: &str,
     manifest: &ManifestSettings,
