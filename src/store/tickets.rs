@@ -482,6 +482,26 @@ pub async fn mark_create_sent<'e, E: PgExecutor<'e>>(
     fenced(done.rows_affected(), job)
 }
 
+/// Take back [`mark_create_sent`] when the only create request that left was refused
+/// (an answer came back, so nothing was created), fenced by the job's claim.
+pub async fn unmark_create_sent<'e, E: PgExecutor<'e>>(
+    ex: E,
+    job: JobRef,
+    ticket: TicketId,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE tickets SET create_sent_at = NULL, state = 'pending', updated_at = now()
+          WHERE id = $3 AND state = 'creating'
+            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
+    )
+    .bind(job.id)
+    .bind(job.attempt)
+    .bind(ticket)
+    .execute(ex)
+    .await?;
+    fenced(done.rows_affected(), job)
+}
+
 /// The ticket exists in Visibuild (its id, when the answer said it): complete the job.
 pub async fn finish_create(
     conn: &mut PgConnection,
