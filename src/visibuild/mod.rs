@@ -272,8 +272,8 @@ impl Client {
     /// [`create_ticket_in_turn`](Self::create_ticket_in_turn) — so a crash while waiting
     /// is never mistaken for a create that may have landed.
     pub async fn create_turn(&self) -> Result<CreateTurn, ApiError> {
-        let token = self.token().await?;
         self.api_gate.acquire().await;
+        let token = self.token().await?;
         Ok(CreateTurn { token })
     }
 
@@ -329,10 +329,11 @@ impl Client {
         loop {
             let token = match turn.take() {
                 Some(turn) => turn.token,
+                // The turn first, then the token: a token taken before a long wait for
+                // the rate can expire on the way (a short-lived OAuth token, a 429 pause).
                 None => {
-                    let token = self.token().await?;
                     self.api_gate.acquire().await;
-                    token
+                    self.token().await?
                 }
             };
             let sent = self
