@@ -116,9 +116,15 @@ impl Importer {
     }
 
     fn enqueue(&self, manifest: &Path) -> ExitStatus {
-        self.command(&["enqueue", "-q", manifest.to_str().unwrap(), "--batch", "chaos"])
-            .status()
-            .unwrap()
+        self.command(&[
+            "enqueue",
+            "-q",
+            manifest.to_str().unwrap(),
+            "--batch",
+            "chaos",
+        ])
+        .status()
+        .unwrap()
     }
 
     fn spawn_run(&self) -> Child {
@@ -152,7 +158,12 @@ impl Importer {
 /// Requests the sandbox has answered (or dropped) so far: the clock the chaos runs on.
 fn served(sandbox: &Sandbox) -> u64 {
     let stats = sandbox.stats();
-    stats.requests.values().flat_map(|s| s.values()).sum::<u64>() + stats.responses_dropped
+    stats
+        .requests
+        .values()
+        .flat_map(|s| s.values())
+        .sum::<u64>()
+        + stats.responses_dropped
 }
 
 /// Waits until the sandbox has served `requests` or the child exits; true if it exited.
@@ -165,7 +176,10 @@ async fn run_until(sandbox: &Sandbox, child: &mut Child, requests: u64) -> bool 
         if served(sandbox) >= requests {
             return false;
         }
-        assert!(start.elapsed() < DEADLINE, "no progress towards {requests} requests");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no progress towards {requests} requests"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -258,7 +272,11 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         log: fx.dir.path().join("importer.log"),
     };
 
-    assert!(importer.enqueue(&fx.manifest).success(), "{}", importer.log_tail());
+    assert!(
+        importer.enqueue(&fx.manifest).success(),
+        "{}",
+        importer.log_tail()
+    );
 
     // About 1,500 requests make a clean run (600 presigns and PUTs, 300 creates): three
     // kills and a Postgres restart spread over the first two thirds, at seeded moments.
@@ -268,7 +286,11 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         rng.random_range(650..850),
         rng.random_range(900..1_050),
     ];
-    eprintln!("kills at {:?} requests, Postgres restart at {}", &moments[..3], moments[3]);
+    eprintln!(
+        "kills at {:?} requests, Postgres restart at {}",
+        &moments[..3],
+        moments[3]
+    );
     let mut child = importer.spawn_run();
     for (i, &at) in moments.iter().enumerate() {
         let exited = run_until(&sandbox, &mut child, at).await;
@@ -308,7 +330,10 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         *by_title.entry(t.title.as_str()).or_default() += 1;
     }
     let duplicates: Vec<_> = by_title.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicates.is_empty(), "created more than once: {duplicates:?}");
+    assert!(
+        duplicates.is_empty(),
+        "created more than once: {duplicates:?}"
+    );
     let missing: BTreeSet<&str> = fx
         .expected
         .keys()
@@ -349,7 +374,10 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
             _ => true,
         })
         .collect();
-    assert!(wrong.is_empty(), "neither created nor legitimately in review: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "neither created nor legitimately in review: {wrong:?}"
+    );
     let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
         .fetch_one(&db)
         .await
@@ -373,10 +401,19 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         stats.count("PUT /s3", 403),
     );
     assert!(stats.faults_injected > 0 && stats.responses_dropped > 0 && stats.s3_faults > 0);
-    assert!(stats.rate_limited > 0, "the importer ran a little faster than the server allows");
-    assert!(stats.count("POST /oauth/token", 200) > 1, "tokens expired and were renewed");
+    assert!(
+        stats.rate_limited > 0,
+        "the importer ran a little faster than the server allows"
+    );
+    assert!(
+        stats.count("POST /oauth/token", 200) > 1,
+        "tokens expired and were renewed"
+    );
     let log = std::fs::read_to_string(&importer.log).unwrap_or_default();
-    assert!(!log.contains(CLIENT_SECRET), "the client secret reached the logs");
+    assert!(
+        !log.contains(CLIENT_SECRET),
+        "the client secret reached the logs"
+    );
 
     drop_database(&master, &name).await;
 }
