@@ -414,6 +414,21 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         !log.contains(CLIENT_SECRET),
         "the client secret reached the logs"
     );
+    // Informational: how the restart showed in the last run (sqlx reconnects by itself;
+    // a handler whose write was cut retries through the queue).
+    let outage = |l: &&str| {
+        [
+            "terminating connection",
+            "database error",
+            "database unavailable",
+        ]
+        .iter()
+        .any(|needle| l.contains(needle))
+    };
+    eprintln!(
+        "importer log: {} lines about the Postgres restart",
+        log.lines().filter(outage).count()
+    );
 
     drop_database(&master, &name).await;
 }
