@@ -330,3 +330,25 @@ async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].attachments[0].size, 300 * 1_048_576);
 }
+
+#[sqlx::test]
+async fn a_ticket_without_files_whose_create_was_refused_is_sent_again_not_reviewed(db: PgPool) {
+    // A 5xx answer means nothing was created: the next attempt may send it again. Only a
+    // create whose answer was lost (none here) puts a ticket without files up for review.
+    let fx = fixture(20, |_| 0, |_, _| 0);
+    let sandbox = sandbox::start(SandboxConfig {
+        fail_rate: 0.3,
+        seed: Some(11),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let (batch, _) = enqueue(&db, &fx.manifest).await;
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
+    );
+    assert!(sandbox.stats().faults_injected > 0);
+    assert_eq!(ticket_states(&db).await.get("created"), Some(&20));
+    assert_exactly_once(&sandbox, &fx);
+}
