@@ -358,3 +358,25 @@ async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: PgPool)
     );
     assert_exactly_once(&sandbox, &fx);
 }
+
+#[sqlx::test]
+async fn a_ticket_without_files_whose_create_was_refused_is_sent_again_not_reviewed(db: PgPool) {
+    // A 5xx answer means nothing was created: the next attempt may send it again. Only a
+    // create whose answer was lost (none here) puts a ticket without files up for review.
+    let fx = fixture(20, |_| 0, |_, _| 0);
+    let sandbox = sandbox::start(SandboxConfig {
+        fail_rate: 0.3,
+        seed: Some(11),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let (batch, _) = enqueue(&db, &fx.manifest).await;
+    assert_eq!(
+        run(&db, client(&sandbox, None), pool_config(batch)).await,
+        RunEnd::Drained
+    );
+    assert!(sandbox.stats().faults_injected > 0);
+    assert_eq!(ticket_states(&db).await.get("created"), Some(&20));
+    assert_exactly_once(&sandbox, &fx);
+}

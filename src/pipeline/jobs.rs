@@ -223,8 +223,15 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             email: t.contact_email.clone(),
         }),
     };
+    // Wait for the rate and a token first: the mark below says "this request may have
+    // landed", so nothing that can stall may come between it and the request leaving.
+    let turn = shared
+        .client
+        .create_turn()
+        .await
+        .map_err(|e| api_failure(JobKind::CreateTicket, e, ctx))?;
     tickets::mark_create_sent(&shared.db, job.job_ref(), ticket).await?;
-    match shared.client.create_ticket(&request).await {
+    match shared.client.create_ticket_in_turn(&request, turn).await {
         Ok(id) => {
             let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
             tickets::finish_create(&mut tx, job.job_ref(), ticket, id.as_deref(), None).await?;

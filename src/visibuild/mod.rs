@@ -116,6 +116,11 @@ struct UploadBody {
     headers: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A turn at the API rate gate with a valid token, from [`Client::create_turn`].
+pub struct CreateTurn {
+    token: Secret,
+}
+
 /// The Visibuild API and its S3 uploads.
 pub struct Client {
     http: reqwest::Client,
@@ -155,7 +160,7 @@ impl Client {
     pub async fn presign(&self, request: &PresignRequest) -> Result<Upload, ApiError> {
         self.counters.presigns.fetch_add(1, Ordering::Relaxed);
         let (status, body) = self
-            .api_post("/api/core/v1/attachments", request, false)
+            .api_post("/api/core/v1/attachments", request, false, None)
             .await?;
         if !status.is_success() {
             return Err(api_failure(status, &body));
@@ -258,8 +263,38 @@ impl Client {
     /// `POST /api/core/v1/tickets`. A request that left without an answer is
     /// [`ApiError::OutcomeUnknown`]: the ticket may exist.
     pub async fn create_ticket(&self, ticket: &NewTicket) -> Result<Option<String>, ApiError> {
+        self.create_ticket_inner(ticket, None).await
+    }
+
+    /// Wait for an API turn (rate and 429 pauses) and a valid token: everything a create
+    /// waits for before its request leaves. A caller that must durably note "a create is
+    /// about to leave" takes the turn first, notes, then calls
+    /// [`create_ticket_in_turn`](Self::create_ticket_in_turn) — so a crash while waiting
+    /// is never mistaken for a create that may have landed.
+    pub async fn create_turn(&self) -> Result<CreateTurn, ApiError> {
+        self.api_gate.acquire().await;
+        let token = self.token().await?;
+        Ok(CreateTurn { token })
+    }
+
+    /// [`create_ticket`](Self::create_ticket) on a turn already taken: the request leaves at once.
+    pub async fn create_ticket_in_turn(
+        &self,
+        ticket: &NewTicket,
+        turn: CreateTurn,
+    ) -> Result<Option<String>, ApiError> {
+        self.create_ticket_inner(ticket, Some(turn)).await
+    }
+
+    async fn create_ticket_inner(
+        &self,
+        ticket: &NewTicket,
+        turn: Option<CreateTurn>,
+    ) -> Result<Option<String>, ApiError> {
         self.counters.creates.fetch_add(1, Ordering::Relaxed);
-        let (status, body) = self.api_post("/api/core/v1/tickets", ticket, true).await?;
+        let (status, body) = self
+            .api_post("/api/core/v1/tickets", ticket, true, turn)
+            .await?;
         if status.is_success() {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let id = ["/data/ticket/id", "/data/id", "/id"]
@@ -279,21 +314,28 @@ impl Client {
         Err(api_failure(status, &body))
     }
 
-    /// POST JSON with the bearer token, through the API rate gate. A 401 gets one retry with
-    /// a fresh token where the credentials allow it.
+    /// POST JSON with the bearer token, through the API rate gate (unless the first try's
+    /// `turn` was taken already). A 401 gets one retry with a fresh token where the
+    /// credentials allow it.
     async fn api_post<T: Serialize>(
         &self,
         path: &str,
         body: &T,
         outcome_matters: bool,
+        mut turn: Option<CreateTurn>,
     ) -> Result<(reqwest::StatusCode, String), ApiError> {
         let url = format!("{}{}", self.api_url, path);
         let mut refreshed = false;
         loop {
-            // The token after the gate: a wait at the gate must not outlast a short-lived
-            // token taken before it.
-            self.api_gate.acquire().await;
-            let token = self.token().await?;
+            let token = match turn.take() {
+                Some(turn) => turn.token,
+                // The turn first, then the token: a token taken before a long wait for
+                // the rate can expire on the way (a short-lived OAuth token, a 429 pause).
+                None => {
+                    self.api_gate.acquire().await;
+                    self.token().await?
+                }
+            };
             let sent = self
                 .http
                 .post(&url)
