@@ -378,7 +378,12 @@ impl Parser {
             line,
             out,
         );
-        draft.attachments.extend(attachments);
+        // Moved, not extended: `extend` into an empty Vec reserves room for four.
+        if draft.attachments.is_empty() {
+            draft.attachments = attachments;
+        } else {
+            draft.attachments.extend(attachments);
+        }
         draft.title_unreadable |= title_unreadable;
         draft.bad |= bad || !disagreements.is_empty();
         for (column, message) in disagreements {
