@@ -98,6 +98,15 @@ fn every_bad_manifest_in_the_corpus_reports_exactly_its_problems() {
             &["D-1"],
         ),
         (
+            // A value first given on a later row is named by that row's line.
+            "late_value.csv",
+            &[
+                r#"6: address: "Unit 406, 123 Main St" disagrees with "Unit 405, 123 Main St" on line 4 (rows of one ticket must agree or leave it blank)"#,
+            ],
+            &["D-2"],
+            &["D-1"],
+        ),
+        (
             "missing_file.csv",
             &[r#"2: attachments: "files/nope.jpg" does not exist"#],
             &[],
