@@ -348,23 +348,22 @@ impl Parser {
             }
             None => None,
         };
-        let paths: Vec<String> = text(Column::Attachments)
-            .map(|list| {
-                list.split(';')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut attachments = Vec::with_capacity(paths.len());
-        for path in paths {
-            match self.files.check(&path) {
+        let paths = || {
+            text(Column::Attachments)
+                .into_iter()
+                .flat_map(|list| list.split(';'))
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+        };
+        // Sized exactly: a ticket keeps this Vec as it is.
+        let mut attachments = Vec::with_capacity(paths().count());
+        for path in paths() {
+            match self.files.check(path) {
                 Ok(info) => attachments.push(AttachmentSpec {
                     line,
-                    filename: filename(&path, &info.resolved),
-                    path,
+                    path: info.path,
                     resolved: info.resolved,
+                    filename: info.filename,
                     content_type: info.content_type,
                     size: info.size,
                 }),
@@ -560,15 +559,6 @@ impl Merge<'_> {
             }
         }
     }
-}
-
-/// The file name to announce: the last part of the path as written.
-fn filename(written: &str, resolved: &Path) -> String {
-    Path::new(written)
-        .file_name()
-        .or_else(|| resolved.file_name())
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| written.to_owned())
 }
 
 /// The shape of an address: `local@domain.tld`, no spaces, one `@`.
