@@ -98,6 +98,15 @@ fn every_bad_manifest_in_the_corpus_reports_exactly_its_problems() {
             &["D-1"],
         ),
         (
+            // A value first given on a later row is named by that row's line.
+            "late_value.csv",
+            &[
+                r#"6: address: "Unit 406, 123 Main St" disagrees with "Unit 405, 123 Main St" on line 4 (rows of one ticket must agree or leave it blank)"#,
+            ],
+            &["D-2"],
+            &["D-1"],
+        ),
+        (
             "missing_file.csv",
             &[r#"2: attachments: "files/nope.jpg" does not exist"#],
             &[],
@@ -217,14 +226,7 @@ fn rows_sharing_project_and_ref_merge_into_one_ticket_in_order() {
     let files: Vec<(&str, u64, &str, &str)> = first
         .attachments
         .iter()
-        .map(|a| {
-            (
-                a.path.as_str(),
-                a.line,
-                a.filename.as_str(),
-                a.content_type.as_str(),
-            )
-        })
+        .map(|a| (&*a.path, a.line, &*a.filename, &*a.content_type))
         .collect();
     assert_eq!(
         files,
@@ -241,14 +243,17 @@ fn rows_sharing_project_and_ref_merge_into_one_ticket_in_order() {
         ]
     );
     let root = Path::new("tests/manifests").canonicalize().unwrap();
-    assert_eq!(first.attachments[0].resolved, root.join("files/photo.jpg"));
+    assert_eq!(
+        *first.attachments[0].resolved,
+        *root.join("files/photo.jpg")
+    );
     assert_eq!(first.attachments[0].size, 22);
 
     // The same ref in another project is another ticket; its file is typed by its bytes.
     let other = &checked.tickets[2];
     assert_eq!(other.project_id, ProjectId(Q.parse().unwrap()));
     assert_eq!(other.line, 5);
-    assert_eq!(other.attachments[0].content_type, "application/pdf");
+    assert_eq!(&*other.attachments[0].content_type, "application/pdf");
 }
 
 #[test]
@@ -341,10 +346,10 @@ fn a_symlink_escaping_the_files_root_is_refused_unless_allowed() {
     assert!(checked.is_clean(), "{:?}", checked.problems);
     let link = &checked.tickets[0].attachments[0];
     assert_eq!(
-        link.resolved,
-        outside.path().canonicalize().unwrap().join("secret.txt")
+        *link.resolved,
+        *outside.path().canonicalize().unwrap().join("secret.txt")
     );
-    assert_eq!(link.filename, "link.jpg");
+    assert_eq!(&*link.filename, "link.jpg");
 }
 
 #[test]
@@ -357,11 +362,11 @@ fn a_symlink_inside_the_files_root_is_followed() {
     assert!(checked.is_clean(), "{:?}", checked.problems);
     let file = &checked.tickets[0].attachments[0];
     assert_eq!(
-        file.resolved,
-        dir.path().canonicalize().unwrap().join("photos/v2.png")
+        *file.resolved,
+        *dir.path().canonicalize().unwrap().join("photos/v2.png")
     );
     assert_eq!(
-        (file.filename.as_str(), file.content_type.as_str()),
+        (&*file.filename, &*file.content_type),
         ("latest.png", "image/png")
     );
 }
@@ -387,10 +392,10 @@ fn absolute_paths_and_dotdot_pass_when_outside_root_is_allowed() {
     };
     let checked = check(&manifest, &allowed).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
-    assert_eq!(checked.tickets[0].attachments[0].filename, "plan.pdf");
+    assert_eq!(&*checked.tickets[0].attachments[0].filename, "plan.pdf");
     let checked = check(&nested, &allowed).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
-    assert_eq!(checked.tickets[0].attachments[0].content_type, "text/csv");
+    assert_eq!(&*checked.tickets[0].attachments[0].content_type, "text/csv");
 }
 
 #[test]
@@ -529,7 +534,7 @@ fn the_sample_manifest_checks_clean() {
         .tickets
         .iter()
         .flat_map(|t| &t.attachments)
-        .map(|a| a.content_type.as_str())
+        .map(|a| &*a.content_type)
         .collect();
     for expected in ["image/jpeg", "image/png", "application/pdf"] {
         assert!(types.contains(expected), "{types:?}");

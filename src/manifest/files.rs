@@ -5,22 +5,26 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use super::MAX_FILE_SIZE;
 
-/// What the disk says about one attachment path.
+/// What the disk says about one attachment path. Every row naming the path shares it.
 #[derive(Debug, Clone)]
 pub(crate) struct FileInfo {
-    pub resolved: PathBuf,
+    /// The path as written.
+    pub path: Arc<str>,
+    pub resolved: Arc<Path>,
+    pub filename: Arc<str>,
     pub size: u64,
-    pub content_type: String,
+    pub content_type: Arc<str>,
 }
 
 /// Resolves and checks attachment paths, each distinct path once.
 pub(crate) struct Files {
     root: PathBuf,
     allow_outside_root: bool,
-    cache: HashMap<String, Result<FileInfo, String>>,
+    cache: HashMap<Arc<str>, Result<FileInfo, String>>,
 }
 
 impl Files {
@@ -39,12 +43,22 @@ impl Files {
         if let Some(known) = self.cache.get(path) {
             return known.clone();
         }
-        let outcome = self.inspect(path);
-        self.cache.insert(path.to_owned(), outcome.clone());
+        let path: Arc<str> = Arc::from(path);
+        let outcome = self
+            .inspect(&path)
+            .map(|(resolved, size, content_type)| FileInfo {
+                filename: filename(&path, &resolved).into(),
+                path: Arc::clone(&path),
+                resolved: resolved.into(),
+                size,
+                content_type: content_type.into(),
+            });
+        self.cache.insert(path, outcome.clone());
         outcome
     }
 
-    fn inspect(&self, written: &str) -> Result<FileInfo, String> {
+    /// The resolved path, size and content type of a path as written.
+    fn inspect(&self, written: &str) -> Result<(PathBuf, u64, &'static str), String> {
         let path = Path::new(written);
         let outside = !self.allow_outside_root;
         if outside && (path.is_absolute() || path.has_root()) {
@@ -91,22 +105,25 @@ impl Files {
         let mut file = File::open(&resolved)
             .map_err(|err| format!("{written:?} cannot be read: {}", describe(&err)))?;
         let content_type = match mime_guess::from_path(path).first_raw() {
-            Some(by_extension) => by_extension.to_owned(),
+            Some(by_extension) => by_extension,
             None => {
                 let mut head = [0u8; 32];
                 let n = read_head(&mut file, &mut head)
                     .map_err(|err| format!("{written:?} cannot be read: {}", describe(&err)))?;
-                sniff(&head[..n])
-                    .unwrap_or("application/octet-stream")
-                    .to_owned()
+                sniff(&head[..n]).unwrap_or("application/octet-stream")
             }
         };
-        Ok(FileInfo {
-            resolved,
-            size,
-            content_type,
-        })
+        Ok((resolved, size, content_type))
     }
+}
+
+/// The file name to announce: the last part of the path as written.
+fn filename(written: &str, resolved: &Path) -> String {
+    Path::new(written)
+        .file_name()
+        .or_else(|| resolved.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| written.to_owned())
 }
 
 fn is_missing(err: &io::Error) -> bool {
@@ -195,7 +212,8 @@ mod tests {
         assert_eq!(first.size, 3);
         std::fs::remove_file(root.join("a.jpg")).unwrap();
         let second = files.check("a.jpg").unwrap();
-        assert_eq!(second.resolved, root.join("a.jpg"));
+        assert_eq!(*second.resolved, *root.join("a.jpg"));
+        assert!(Arc::ptr_eq(&first.resolved, &second.resolved));
     }
 
     #[test]
@@ -205,9 +223,12 @@ mod tests {
         std::fs::write(root.join("scan"), b"%PDF-1.7\n%...").unwrap();
         std::fs::write(root.join("notes.unknownext"), b"plain words").unwrap();
         let mut files = Files::new(root, false);
-        assert_eq!(files.check("scan").unwrap().content_type, "application/pdf");
         assert_eq!(
-            files.check("notes.unknownext").unwrap().content_type,
+            &*files.check("scan").unwrap().content_type,
+            "application/pdf"
+        );
+        assert_eq!(
+            &*files.check("notes.unknownext").unwrap().content_type,
             "application/octet-stream"
         );
     }

@@ -9,6 +9,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use md5::{Digest, Md5};
 
@@ -70,17 +71,18 @@ impl TicketSpec {
     }
 }
 
-/// One file of a ticket, checked on disk.
+/// One file of a ticket, checked on disk. Every row naming the same path shares its
+/// strings (a manifest may name one file from thousands of rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachmentSpec {
     /// The line of the row that names the file.
     pub line: u64,
     /// The path as written in the manifest.
-    pub path: String,
+    pub path: Arc<str>,
     /// Absolute, symlinks resolved: what is read for hashing and upload.
-    pub resolved: PathBuf,
-    pub filename: String,
-    pub content_type: String,
+    pub resolved: Arc<Path>,
+    pub filename: Arc<str>,
+    pub content_type: Arc<str>,
     pub size: u64,
 }
 

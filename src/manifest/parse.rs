@@ -1,8 +1,10 @@
 //! Header and rows of a manifest into typed tickets: each value parsed once, rows sharing
 //! `(project_id, ref)` merged, and every problem kept with its line and column.
 
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -13,7 +15,7 @@ use super::{AttachmentSpec, Checked, Problem, TicketSpec};
 use crate::domain::{Priority, ProjectId};
 
 /// The manifest's columns, in the order they are listed to users.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Column {
     Ref,
     ProjectId,
@@ -82,21 +84,54 @@ impl Columns {
     }
 }
 
-/// A ticket being assembled from its rows. Each value keeps the line it came from, to
-/// name it when a later row disagrees.
-struct Draft {
-    line: u64,
-    reference: String,
-    project_id: ProjectId,
-    title: Option<(String, u64)>,
-    address: Option<(String, u64)>,
-    priority: Option<(Priority, u64)>,
-    contact_name: Option<(String, u64)>,
-    contact_email: Option<(String, u64)>,
-    attachments: Vec<AttachmentSpec>,
+/// What the parser keeps about a ticket besides its `TicketSpec`, until `finish`.
+#[derive(Default, Clone, Copy)]
+struct Marks {
+    /// A row had a problem: the ticket is left out.
     bad: bool,
     /// A row's title could not be read (bad UTF-8), already reported.
     title_unreadable: bool,
+}
+
+/// The tickets' positions by `(project_id, ref)`, without a second copy of each ref: a
+/// 64-bit hash points at a position, and the ticket there is compared in full.
+#[derive(Default)]
+struct KeyIndex {
+    hasher: RandomState,
+    first: HashMap<u64, usize>,
+    /// Positions of later keys whose hash collided with an earlier one (almost never).
+    collided: HashMap<u64, Vec<usize>>,
+}
+
+impl KeyIndex {
+    fn hash(&self, project_id: ProjectId, reference: &str) -> u64 {
+        self.hasher.hash_one((project_id, reference))
+    }
+
+    fn find(
+        &self,
+        tickets: &[TicketSpec],
+        hash: u64,
+        project_id: ProjectId,
+        reference: &str,
+    ) -> Option<usize> {
+        let is = |&index: &usize| {
+            tickets
+                .get(index)
+                .is_some_and(|t| t.project_id == project_id && t.reference == reference)
+        };
+        let first = self.first.get(&hash).copied().filter(is);
+        first.or_else(|| self.collided.get(&hash)?.iter().copied().find(is))
+    }
+
+    fn insert(&mut self, hash: u64, index: usize) {
+        match self.first.entry(hash) {
+            Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+            Entry::Occupied(_) => self.collided.entry(hash).or_default().push(index),
+        }
+    }
 }
 
 /// One pass over a manifest's records.
@@ -107,8 +142,15 @@ pub(crate) struct Parser {
     /// Unknown, duplicate or unnamed columns: no ticket can be trusted.
     header_broken: bool,
     problems: Vec<Problem>,
-    drafts: Vec<Draft>,
-    by_key: HashMap<(ProjectId, String), usize>,
+    /// Every ticket met so far, built in place from its rows (a title not yet given is
+    /// empty); `finish` drops those with problems.
+    tickets: Vec<TicketSpec>,
+    /// Beside `tickets`, one per ticket.
+    marks: Vec<Marks>,
+    /// The line of a value first given on a later row than its ticket's first line, by
+    /// ticket and column (any other value came from the first line).
+    later_lines: HashMap<(usize, Column), u64>,
+    by_key: KeyIndex,
     /// Refs of rows too broken to say which ticket they belong to, with the first line:
     /// every ticket with that ref is dropped.
     poisoned: Vec<(u64, String)>,
@@ -123,8 +165,10 @@ impl Parser {
             columns: Columns::default(),
             header_broken: false,
             problems: Vec::new(),
-            drafts: Vec::new(),
-            by_key: HashMap::new(),
+            tickets: Vec::new(),
+            marks: Vec::new(),
+            later_lines: HashMap::new(),
+            by_key: KeyIndex::default(),
             poisoned: Vec::new(),
             poisoned_set: HashSet::new(),
         }
@@ -304,23 +348,22 @@ impl Parser {
             }
             None => None,
         };
-        let paths: Vec<String> = text(Column::Attachments)
-            .map(|list| {
-                list.split(';')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut attachments = Vec::with_capacity(paths.len());
-        for path in paths {
-            match self.files.check(&path) {
+        let paths = || {
+            text(Column::Attachments)
+                .into_iter()
+                .flat_map(|list| list.split(';'))
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+        };
+        // Sized exactly: a ticket keeps this Vec as it is.
+        let mut attachments = Vec::with_capacity(paths().count());
+        for path in paths() {
+            match self.files.check(path) {
                 Ok(info) => attachments.push(AttachmentSpec {
                     line,
-                    filename: filename(&path, &info.resolved),
-                    path,
+                    path: info.path,
                     resolved: info.resolved,
+                    filename: info.filename,
                     content_type: info.content_type,
                     size: info.size,
                 }),
@@ -335,90 +378,89 @@ impl Parser {
             }
             return;
         };
-        let key = (project_id, reference.to_owned());
-        let index = match self.by_key.get(&key) {
-            Some(&index) => index,
+        let hash = self.by_key.hash(project_id, reference);
+        let index = match self.by_key.find(&self.tickets, hash, project_id, reference) {
+            Some(index) => index,
             None => {
-                self.drafts.push(Draft {
+                self.tickets.push(TicketSpec {
                     line,
                     reference: reference.to_owned(),
                     project_id,
-                    title: None,
+                    title: String::new(),
                     address: None,
                     priority: None,
                     contact_name: None,
                     contact_email: None,
                     attachments: Vec::new(),
-                    bad: false,
-                    title_unreadable: false,
                 });
-                self.by_key.insert(key, self.drafts.len() - 1);
-                self.drafts.len() - 1
+                self.marks.push(Marks::default());
+                self.by_key.insert(hash, self.tickets.len() - 1);
+                self.tickets.len() - 1
             }
         };
-        let Some(draft) = self.drafts.get_mut(index) else {
+        let (Some(ticket), Some(marks)) = (self.tickets.get_mut(index), self.marks.get_mut(index))
+        else {
             return;
         };
-        let mut disagreements = Vec::new();
-        let out = &mut disagreements;
-        merge(&mut draft.title, title, Column::Title, line, out);
-        merge(&mut draft.address, address, Column::Address, line, out);
-        merge(&mut draft.priority, priority, Column::Priority, line, out);
-        merge(
-            &mut draft.contact_name,
-            contact_name,
-            Column::ContactName,
+        let mut merge = Merge {
+            ticket: index,
+            first_line: ticket.line,
             line,
-            out,
-        );
-        merge(
-            &mut draft.contact_email,
+            later_lines: &mut self.later_lines,
+            disagreements: Vec::new(),
+        };
+        let mut given_title = Some(std::mem::take(&mut ticket.title)).filter(|t| !t.is_empty());
+        merge.merge(&mut given_title, title, Column::Title);
+        ticket.title = given_title.unwrap_or_default();
+        merge.merge(&mut ticket.address, address, Column::Address);
+        merge.merge(&mut ticket.priority, priority, Column::Priority);
+        merge.merge(&mut ticket.contact_name, contact_name, Column::ContactName);
+        merge.merge(
+            &mut ticket.contact_email,
             contact_email,
             Column::ContactEmail,
-            line,
-            out,
         );
-        draft.attachments.extend(attachments);
-        draft.title_unreadable |= title_unreadable;
-        draft.bad |= bad || !disagreements.is_empty();
+        // Moved, not extended: `extend` into an empty Vec reserves room for four.
+        if ticket.attachments.is_empty() {
+            ticket.attachments = attachments;
+        } else {
+            ticket.attachments.extend(attachments);
+        }
+        let disagreements = merge.disagreements;
+        marks.title_unreadable |= title_unreadable;
+        marks.bad |= bad || !disagreements.is_empty();
         for (column, message) in disagreements {
             self.problem(line, Some(column), message, Some(reference));
         }
     }
 
     fn finish(mut self) -> Checked {
-        let mut tickets = Vec::new();
+        // What only the rows needed goes first, to make room for the result.
+        self.by_key = KeyIndex::default();
+        self.later_lines = HashMap::new();
         let mut skipped: Vec<(u64, String)> = std::mem::take(&mut self.poisoned);
-        for draft in std::mem::take(&mut self.drafts) {
-            let Some((title, _)) = draft.title else {
-                if !draft.title_unreadable {
+        let mut marks = std::mem::take(&mut self.marks).into_iter();
+        let mut tickets = std::mem::take(&mut self.tickets);
+        tickets.retain_mut(|ticket| {
+            let marks = marks.next().unwrap_or_default();
+            if ticket.title.is_empty() {
+                if !marks.title_unreadable {
                     let message = MISSING.to_owned();
-                    self.problem(
-                        draft.line,
-                        Some(Column::Title),
-                        message,
-                        Some(&draft.reference),
-                    );
+                    let line = ticket.line;
+                    self.problem(line, Some(Column::Title), message, Some(&ticket.reference));
                 }
-                skipped.push((draft.line, draft.reference));
-                continue;
-            };
-            if draft.bad || self.header_broken || self.poisoned_set.contains(&draft.reference) {
-                skipped.push((draft.line, draft.reference));
-                continue;
+                skipped.push((ticket.line, std::mem::take(&mut ticket.reference)));
+                return false;
             }
-            tickets.push(TicketSpec {
-                line: draft.line,
-                reference: draft.reference,
-                project_id: draft.project_id,
-                title,
-                address: draft.address.map(|(v, _)| v),
-                priority: draft.priority.map(|(v, _)| v),
-                contact_name: draft.contact_name.map(|(v, _)| v),
-                contact_email: draft.contact_email.map(|(v, _)| v),
-                attachments: draft.attachments,
-            });
-        }
+            if marks.bad || self.header_broken || self.poisoned_set.contains(&ticket.reference) {
+                skipped.push((ticket.line, std::mem::take(&mut ticket.reference)));
+                return false;
+            }
+            // A ticket of several rows grew its attachments by doubling.
+            ticket.attachments.shrink_to_fit();
+            true
+        });
+        tickets.shrink_to_fit();
         skipped.sort_by_key(|(line, _)| *line);
         let mut seen = HashSet::new();
         let skipped_refs = skipped
@@ -472,37 +514,51 @@ impl Parser {
     }
 }
 
-/// Merges one row's value of a column into a ticket's: blank inherits, equal agrees,
-/// anything else is a disagreement naming the line of the first value.
-fn merge<T: PartialEq + fmt::Display>(
-    slot: &mut Option<(T, u64)>,
-    new: Option<T>,
-    column: Column,
+/// One row's values being merged into its ticket.
+struct Merge<'a> {
+    ticket: usize,
+    /// The ticket's first line: where its values came from unless `later_lines` says.
+    first_line: u64,
     line: u64,
-    out: &mut Vec<(Column, String)>,
-) {
-    let Some(new) = new else { return };
-    match slot {
-        None => *slot = Some((new, line)),
-        Some((old, _)) if *old == new => {}
-        Some((old, first)) => out.push((
-            column,
-            format!(
-                "{:?} disagrees with {:?} on line {first} (rows of one ticket must agree or leave it blank)",
-                new.to_string(),
-                old.to_string()
-            ),
-        )),
-    }
+    later_lines: &'a mut HashMap<(usize, Column), u64>,
+    disagreements: Vec<(Column, String)>,
 }
 
-/// The file name to announce: the last part of the path as written.
-fn filename(written: &str, resolved: &Path) -> String {
-    Path::new(written)
-        .file_name()
-        .or_else(|| resolved.file_name())
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| written.to_owned())
+impl Merge<'_> {
+    /// Merges the row's value of a column into the ticket's: blank inherits, equal agrees,
+    /// anything else is a disagreement naming the line of the first value.
+    fn merge<T: PartialEq + fmt::Display>(
+        &mut self,
+        slot: &mut Option<T>,
+        new: Option<T>,
+        column: Column,
+    ) {
+        let Some(new) = new else { return };
+        match slot {
+            None => {
+                if self.line != self.first_line {
+                    self.later_lines.insert((self.ticket, column), self.line);
+                }
+                *slot = Some(new);
+            }
+            Some(old) if *old == new => {}
+            Some(old) => {
+                let first = self
+                    .later_lines
+                    .get(&(self.ticket, column))
+                    .copied()
+                    .unwrap_or(self.first_line);
+                self.disagreements.push((
+                    column,
+                    format!(
+                        "{:?} disagrees with {:?} on line {first} (rows of one ticket must agree or leave it blank)",
+                        new.to_string(),
+                        old.to_string()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// The shape of an address: `local@domain.tld`, no spaces, one `@`.

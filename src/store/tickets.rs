@@ -207,10 +207,10 @@ async fn load_chunk(
             a_ids.push(id);
             a_tickets.push(*ticket);
             a_pos.push(pos as i32);
-            a_paths.push(a.path.as_str());
+            a_paths.push(&*a.path);
             a_resolved.push(a.resolved.to_string_lossy().into_owned());
-            a_names.push(a.filename.as_str());
-            a_types.push(a.content_type.as_str());
+            a_names.push(&*a.filename);
+            a_types.push(&*a.content_type);
             a_sizes.push(a.size as i64);
             jobs.push(NewJob {
                 kind: JobKind::Upload,
