@@ -218,8 +218,8 @@ async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: P
 #[sqlx::test]
 async fn expired_upload_urls_are_presigned_again(db: PgPool) {
     // 1 s URLs (SigV4 dates are whole seconds, so a URL made late in a second lives well under
-    // 1 s) and 600 ms of latency before S3 looks at a PUT: most first URLs have expired by
-    // the time their PUT is checked, and S3 refuses them with 403 AccessDenied.
+    // 1 s) and 600 ms of latency before S3 looks at a PUT: a URL made after 0.4 s into a
+    // second has expired by the time its PUT is checked, and S3 refuses it with 403.
     let fx = fixture(6, |_| 2, |_, _| 2_000);
     let sandbox = sandbox::start(SandboxConfig {
         url_ttl: Duration::from_secs(1),
@@ -229,14 +229,24 @@ async fn expired_upload_urls_are_presigned_again(db: PgPool) {
     .await
     .unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
+    // Start just after a second begins: the first presigns are then signed ~0.6 s into a
+    // second, and their PUTs are checked after that second's URL lifetime has ended.
+    // (Waiting for the clock, not for work: concurrent presigns share a fraction of a second,
+    // so without this a whole round could land early in a second and expire nothing.)
+    let into_second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    tokio::time::sleep(Duration::from_nanos(1_000_000_000 - u64::from(into_second))).await;
     assert_eq!(
         run(&db, client(&sandbox, None), pool_config(batch)).await,
         RunEnd::Drained
     );
     assert_exactly_once(&sandbox, &fx);
+    let stats = sandbox.stats();
     assert!(
-        sandbox.stats().count("PUT /s3", 403) > 0,
-        "some URLs expired"
+        stats.count("PUT /s3", 403) > 0,
+        "some URLs expired: {stats:?}"
     );
 }
 
