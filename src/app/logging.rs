@@ -28,7 +28,7 @@ pub fn init_logging(settings: &LogSettings) {
     let default = match level {
         "trace" => "trace".to_string(),
         "debug" => "visibuild_import=debug,info".to_string(),
-        other => format!("visibuild_import={other},sqlx=warn,warn"),
+        other => format!("visibuild_import={other},sqlx=error,warn"),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
