@@ -3,7 +3,7 @@
 //!
 //! Uses a fresh database `visibuild_import_bench_<pid>` on the server of `DATABASE_URL`
 //! (dropped at the end), so runs side by side never share one. Knobs: `QUEUE_BENCH_JOBS` (20000), `QUEUE_BENCH_WORKERS` (10),
-//! `QUEUE_BENCH_BATCH` (50).
+//! `QUEUE_BENCH_BATCH` (200).
 
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let jobs = knob("QUEUE_BENCH_JOBS", 20_000)?;
     let workers = knob("QUEUE_BENCH_WORKERS", 10)?;
-    let batch = knob("QUEUE_BENCH_BATCH", 50)?;
+    let batch = knob("QUEUE_BENCH_BATCH", 200)?;
 
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
     let mut url = url::Url::parse(&base).context("DATABASE_URL")?;
