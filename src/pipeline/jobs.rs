@@ -133,7 +133,15 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             },
         }
     }
-    unreachable!("the last round returns")
+    // The file kept changing under us, round after round: try again later.
+    Err(Failure {
+        next: Next::Retry { after: None },
+        reason: format!(
+            "{} kept changing while it was being uploaded",
+            path.display()
+        ),
+    }
+    .into())
 }
 
 fn stamp_of(path: &std::path::Path) -> Result<FileStamp, Failure> {

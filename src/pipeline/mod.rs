@@ -139,7 +139,7 @@ pub async fn run(
         progress,
         backoff: config.backoff,
     });
-    let in_flight: Arc<Mutex<HashMap<JobId, i32>>> = Arc::default();
+    let in_flight: InFlight = Arc::default();
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
     let uploads = Arc::new(Semaphore::new(config.upload_concurrency.max(1)));
     let mut tasks = JoinSet::new();
@@ -157,56 +157,32 @@ pub async fn run(
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
         }
+        // Creates first (they finish tickets), each batch spawned as soon as it is claimed:
+        // a failing second claim must not strand jobs the first one already holds.
         let free = workers.available_permits();
-        let mut claimed = Vec::new();
+        let mut got_work = false;
         if free > 0 {
-            claimed = or_retry!(
+            let creates = or_retry!(
                 claim(&db, &config, &[JobKind::CreateTicket], free).await,
                 outage,
                 stop
             );
+            got_work |= !creates.is_empty();
+            for job in creates {
+                spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
+            }
         }
-        let free_uploads = uploads
-            .available_permits()
-            .min(free.saturating_sub(claimed.len()));
+        let free_uploads = uploads.available_permits().min(workers.available_permits());
         if free_uploads > 0 {
-            let uploads_claimed = or_retry!(
+            let claimed = or_retry!(
                 claim(&db, &config, &[JobKind::Upload], free_uploads).await,
                 outage,
                 stop
             );
-            claimed.extend(uploads_claimed);
-        }
-        let got_work = !claimed.is_empty();
-        for job in claimed {
-            let worker = workers
-                .clone()
-                .try_acquire_owned()
-                .expect("claimed within free slots");
-            let upload = match job.kind {
-                JobKind::Upload => Some(
-                    uploads
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("claimed within free upload slots"),
-                ),
-                JobKind::CreateTicket => None,
-            };
-            lock(&in_flight).insert(job.id, job.attempt);
-            let shared = shared.clone();
-            let in_flight = in_flight.clone();
-            let span = tracing::info_span!(
-                "job", job_id = %job.id, kind = %job.kind, attempt = job.attempt,
-                batch = %job.batch_id.map(|b| b.to_string()).unwrap_or_default(), ticket_ref = tracing::field::Empty
-            );
-            tasks.spawn(
-                async move {
-                    execute(&shared, &job).await;
-                    lock(&in_flight).remove(&job.id);
-                    drop((worker, upload));
-                }
-                .instrument(span),
-            );
+            got_work |= !claimed.is_empty();
+            for job in claimed {
+                spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
+            }
         }
         if got_work && workers.available_permits() > 0 {
             continue;
@@ -266,6 +242,67 @@ pub async fn run(
     end
 }
 
+type InFlight = Arc<Mutex<HashMap<JobId, i32>>>;
+
+/// Run one claimed job in its own task, holding a worker slot (and an upload slot for an
+/// upload) and a place in the heartbeat's list until it ends — however it ends.
+fn spawn_job(
+    tasks: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+    in_flight: &InFlight,
+    workers: &Arc<Semaphore>,
+    uploads: &Arc<Semaphore>,
+    job: ClaimedJob,
+) {
+    let worker = workers
+        .clone()
+        .try_acquire_owned()
+        .expect("claimed within free slots");
+    let upload = (job.kind == JobKind::Upload).then(|| {
+        uploads
+            .clone()
+            .try_acquire_owned()
+            .expect("claimed within free upload slots")
+    });
+    let held = Held::new(in_flight.clone(), job.job_ref());
+    let shared = shared.clone();
+    let span = tracing::info_span!(
+        "job", job_id = %job.id, kind = %job.kind, attempt = job.attempt,
+        batch = %job.batch_id.map(|b| b.to_string()).unwrap_or_default(),
+        ticket_ref = tracing::field::Empty
+    );
+    tasks.spawn(
+        async move {
+            execute(&shared, &job).await;
+            drop((held, worker, upload));
+        }
+        .instrument(span),
+    );
+}
+
+/// A job's place in the heartbeat list, removed when the task ends or unwinds. Keyed by job
+/// and attempt: a later claim of the same job by this process keeps its own place.
+struct Held {
+    in_flight: InFlight,
+    job: JobRef,
+}
+
+impl Held {
+    fn new(in_flight: InFlight, job: JobRef) -> Self {
+        lock(&in_flight).insert(job.id, job.attempt);
+        Self { in_flight, job }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut map = lock(&self.in_flight);
+        if map.get(&self.job.id) == Some(&self.job.attempt) {
+            map.remove(&self.job.id);
+        }
+    }
+}
+
 async fn claim(
     db: &PgPool,
     config: &PoolConfig,
@@ -317,7 +354,7 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
 }
 
 /// Extend the leases of the jobs this process holds, every third of a lease.
-async fn heartbeat(db: PgPool, in_flight: Arc<Mutex<HashMap<JobId, i32>>>, lease: Duration) {
+async fn heartbeat(db: PgPool, in_flight: InFlight, lease: Duration) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.tick().await;
     loop {

@@ -351,11 +351,7 @@ impl Client {
             let retry_after = retry_after_of(&response);
             let text = match response.text().await {
                 Ok(t) => t,
-                Err(e) if status.is_success() && outcome_matters => {
-                    return Err(ApiError::OutcomeUnknown {
-                        reason: format!("{path}: answer lost: {}", describe_reqwest(e)),
-                    });
-                }
+                // A 2xx whose body was cut off still says it worked (the id is unknown).
                 Err(_) => String::new(),
             };
             match status.as_u16() {
@@ -376,7 +372,15 @@ impl Client {
                         retry_after: Some(delay),
                     });
                 }
-                s if s >= 500 => {
+                // A 500, or a gateway's 502/504 or a 408, may come after the server acted:
+                // where the outcome matters (ticket create) it is unknown. A 503 says the
+                // request was not taken in.
+                500 | 502 | 504 | 408 if outcome_matters => {
+                    return Err(ApiError::OutcomeUnknown {
+                        reason: format!("{path} answered {status}"),
+                    });
+                }
+                s if s >= 500 || s == 408 => {
                     return Err(ApiError::Transient {
                         reason: format!("{path} answered {status}"),
                         retry_after,
