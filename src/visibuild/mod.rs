@@ -349,11 +349,8 @@ impl Client {
             };
             let status = response.status();
             let retry_after = retry_after_of(&response);
-            let text = match response.text().await {
-                Ok(t) => t,
-                // A 2xx whose body was cut off still says it worked (the id is unknown).
-                Err(_) => String::new(),
-            };
+            // A 2xx whose body was cut off still says it worked (the id is then unknown).
+            let text = response.text().await.unwrap_or_default();
             match status.as_u16() {
                 401 if !refreshed && self.tokens.can_refresh() => {
                     self.tokens.invalidate(&token).await;
