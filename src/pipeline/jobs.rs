@@ -148,6 +148,22 @@ fn stamp_of(path: &std::path::Path) -> Result<FileStamp, Failure> {
     hash::stamp(path).map_err(|e| Failure::fail(e.to_string()))
 }
 
+/// Keep trying (for a few minutes) to record a ticket Visibuild created.
+async fn record_created(shared: &Shared, ticket: crate::domain::TicketId, id: Option<&str>) {
+    for _ in 0..180 {
+        match tickets::record_created(&shared.db, ticket, id).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a created ticket yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+    tracing::error!(
+        "could not record a ticket Visibuild created; its create job will find it unanswered"
+    );
+}
+
 /// The file's stamp and MD5: the known ones while the file is unchanged, else read again.
 async fn file_hash(
     path: &std::path::Path,
@@ -241,9 +257,19 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     tickets::mark_create_sent(&shared.db, job.job_ref(), ticket).await?;
     match shared.client.create_ticket_in_turn(&request, turn).await {
         Ok(id) => {
-            let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-            tickets::finish_create(&mut tx, job.job_ref(), ticket, id.as_deref(), None).await?;
-            tx.commit().await.map_err(StoreError::from)?;
+            let finished = async {
+                let mut tx = shared.db.begin().await?;
+                tickets::finish_create(&mut tx, job.job_ref(), ticket, id.as_deref(), None).await?;
+                tx.commit().await?;
+                Ok::<(), StoreError>(())
+            }
+            .await;
+            if let Err(e) = finished {
+                // The ticket exists whatever became of our claim (lease lost, database
+                // down): record that, or a later attempt would take it for unknown.
+                record_created(shared, ticket, id.as_deref()).await;
+                return Err(e.into());
+            }
             shared.progress.ticket_done();
             Ok(())
         }

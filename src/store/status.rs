@@ -327,7 +327,9 @@ pub async fn retry(
     sqlx::query(
         "UPDATE tickets SET state = 'pending', updated_at = now(), finished_at = NULL,
                 create_unanswered = CASE WHEN state = 'needs_review' THEN false ELSE create_unanswered END
-          WHERE id = ANY($1) AND state IN ('failed', 'needs_review')",
+          WHERE id = ANY($1) AND state IN ('failed', 'needs_review')
+            AND NOT EXISTS (SELECT 1 FROM attachments a
+                             WHERE a.ticket_id = tickets.id AND a.state = 'failed')",
     )
     .bind(&tickets)
     .execute(&mut *conn)

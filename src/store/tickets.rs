@@ -477,14 +477,21 @@ async fn mark_create<'e, E: PgExecutor<'e>>(
     ticket: TicketId,
     leaving: bool,
 ) -> Result<(), StoreError> {
+    // The job row is *updated* (so locked) rather than merely read: a claim that took the
+    // job over first makes this write nothing, and a claim that comes after waits for (SKIP
+    // LOCKED: skips) the row until this commits — and then sees the mark.
     let done = sqlx::query(
-        "UPDATE tickets
+        "WITH held AS (
+             UPDATE jobs SET updated_at = now()
+              WHERE id = $1 AND attempt = $2 AND state = 'running' AND locked_until > now()
+             RETURNING id
+         )
+         UPDATE tickets
             SET create_unanswered = $4,
                 create_sent_at = CASE WHEN $4 THEN now() ELSE create_sent_at END,
                 state = CASE WHEN $4 THEN 'creating'::ticket_state ELSE state END,
                 updated_at = now()
-          WHERE id = $3
-            AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running')",
+          WHERE id = $3 AND EXISTS (SELECT 1 FROM held)",
     )
     .bind(job.id)
     .bind(job.attempt)
@@ -493,6 +500,26 @@ async fn mark_create<'e, E: PgExecutor<'e>>(
     .execute(ex)
     .await?;
     fenced(done.rows_affected(), job)
+}
+
+/// Record that Visibuild created the ticket, whoever holds its job now: a fact about
+/// Visibuild, not about a claim. For when [`finish_create`] could not be written.
+pub async fn record_created<'e, E: PgExecutor<'e>>(
+    ex: E,
+    ticket: TicketId,
+    visibuild_id: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tickets SET state = 'created', visibuild_id = COALESCE($2, visibuild_id),
+                create_unanswered = false, updated_at = now(),
+                finished_at = COALESCE(finished_at, now())
+          WHERE id = $1",
+    )
+    .bind(ticket)
+    .bind(visibuild_id)
+    .execute(ex)
+    .await?;
+    Ok(())
 }
 
 /// The ticket exists in Visibuild (its id, when the answer said it): complete the job.
@@ -527,7 +554,7 @@ pub async fn set_ticket_state(
         "UPDATE tickets SET state = $2, last_error = COALESCE($3, last_error), updated_at = now(),
                 finished_at = CASE WHEN $2 IN ('created', 'failed', 'needs_review')
                                    THEN now() ELSE NULL END
-          WHERE id = $1",
+          WHERE id = $1 AND (state <> 'created' OR $2 = 'created')",
     )
     .bind(ticket)
     .bind(state)
@@ -548,6 +575,7 @@ pub async fn reopen_uploads(
 ) -> Result<(), StoreError> {
     let blocked = sqlx::query(
         "UPDATE jobs SET state = 'blocked', locked_until = NULL, locked_by = NULL,
+                max_attempts = GREATEST(max_attempts, attempt + 1),
                 last_error = $3, updated_at = now()
           WHERE id = $1 AND attempt = $2 AND state = 'running'",
     )
