@@ -83,10 +83,14 @@ async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport)
 }
 
 fn client(sandbox: &Sandbox, api_rate: Option<Rate>) -> Arc<Client> {
+    client_with_token(sandbox, api_rate, "sandbox-token")
+}
+
+fn client_with_token(sandbox: &Sandbox, api_rate: Option<Rate>, token: &str) -> Arc<Client> {
     Arc::new(
         Client::new(ClientConfig {
             api_url: sandbox.base_url(),
-            credentials: Credentials::Token(Secret::new("sandbox-token")),
+            credentials: Credentials::Token(Secret::new(token)),
             api_gate: Arc::new(RateGate::new(api_rate)),
             upload_gate: Arc::new(RateGate::new(None)),
             timeout: Duration::from_secs(30),
@@ -348,16 +352,7 @@ async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: PgPool)
     let fx = fixture(5, |t| t % 2, |_, _| 100);
     let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
-    let wrong = Arc::new(
-        Client::new(ClientConfig {
-            api_url: sandbox.base_url(),
-            credentials: Credentials::Token(Secret::new("not-the-token")),
-            api_gate: Arc::new(RateGate::new(None)),
-            upload_gate: Arc::new(RateGate::new(None)),
-            timeout: Duration::from_secs(30),
-        })
-        .unwrap(),
-    );
+    let wrong = client_with_token(&sandbox, None, "not-the-token");
     let end = run(&db, wrong, pool_config(batch)).await;
     assert!(matches!(end, RunEnd::CredentialsRefused { .. }), "{end:?}");
     let states = ticket_states(&db).await;
