@@ -15,6 +15,7 @@ use crate::secret::Secret;
 use crate::store::{self, status as stats, tickets};
 use crate::visibuild::{Client, ClientConfig, Credentials};
 use anyhow::Context as _;
+use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -140,7 +141,7 @@ pub async fn enqueue(
     batch: Option<&str>,
     skip_invalid: bool,
     max_attempts: i32,
-) -> Result<BatchId, anyhow::Error> {
+) -> Result<(BatchId, PgPool), anyhow::Error> {
     let checked = check_manifest(settings).await?;
     for problem in &checked.problems {
         eprintln!("{problem}");
@@ -191,7 +192,7 @@ pub async fn enqueue(
         loaded.unchanged,
         loaded.changed.len()
     );
-    Ok(batch_id)
+    Ok((batch_id, db))
 }
 
 fn default_batch_name(manifest: &Path) -> String {
@@ -324,21 +325,27 @@ pub async fn import(
     api: ApiSettings,
     workers: WorkerSettings,
 ) -> Result<Exit, anyhow::Error> {
-    let rehearsal;
-    let database_url = if api.sandbox {
+    let database_url = queue_url(database_url, &api);
+    if api.sandbox {
         // A rehearsal starts from nothing, like the in-process sandbox it talks to.
-        rehearsal = rehearsal_database_url(database_url);
-        store::drop_database(&rehearsal).await?;
+        store::drop_database(&database_url).await?;
         eprintln!(
             "rehearsal: using database {} (your real queue is untouched)",
-            store::redact_url(&rehearsal)
+            store::redact_url(&database_url)
         );
-        rehearsal.as_str()
+    }
+    let (batch_id, db) =
+        enqueue(&database_url, manifest, batch, skip_invalid, max_attempts).await?;
+    work(db, api, workers, false, Some(batch_id)).await
+}
+
+/// The queue's database: the real one, or the rehearsal's when talking to the sandbox.
+fn queue_url(database_url: &str, api: &ApiSettings) -> String {
+    if api.sandbox {
+        rehearsal_database_url(database_url)
     } else {
-        database_url
-    };
-    let batch_id = enqueue(database_url, manifest, batch, skip_invalid, max_attempts).await?;
-    work(database_url, api, workers, false, Some(batch_id)).await
+        database_url.to_string()
+    }
 }
 
 /// Run the pool on what is queued (one batch, or all).
@@ -349,32 +356,18 @@ pub async fn run(
     watch: bool,
     batch: Option<&str>,
 ) -> Result<Exit, anyhow::Error> {
-    let rehearsal = rehearsal_database_url(database_url);
-    let database_url = if api.sandbox {
-        rehearsal.as_str()
-    } else {
-        database_url
-    };
-    let batch_id = match batch {
-        Some(name) => Some(
-            tickets::batch_by_name(&store::connect(database_url).await?, name)
-                .await?
-                .ok_or_else(|| UsageError(format!("no batch named {name:?}")))?
-                .id,
-        ),
-        None => None,
-    };
-    work(database_url, api, workers, watch, batch_id).await
+    let db = store::connect(&queue_url(database_url, &api)).await?;
+    let batch_id = operator::batch_id(&db, batch).await?;
+    work(db, api, workers, watch, batch_id).await
 }
 
 async fn work(
-    database_url: &str,
+    db: PgPool,
     api: ApiSettings,
     workers: WorkerSettings,
     watch: bool,
     batch: Option<BatchId>,
 ) -> Result<Exit, anyhow::Error> {
-    let db = store::connect(database_url).await?;
     let (client, sandbox) = connect_api(&api).await?;
     authenticate(&client).await?;
     let progress = Arc::new(Progress::default());

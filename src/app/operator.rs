@@ -9,7 +9,10 @@ use std::path::Path;
 /// Attempts a retried job gets.
 const RETRY_ATTEMPTS: i32 = 8;
 
-async fn batch_id(db: &sqlx::PgPool, name: Option<&str>) -> Result<Option<BatchId>, anyhow::Error> {
+pub(super) async fn batch_id(
+    db: &sqlx::PgPool,
+    name: Option<&str>,
+) -> Result<Option<BatchId>, anyhow::Error> {
     match name {
         None => Ok(None),
         Some(name) => Ok(Some(
