@@ -224,13 +224,7 @@ pub async fn run(
     }
     heartbeat.abort();
     // Whatever is still ours goes back to the queue now, not when its lease runs out.
-    let leftover: Vec<JobRef> = lock(&in_flight)
-        .iter()
-        .map(|(id, attempt)| JobRef {
-            id: *id,
-            attempt: *attempt,
-        })
-        .collect();
+    let leftover = held_jobs(&in_flight);
     if !leftover.is_empty() {
         match queue::release(&db, &leftover).await {
             Ok(n) => tracing::info!(released = n, "released unfinished jobs"),
@@ -278,6 +272,14 @@ fn spawn_job(
         }
         .instrument(span),
     );
+}
+
+/// The jobs this process holds now, with the attempts that claimed them.
+fn held_jobs(in_flight: &InFlight) -> Vec<JobRef> {
+    lock(in_flight)
+        .iter()
+        .map(|(&id, &attempt)| JobRef { id, attempt })
+        .collect()
 }
 
 /// A job's place in the heartbeat list, removed when the task ends or unwinds. Keyed by job
@@ -359,13 +361,7 @@ async fn heartbeat(db: PgPool, in_flight: InFlight, lease: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let refs: Vec<JobRef> = lock(&in_flight)
-            .iter()
-            .map(|(id, attempt)| JobRef {
-                id: *id,
-                attempt: *attempt,
-            })
-            .collect();
+        let refs = held_jobs(&in_flight);
         if !refs.is_empty()
             && let Err(e) = queue::heartbeat(&db, &refs, lease).await
         {
