@@ -598,7 +598,8 @@ fn split(jobs: &[JobRef]) -> (Vec<i64>, Vec<i32>) {
     jobs.iter().map(|j| (j.id.0, j.attempt)).unzip()
 }
 
-fn fenced(rows_affected: u64, job: JobRef) -> Result<(), StoreError> {
+/// `Ok` when a fenced write touched exactly the one row its claim names.
+pub(super) fn fenced(rows_affected: u64, job: JobRef) -> Result<(), StoreError> {
     if rows_affected == 1 {
         Ok(())
     } else {

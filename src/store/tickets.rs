@@ -2,7 +2,7 @@
 //! transitions that move them together with their jobs (fan-in, re-upload, outcomes).
 
 use super::StoreError;
-use super::queue::{self, JobRef, NewJob};
+use super::queue::{self, JobRef, NewJob, fenced};
 use crate::domain::{
     AttachmentId, AttachmentState, BatchId, JobKind, JobState, Priority, ProjectId, TicketId,
     TicketState,
@@ -604,15 +604,4 @@ pub async fn reopen_uploads(
     .await?;
     set_ticket_state(&mut *conn, ticket, TicketState::Pending, Some(reason)).await?;
     queue::notify(&mut *conn).await
-}
-
-fn fenced(rows: u64, job: JobRef) -> Result<(), StoreError> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced {
-            job: job.id,
-            attempt: job.attempt,
-        })
-    }
 }
