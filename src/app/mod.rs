@@ -22,13 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How the program ends, per SPEC: 0 all created; 1 failed tickets; 2 usage, manifest or
-/// credential error; 130 interrupted.
+/// How the program ends, per SPEC: 0 all created; 1 failed tickets; 2 usage, manifest,
+/// configuration or credential error; 3 the store or Visibuild unreachable for longer than
+/// the outage limit; 130 interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Success,
     TicketsFailed,
     Usage,
+    Unreachable,
     Interrupted,
 }
 
@@ -37,11 +39,17 @@ pub enum Exit {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The store or Visibuild could not be reached (for longer than the outage limit): exit 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnreachableError(pub String);
+
 pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
     match result {
         Ok(Exit::Success) => ExitCode::SUCCESS,
         Ok(Exit::TicketsFailed) => ExitCode::from(1),
         Ok(Exit::Usage) => ExitCode::from(2),
+        Ok(Exit::Unreachable) => ExitCode::from(3),
         Ok(Exit::Interrupted) => ExitCode::from(130),
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -54,7 +62,14 @@ pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
                         Some(crate::visibuild::ApiError::Unauthorized { .. })
                     )
             });
-            ExitCode::from(if usage { 2 } else { 1 })
+            let unreachable = e.chain().any(|c| c.is::<UnreachableError>());
+            ExitCode::from(if usage {
+                2
+            } else if unreachable {
+                3
+            } else {
+                1
+            })
         }
     }
 }
