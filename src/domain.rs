@@ -190,3 +190,26 @@ mod tests {
         );
     }
 }
+
+/// What a file looked like when it was read: its size and modification time. A file whose
+/// stamp differs was changed in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Self {
+            size: meta.len(),
+            mtime_ns,
+        }
+    }
+}

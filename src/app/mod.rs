@@ -110,6 +110,8 @@ pub struct WorkerSettings {
     /// Plain progress line interval (no terminal).
     pub progress_every: Duration,
     pub quiet: bool,
+    /// How long the database or Visibuild may stay unreachable before the run exits 3.
+    pub outage_limit: Duration,
 }
 
 pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
@@ -180,7 +182,9 @@ pub async fn enqueue(
     let name = batch
         .map(str::to_string)
         .unwrap_or_else(|| default_batch_name(&settings.manifest));
+    // Stored absolute: workers open every file inside this folder, from any working folder.
     let root = files_root(settings);
+    let root = root.canonicalize().unwrap_or(root);
     let mut tx = db.begin().await?;
     let batch_id = tickets::upsert_batch(
         &mut *tx,
@@ -264,19 +268,44 @@ async fn connect_api(
     Ok((Arc::new(client), sandbox))
 }
 
-/// Refused client credentials are the operator's to fix (exit 2), not a reason to fail every
-/// ticket. Other trouble fetching a token is left to the workers, which retry it.
-async fn authenticate(client: &Client) -> Result<(), anyhow::Error> {
-    match client.authenticate().await {
-        Ok(()) => Ok(()),
-        Err(crate::visibuild::ApiError::Unauthorized { reason }) => Err(UsageError(format!(
-            "{reason}; check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
-        ))
-        .into()),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not fetch an access token yet; the workers will retry");
-            Ok(())
+/// Exchange client credentials for a token before anything is loaded or claimed. Refused
+/// credentials, or an origin that is not Visibuild's, are the operator's to fix (exit 2); an
+/// unreachable Visibuild is waited for up to the outage limit (then exit 3). A long-lived
+/// token is only checked by its first call.
+async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), anyhow::Error> {
+    use crate::visibuild::ApiError;
+    let started = std::time::Instant::now();
+    let mut logged: Option<std::time::Instant> = None;
+    loop {
+        let error = match client.authenticate().await {
+            Ok(()) => return Ok(()),
+            Err(ApiError::Unauthorized { reason }) => {
+                return Err(UsageError(format!(
+                    "Visibuild refused the credentials ({reason}); check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
+                ))
+                .into());
+            }
+            Err(ApiError::Permanent { status, reason }) => {
+                return Err(UsageError(format!(
+                    "the token endpoint answered {status} ({reason}); is --api-url Visibuild's origin?"
+                ))
+                .into());
+            }
+            Err(e) => e,
+        };
+        if started.elapsed() > outage_limit {
+            return Err(UnreachableError(format!(
+                "no access token after {}s: {error}; nothing was loaded or sent",
+                started.elapsed().as_secs()
+            ))
+            .into());
         }
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+            logged = Some(std::time::Instant::now());
+            tracing::warn!(error = %error, gives_up_after_secs = outage_limit.as_secs(),
+                "cannot fetch an access token yet; trying again");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -341,6 +370,9 @@ pub async fn import(
     workers: WorkerSettings,
 ) -> Result<Exit, anyhow::Error> {
     let database_url = queue_url(database_url, &api);
+    // Credentials and the API are checked before anything is loaded.
+    let (client, sandbox) = connect_api(&api).await?;
+    authenticate(&client, workers.outage_limit).await?;
     if api.sandbox {
         // A rehearsal starts from nothing, like the in-process sandbox it talks to.
         store::drop_database(&database_url).await?;
@@ -351,7 +383,7 @@ pub async fn import(
     }
     let (batch_id, db) =
         enqueue(&database_url, manifest, batch, skip_invalid, max_attempts).await?;
-    work(db, api, workers, false, Some(batch_id)).await
+    work(db, (client, sandbox), workers, false, Some(batch_id)).await
 }
 
 /// The queue's database: the real one, or the rehearsal's when talking to the sandbox.
@@ -371,20 +403,20 @@ pub async fn run(
     watch: bool,
     batch: Option<&str>,
 ) -> Result<Exit, anyhow::Error> {
+    let (client, sandbox) = connect_api(&api).await?;
     let db = store::connect(&queue_url(database_url, &api)).await?;
     let batch_id = operator::batch_id(&db, batch).await?;
-    work(db, api, workers, watch, batch_id).await
+    authenticate(&client, workers.outage_limit).await?;
+    work(db, (client, sandbox), workers, watch, batch_id).await
 }
 
 async fn work(
     db: PgPool,
-    api: ApiSettings,
+    (client, sandbox): (Arc<Client>, Option<crate::sandbox::Sandbox>),
     workers: WorkerSettings,
     watch: bool,
     batch: Option<BatchId>,
 ) -> Result<Exit, anyhow::Error> {
-    let (client, sandbox) = connect_api(&api).await?;
-    authenticate(&client).await?;
     let progress = Arc::new(Progress::default());
     let remaining = stats::remaining(&db, batch).await?;
     progress
@@ -404,6 +436,7 @@ async fn work(
         lease: workers.lease,
         batch,
         watch,
+        outage_limit: workers.outage_limit,
         ..PoolConfig::default()
     };
     let stop = stop_on_signals();
@@ -423,6 +456,20 @@ async fn work(
                  fix VISIBUILD_TOKEN or VISIBUILD_CLIENT_ID/VISIBUILD_CLIENT_SECRET and run again"
             );
             Exit::Usage
+        }
+        RunEnd::ApiUnreachable { reason, for_secs } => {
+            eprintln!(
+                "error: Visibuild unreachable for {for_secs}s ({reason}); nothing was marked \
+                 failed for it — run again when it answers"
+            );
+            Exit::Unreachable
+        }
+        RunEnd::StoreUnreachable { reason } => {
+            eprintln!(
+                "error: the queue's database unreachable for longer than the outage limit \
+                 ({reason}); unfinished work returns to the queue — run again when it is back"
+            );
+            Exit::Unreachable
         }
         RunEnd::Interrupted => Exit::Interrupted,
         RunEnd::Drained if summary.failed + summary.needs_review + summary.pending > 0 => {

@@ -69,6 +69,9 @@ pub async fn status(
         for e in &s.top_errors {
             println!("  {} × {}", e.count, e.reason);
         }
+        for e in &s.retry_reasons {
+            println!("  retrying: {} × {}", e.count, e.reason);
+        }
     }
     Ok(Exit::Success)
 }
@@ -151,6 +154,7 @@ pub async fn report(
         "attachment_keys",
         "attempts",
         "error",
+        "file_changes",
     ])?;
     for r in &rows {
         w.write_record([
@@ -162,6 +166,7 @@ pub async fn report(
             r.attachment_keys.as_deref().unwrap_or(""),
             &r.attempts.map(|a| a.to_string()).unwrap_or_default(),
             r.last_error.as_deref().unwrap_or(""),
+            r.file_changes.as_deref().unwrap_or(""),
         ])?;
     }
     w.flush()?;

@@ -160,6 +160,9 @@ struct WorkerArgs {
     /// Seconds a claimed job is held before another worker may take it over.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(3..=86_400))]
     lease_secs: u64,
+    /// Seconds the database or Visibuild may stay unreachable before the run exits 3.
+    #[arg(long, env = "VISIBUILD_OUTAGE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    outage_secs: u64,
     /// Seconds between plain progress lines when stderr is not a terminal.
     #[arg(long, hide = true, env = "VISIBUILD_PROGRESS_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     progress_secs: u64,
@@ -312,7 +315,7 @@ impl ApiArgs {
             (None, None, None) => None,
         };
         let api_url = match (self.api_url, self.region) {
-            (Some(url), _) => Some(url),
+            (Some(url), _) => Some(crate::visibuild::parse_origin(&url).map_err(app::UsageError)?),
             (None, Some(region)) => Some(region.origin().to_string()),
             (None, None) => None,
         };
@@ -334,6 +337,7 @@ impl WorkerArgs {
             lease: std::time::Duration::from_secs(self.lease_secs),
             progress_every: std::time::Duration::from_secs(self.progress_secs),
             quiet,
+            outage_limit: std::time::Duration::from_secs(self.outage_secs),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use super::MAX_FILE_SIZE;
+use crate::domain::FileStamp;
 
 /// What the disk says about one attachment path. Every row naming the path shares it.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub(crate) struct FileInfo {
     pub resolved: Arc<Path>,
     pub filename: Arc<str>,
     pub size: u64,
+    /// Modification time when checked, to notice a file changed before its upload.
+    pub mtime_ns: i64,
     pub content_type: Arc<str>,
 }
 
@@ -46,19 +49,20 @@ impl Files {
         let path: Arc<str> = Arc::from(path);
         let outcome = self
             .inspect(&path)
-            .map(|(resolved, size, content_type)| FileInfo {
+            .map(|(resolved, stamp, content_type)| FileInfo {
                 filename: filename(&path, &resolved).into(),
                 path: Arc::clone(&path),
                 resolved: resolved.into(),
-                size,
+                size: stamp.size,
+                mtime_ns: stamp.mtime_ns,
                 content_type: content_type.into(),
             });
         self.cache.insert(path, outcome.clone());
         outcome
     }
 
-    /// The resolved path, size and content type of a path as written.
-    fn inspect(&self, written: &str) -> Result<(PathBuf, u64, &'static str), String> {
+    /// The resolved path, size and modification time, and content type of a path as written.
+    fn inspect(&self, written: &str) -> Result<(PathBuf, FileStamp, &'static str), String> {
         let path = Path::new(written);
         let outside = !self.allow_outside_root;
         if outside && (path.is_absolute() || path.has_root()) {
@@ -113,7 +117,7 @@ impl Files {
                 sniff(&head[..n]).unwrap_or("application/octet-stream")
             }
         };
-        Ok((resolved, size, content_type))
+        Ok((resolved, FileStamp::of(&meta), content_type))
     }
 }
 

@@ -84,6 +84,8 @@ pub struct AttachmentSpec {
     pub filename: Arc<str>,
     pub content_type: Arc<str>,
     pub size: u64,
+    /// Modification time (ns since the epoch) when checked.
+    pub mtime_ns: i64,
 }
 
 /// Something wrong with a manifest, at a line (1 for the header) and maybe a column.

@@ -366,6 +366,7 @@ impl Parser {
                     filename: info.filename,
                     content_type: info.content_type,
                     size: info.size,
+                    mtime_ns: info.mtime_ns,
                 }),
                 Err(message) => report(self, Column::Attachments, message),
             }

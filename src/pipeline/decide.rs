@@ -12,6 +12,9 @@ pub enum Next {
     Retry { after: Option<Duration> },
     /// Wait and try again without using up an attempt (a 429's `Retry-After`).
     Wait { after: Duration },
+    /// No connection to Visibuild or S3: put the job back without using an attempt; the pool
+    /// pauses until the service answers again (or gives up after the outage limit).
+    Outage,
     /// Give up now: the reason is for the operator.
     Fail,
     /// Upload: the URL expired or its signature is refused — presign again.
@@ -49,6 +52,7 @@ pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
         (_, RateLimited { retry_after }) => Next::Wait {
             after: retry_after.unwrap_or(Duration::from_secs(1)),
         },
+        (_, Unreachable { .. }) => Next::Outage,
         (_, Unauthorized { .. }) => Next::Halt,
         (_, Permanent { .. } | OtherCompany { .. }) => Next::Fail,
         (JobKind::Upload, UploadUrlRejected { .. }) => Next::Presign,
@@ -207,5 +211,19 @@ mod tests {
             Next::AlreadyCreated
         );
         assert_eq!(decide(CreateTicket, &e, WITH_FILES), Next::Fail);
+    }
+
+    #[test]
+    fn no_connection_is_an_outage_for_either_kind_never_an_unknown_outcome() {
+        let e = ApiError::Unreachable {
+            reason: "connection refused".into(),
+        };
+        let sent = Context {
+            sent_before: true,
+            unanswered: true,
+            has_attachments: false,
+        };
+        assert_eq!(decide(Upload, &e, Context::default()), Next::Outage);
+        assert_eq!(decide(CreateTicket, &e, sent), Next::Outage);
     }
 }

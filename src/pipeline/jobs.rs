@@ -3,7 +3,8 @@
 
 use super::Shared;
 use super::decide::{self, Context, Next};
-use super::hash::{self, FileStamp};
+use super::{hash, source};
+use crate::domain::FileStamp;
 use crate::domain::{AttachmentState, JobKind, Priority, TicketState};
 use crate::store::queue::ClaimedJob;
 use crate::store::{StoreError, tickets};
@@ -65,10 +66,19 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(());
     }
+    let root = PathBuf::from(&work.files_root);
     let path = PathBuf::from(&work.resolved_path);
+    let last = work.last_stamp();
     let mut cached = work.cached_hash();
     for round in 1..=UPLOAD_ROUNDS {
-        let (stamp, md5) = file_hash(&path, cached.take()).await?;
+        let (file, stamp, md5) = open_and_hash(&root, &path, cached.take()).await?;
+        let change = last
+            .filter(|last| *last != stamp)
+            .map(|last| describe_change(last, stamp));
+        if let Some(change) = &change {
+            tracing::warn!(file = %path.display(), %change,
+                "the file changed since it was loaded; uploading it as it is now");
+        }
         let request = PresignRequest {
             filename: work.filename.clone(),
             content_type: work.content_type.clone(),
@@ -83,10 +93,10 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             .await
             .map_err(|e| api_failure(JobKind::Upload, e, ctx))?;
         // The file must still be what we hashed; otherwise hash and presign again.
-        if stamp_of(&path)? != stamp {
+        if stamp_of(&file, &path)? != stamp {
             continue;
         }
-        match shared.client.put_file(&upload, &path, stamp.size).await {
+        match shared.client.put_file(&upload, file, stamp.size).await {
             Ok(()) => {
                 shared.progress.file_done(stamp.size);
                 let uploaded = tickets::Uploaded {
@@ -95,6 +105,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                     size: stamp.size as i64,
                     mtime_ns: stamp.mtime_ns,
                     md5: &md5,
+                    change: change.as_deref(),
                 };
                 let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
                 tickets::finish_upload(
@@ -133,19 +144,40 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             },
         }
     }
-    // The file kept changing under us, round after round: try again later.
-    Err(Failure {
+    Err(kept_changing(&path).into())
+}
+
+/// The file kept changing under us, round after round: try again later.
+fn kept_changing(path: &std::path::Path) -> Failure {
+    Failure {
         next: Next::Retry { after: None },
         reason: format!(
             "{} kept changing while it was being uploaded",
             path.display()
         ),
     }
-    .into())
 }
 
-fn stamp_of(path: &std::path::Path) -> Result<FileStamp, Failure> {
-    hash::stamp(path).map_err(|e| Failure::fail(e.to_string()))
+/// How a file differs from when it was last read, in words for the log and the report.
+fn describe_change(before: FileStamp, now: FileStamp) -> String {
+    if before.size != now.size {
+        format!(
+            "changed since it was loaded: {} bytes then, {} bytes when uploaded",
+            before.size, now.size
+        )
+    } else {
+        format!(
+            "changed since it was loaded: same size ({} bytes), modified since",
+            now.size
+        )
+    }
+}
+
+/// The open file's stamp now (`fstat` of the handle).
+fn stamp_of(file: &std::fs::File, path: &std::path::Path) -> Result<FileStamp, Failure> {
+    file.metadata()
+        .map(|meta| FileStamp::of(&meta))
+        .map_err(|e| Failure::fail(format!("{}: cannot be read: {e}", path.display())))
 }
 
 /// Keep trying (for a few minutes) to record a ticket Visibuild created.
@@ -164,32 +196,42 @@ async fn record_created(shared: &Shared, ticket: crate::domain::TicketId, id: Op
     );
 }
 
-/// The file's stamp and MD5: the known ones while the file is unchanged, else read again.
-async fn file_hash(
+/// Open the file inside the files root and hash it from that handle (or reuse the known
+/// MD5 while its stamp is unchanged): the handle, its stamp and the MD5 of its bytes.
+async fn open_and_hash(
+    root: &std::path::Path,
     path: &std::path::Path,
     known: Option<(FileStamp, String)>,
-) -> Result<(FileStamp, String), HandlerError> {
-    loop {
-        let before = stamp_of(path)?;
-        if before.size == 0 {
-            return Err(Failure::fail(format!("{}: the file is empty", path.display())).into());
+) -> Result<(std::fs::File, FileStamp, String), Failure> {
+    let (root, path) = (root.to_path_buf(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let mut source = source::open(&root, &path).map_err(|e| Failure::fail(e.to_string()))?;
+        for _ in 0..UPLOAD_ROUNDS {
+            let before = source.stamp;
+            if before.size == 0 {
+                return Err(Failure::fail(format!(
+                    "{}: the file is empty (0 bytes)",
+                    path.display()
+                )));
+            }
+            if let Some((stamp, md5)) = &known
+                && *stamp == before
+            {
+                return Ok((source.file, before, md5.clone()));
+            }
+            let (size, md5) = hash::md5_file(&mut source.file)
+                .map_err(|e| Failure::fail(format!("{}: cannot be read: {e}", path.display())))?;
+            let after = stamp_of(&source.file, &path)?;
+            if after == before && after.size == size {
+                return Ok((source.file, after, md5));
+            }
+            // Changed while we read it: read it again.
+            source.stamp = after;
         }
-        if let Some((stamp, md5)) = &known
-            && *stamp == before
-        {
-            return Ok((before, md5.clone()));
-        }
-        let owned = path.to_path_buf();
-        let (size, md5) = tokio::task::spawn_blocking(move || hash::md5_file(&owned))
-            .await
-            .map_err(|e| Failure::fail(format!("hashing stopped: {e}")))?
-            .map_err(|e| Failure::fail(e.to_string()))?;
-        let after = stamp_of(path)?;
-        if after == before && after.size == size {
-            return Ok((after, md5));
-        }
-        // Changed while we read it: read it again.
-    }
+        Err(kept_changing(&path))
+    })
+    .await
+    .map_err(|e| Failure::fail(format!("hashing stopped: {e}")))?
 }
 
 pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {

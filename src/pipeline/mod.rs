@@ -3,8 +3,10 @@
 
 pub mod decide;
 pub mod hash;
+pub mod identity;
 pub mod jobs;
 pub mod progress;
+pub mod source;
 
 use crate::domain::{AttachmentState, BatchId, JobId, JobKind, TicketState};
 use crate::store::queue::{self, Backoff, ClaimedJob, FailOutcome, JobRef, RetryDecision};
@@ -22,14 +24,23 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// How long the pool rides out a database it cannot reach (a restart, a failover) before
-/// it gives up. Leases keep what was in flight safe meanwhile.
-const DB_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
+/// How long the pool rides out a database or a Visibuild it cannot reach (a restart, a
+/// failover, a network cut) before it gives up, by default. Leases keep what was in flight
+/// safe meanwhile; no attempt is used up.
+pub const DEFAULT_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
+
+/// While Visibuild cannot be reached: one line in the log this often, and one job tried
+/// this often to see whether it is back.
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
+const OUTAGE_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the pool looks for leases held by dead processes of this host.
+const DEAD_HOLDERS_EVERY: Duration = Duration::from_secs(5);
 
 /// Evaluate a store call inside the claim loop; on error wait a second and go round again,
-/// until the outage has lasted [`DB_OUTAGE_LIMIT`].
+/// until the outage has lasted the configured outage limit.
 macro_rules! or_retry {
-    ($call:expr, $outage:ident, $stop:ident) => {
+    ($call:expr, $outage:ident, $stop:ident, $limit:expr) => {
         match $call {
             Ok(value) => {
                 $outage = None;
@@ -37,8 +48,10 @@ macro_rules! or_retry {
             }
             Err(e) => {
                 let since = *$outage.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > DB_OUTAGE_LIMIT {
-                    break Err(e);
+                if since.elapsed() > $limit {
+                    break Ok(RunEnd::StoreUnreachable {
+                        reason: e.to_string(),
+                    });
                 }
                 tracing::warn!(error = %e, "database unavailable; trying again in 1s");
                 tokio::select! {
@@ -71,6 +84,8 @@ pub struct PoolConfig {
     pub idle_poll: Duration,
     /// How long in-flight jobs may finish after a stop is asked for.
     pub shutdown_grace: Duration,
+    /// How long the database or Visibuild may stay unreachable before the run gives up.
+    pub outage_limit: Duration,
 }
 
 impl Default for PoolConfig {
@@ -88,18 +103,13 @@ impl Default for PoolConfig {
             watch: false,
             idle_poll: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
+            outage_limit: DEFAULT_OUTAGE_LIMIT,
         }
     }
 }
 
 pub fn default_worker_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
+    identity::worker_name()
 }
 
 /// What the handlers share.
@@ -122,6 +132,11 @@ pub enum RunEnd {
     /// Visibuild refused the credentials (401 after a refresh); unfinished jobs were
     /// released, nothing was failed for it.
     CredentialsRefused { reason: String },
+    /// Visibuild (or S3) could not be reached for longer than the outage limit; nothing was
+    /// failed for it.
+    ApiUnreachable { reason: String, for_secs: u64 },
+    /// The database could not be reached for longer than the outage limit.
+    StoreUnreachable { reason: String },
 }
 
 /// Run the pool until no runnable work is left (or forever with `watch`), or until `stop`.
@@ -147,6 +162,10 @@ pub async fn run(
     let mut listener = queue::listen(&db).await.ok();
 
     let mut outage: Option<std::time::Instant> = None;
+    let limit = config.outage_limit;
+    let this_host = identity::host();
+    let mut dead_checked: Option<std::time::Instant> = None;
+    let mut api_logged: Option<std::time::Instant> = None;
     let end: Result<RunEnd, StoreError> = loop {
         if let Some(reason) = lock(&shared.halted).clone() {
             break Ok(RunEnd::CredentialsRefused { reason });
@@ -157,32 +176,93 @@ pub async fn run(
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
         }
+        if dead_checked.is_none_or(|at| at.elapsed() >= DEAD_HOLDERS_EVERY) {
+            dead_checked = Some(std::time::Instant::now());
+            or_retry!(
+                take_back_from_dead(&db, &this_host).await,
+                outage,
+                stop,
+                limit
+            );
+        }
+        // Visibuild unreachable: no new work but one probe now and then, one line in the log
+        // every half minute, and give up after the outage limit.
+        let api_down = shared.client.unreachable_since();
+        if let Some((since, reason)) = &api_down {
+            let for_secs = since.elapsed().as_secs();
+            if since.elapsed() > limit {
+                break Ok(RunEnd::ApiUnreachable {
+                    reason: reason.clone(),
+                    for_secs,
+                });
+            }
+            if api_logged.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_EVERY) {
+                api_logged = Some(std::time::Instant::now());
+                tracing::warn!(
+                    down_for_secs = for_secs,
+                    gives_up_after_secs = limit.as_secs(),
+                    error = %reason,
+                    "Visibuild unreachable; paused (no attempts are used), trying one job every {}s",
+                    OUTAGE_PROBE_EVERY.as_secs()
+                );
+            }
+            if !tasks.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    Some(done) = tasks.join_next() => log_panic(done),
+                }
+                continue;
+            }
+        } else if api_logged.take().is_some() {
+            tracing::info!("Visibuild answers again; resuming");
+        }
         // Creates first (they finish tickets), each batch spawned as soon as it is claimed:
         // a failing second claim must not strand jobs the first one already holds.
-        let free = workers.available_permits();
+        let free = if api_down.is_some() {
+            1
+        } else {
+            workers.available_permits()
+        };
         let mut got_work = false;
         if free > 0 {
             let creates = or_retry!(
                 claim(&db, &config, &[JobKind::CreateTicket], free).await,
                 outage,
-                stop
+                stop,
+                limit
             );
             got_work |= !creates.is_empty();
             for job in creates {
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
             }
         }
-        let free_uploads = uploads.available_permits().min(workers.available_permits());
+        let free_uploads = uploads
+            .available_permits()
+            .min(workers.available_permits())
+            .min(if api_down.is_some() && got_work {
+                0
+            } else {
+                free
+            });
         if free_uploads > 0 {
             let claimed = or_retry!(
                 claim(&db, &config, &[JobKind::Upload], free_uploads).await,
                 outage,
-                stop
+                stop,
+                limit
             );
             got_work |= !claimed.is_empty();
             for job in claimed {
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
             }
+        }
+        if api_down.is_some() {
+            // One probe at a time: wait for it, then a pause before the next.
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(OUTAGE_PROBE_EVERY) => {}
+            }
+            continue;
         }
         if got_work && workers.available_permits() > 0 {
             continue;
@@ -190,12 +270,17 @@ pub async fn run(
         if !got_work
             && tasks.is_empty()
             && !config.watch
-            && !or_retry!(queue::has_runnable(&db, config.batch).await, outage, stop)
+            && !or_retry!(
+                queue::has_runnable(&db, config.batch).await,
+                outage,
+                stop,
+                limit
+            )
         {
             break Ok(RunEnd::Drained);
         }
         // Wait for a slot, a notification, the next scheduled job, or a stop.
-        let wake = or_retry!(next_wake(&db, &config).await, outage, stop);
+        let wake = or_retry!(next_wake(&db, &config).await, outage, stop, limit);
         tokio::select! {
             _ = stop.cancelled() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
@@ -234,6 +319,24 @@ pub async fn run(
         }
     }
     end
+}
+
+/// End the leases of jobs held by processes of this host that are gone (`kill -9`, a crash),
+/// so their work is taken back now rather than when the leases run out.
+async fn take_back_from_dead(db: &PgPool, this_host: &str) -> Result<(), StoreError> {
+    for holder in queue::holders(db).await? {
+        if identity::is_dead_here(&holder, this_host) {
+            let jobs = queue::expire_leases_of(db, &holder).await?;
+            if jobs > 0 {
+                tracing::info!(
+                    holder = %holder,
+                    jobs,
+                    "taking back the jobs of a worker process of this host that is gone"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 type InFlight = Arc<Mutex<HashMap<JobId, i32>>>;
@@ -421,6 +524,11 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
         Next::Wait { after } => {
             tracing::info!(wait = ?after, "rate limited; waiting without using an attempt");
             queue::reschedule(&mut *tx, job_ref, *after, Some(reason)).await?;
+        }
+        Next::Outage => {
+            // The pool logs the outage once every half minute; not once per job.
+            tracing::debug!(error = reason, "Visibuild unreachable; back in the queue");
+            queue::reschedule(&mut *tx, job_ref, OUTAGE_PROBE_EVERY, Some(reason)).await?;
         }
         Next::Retry { after } => {
             let outcome = match after {

@@ -308,6 +308,33 @@ pub async fn claim_in<'e, E: PgExecutor<'e>>(
     Ok(jobs)
 }
 
+/// Who holds running jobs now (leases not yet expired).
+pub async fn holders<'e, E: PgExecutor<'e>>(ex: E) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT locked_by FROM jobs
+          WHERE state = 'running' AND locked_until >= now() AND locked_by IS NOT NULL",
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// End the leases of every job `holder` holds (it is known to be dead), so the next claim
+/// takes them at once. Fencing is untouched: the claim bumps the attempt as for any expired
+/// lease, so a holder that was not dead after all cannot write over the new attempt.
+pub async fn expire_leases_of<'e, E: PgExecutor<'e>>(
+    ex: E,
+    holder: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE jobs SET locked_until = now() - interval '1 microsecond', updated_at = now()
+          WHERE state = 'running' AND locked_by = $1",
+    )
+    .bind(holder)
+    .execute(ex)
+    .await?
+    .rows_affected())
+}
+
 /// Extends the lease of those `jobs` that are still running under the attempt named.
 /// Returns how many were extended; fewer than `jobs.len()` means some were lost.
 pub async fn heartbeat<'e, E: PgExecutor<'e>>(

@@ -107,6 +107,8 @@ pub struct BatchStatus {
     pub tickets_last_minute: i64,
     pub eta_seconds: Option<i64>,
     pub top_errors: Vec<ErrorCount>,
+    /// Why jobs waiting to run again failed last time (an outage, 5xx, 429s), commonest first.
+    pub retry_reasons: Vec<ErrorCount>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize, sqlx::FromRow)]
@@ -180,6 +182,14 @@ pub async fn batch_status(
         .into_iter()
         .map(|(reason, count)| ErrorCount { reason, count })
         .collect();
+    let retry_reasons: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT last_error, count(*) AS n FROM jobs
+          WHERE batch_id = $1 AND state = 'available' AND last_error IS NOT NULL
+          GROUP BY 1 ORDER BY n DESC, 1 LIMIT 5",
+    )
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
     Ok(BatchStatus {
         batch: name.to_string(),
         created_at: created_at
@@ -194,6 +204,10 @@ pub async fn batch_status(
         tickets_last_minute,
         eta_seconds,
         top_errors,
+        retry_reasons: retry_reasons
+            .into_iter()
+            .map(|(reason, count)| ErrorCount { reason, count })
+            .collect(),
     })
 }
 
@@ -209,6 +223,8 @@ pub struct TicketResult {
     pub attachment_keys: Option<String>,
     pub attempts: Option<i32>,
     pub last_error: Option<String>,
+    /// Files that changed between loading and upload: `path: what changed`, `;`-separated.
+    pub file_changes: Option<String>,
 }
 
 pub async fn ticket_results<'e, E: PgExecutor<'e>>(
@@ -221,7 +237,10 @@ pub async fn ticket_results<'e, E: PgExecutor<'e>>(
                   WHERE a.ticket_id = t.id AND a.state = 'uploaded') AS attachment_keys,
                 (SELECT max(j.attempt) FROM jobs j WHERE j.ticket_id = t.id
                     AND j.kind = 'create_ticket') AS attempts,
-                t.last_error
+                t.last_error,
+                (SELECT string_agg(a.path || ': ' || a.change_note, '; ' ORDER BY a.position)
+                   FROM attachments a
+                  WHERE a.ticket_id = t.id AND a.change_note IS NOT NULL) AS file_changes
            FROM tickets t JOIN batches b ON b.id = t.batch_id
           WHERE ($1::uuid IS NULL OR t.batch_id = $1)
           ORDER BY b.created_at, t.line",

@@ -4,8 +4,8 @@
 use super::StoreError;
 use super::queue::{self, JobRef, NewJob, fenced};
 use crate::domain::{
-    AttachmentId, AttachmentState, BatchId, JobKind, JobState, Priority, ProjectId, TicketId,
-    TicketState,
+    AttachmentId, AttachmentState, BatchId, FileStamp, JobKind, JobState, Priority, ProjectId,
+    TicketId, TicketState,
 };
 use crate::manifest::TicketSpec;
 use sqlx::{PgConnection, PgExecutor};
@@ -200,6 +200,7 @@ async fn load_chunk(
     let mut a_names = Vec::new();
     let mut a_types = Vec::new();
     let mut a_sizes = Vec::new();
+    let mut a_mtimes = Vec::new();
     let mut jobs = Vec::new();
     for (ticket, spec, _) in fresh.iter().filter(|f| inserted.contains(&f.0)) {
         for (pos, a) in spec.attachments.iter().enumerate() {
@@ -212,6 +213,7 @@ async fn load_chunk(
             a_names.push(&*a.filename);
             a_types.push(&*a.content_type);
             a_sizes.push(a.size as i64);
+            a_mtimes.push(a.mtime_ns);
             jobs.push(NewJob {
                 kind: JobKind::Upload,
                 state: JobState::Available,
@@ -239,9 +241,9 @@ async fn load_chunk(
     if !a_ids.is_empty() {
         sqlx::query(
             "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
-                                      content_type, size)
+                                      content_type, size, mtime_ns)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::bigint[])",
+                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[])",
         )
         .bind(&a_ids)
         .bind(&a_tickets)
@@ -251,6 +253,7 @@ async fn load_chunk(
         .bind(&a_names)
         .bind(&a_types)
         .bind(&a_sizes)
+        .bind(&a_mtimes)
         .execute(&mut *conn)
         .await?;
         report.attachments_added += a_ids.len() as u64;
@@ -266,9 +269,13 @@ pub struct UploadWork {
     pub ticket_id: TicketId,
     pub ticket_ref: String,
     pub resolved_path: String,
+    /// The folder the batch's paths were checked against: files are opened inside it.
+    pub files_root: String,
     pub filename: String,
     pub content_type: String,
     pub size: i64,
+    /// The file's modification time when it was last read (loaded, or uploaded).
+    pub mtime_ns: Option<i64>,
     pub state: AttachmentState,
     /// The hash cache's entry for this path, if any: (size, mtime in ns, MD5).
     pub cached_size: Option<i64>,
@@ -278,14 +285,22 @@ pub struct UploadWork {
 
 impl UploadWork {
     /// The cached stamp and MD5 of the file, to reuse while the file is unchanged.
-    pub fn cached_hash(&self) -> Option<(crate::pipeline::hash::FileStamp, String)> {
+    pub fn cached_hash(&self) -> Option<(FileStamp, String)> {
         Some((
-            crate::pipeline::hash::FileStamp {
+            FileStamp {
                 size: u64::try_from(self.cached_size?).ok()?,
                 mtime_ns: self.cached_mtime_ns?,
             },
             self.cached_md5.clone()?,
         ))
+    }
+
+    /// What the file looked like when it was last read, when that is known.
+    pub fn last_stamp(&self) -> Option<FileStamp> {
+        Some(FileStamp {
+            size: u64::try_from(self.size).ok()?,
+            mtime_ns: self.mtime_ns?,
+        })
     }
 }
 
@@ -295,9 +310,10 @@ pub async fn upload_work<'e, E: PgExecutor<'e>>(
 ) -> Result<UploadWork, StoreError> {
     Ok(sqlx::query_as(
         "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
-                a.filename, a.content_type, a.size, a.state, h.size AS cached_size,
-                h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
+                b.files_root, a.filename, a.content_type, a.size, a.mtime_ns, a.state,
+                h.size AS cached_size, h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
            FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+           JOIN batches b ON b.id = t.batch_id
            LEFT JOIN file_hashes h ON h.resolved_path = a.resolved_path
           WHERE a.id = $1",
     )
@@ -314,6 +330,8 @@ pub struct Uploaded<'a> {
     pub size: i64,
     pub mtime_ns: i64,
     pub md5: &'a str,
+    /// How the file differed from when it was last read, if it did.
+    pub change: Option<&'a str>,
 }
 
 /// The attachment is in S3: mark it, complete its job, and — if it was the ticket's last —
@@ -339,13 +357,16 @@ pub async fn finish_upload(
     if let Some(u) = uploaded {
         sqlx::query(
             "UPDATE attachments SET state = 'uploaded', uploaded_at = now(), last_error = NULL,
-                    key = $2, size = $3, md5 = $4
+                    key = $2, size = $3, md5 = $4, mtime_ns = $5,
+                    change_note = COALESCE($6, change_note)
               WHERE id = $1",
         )
         .bind(attachment)
         .bind(u.key)
         .bind(u.size)
         .bind(u.md5)
+        .bind(u.mtime_ns)
+        .bind(u.change)
         .execute(&mut *conn)
         .await?;
         sqlx::query(

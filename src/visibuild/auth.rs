@@ -99,10 +99,7 @@ async fn fetch_token(
         .form(&form)
         .send()
         .await
-        .map_err(|e| ApiError::Transient {
-            reason: format!("token request failed: {}", super::describe_reqwest(e)),
-            retry_after: None,
-        })?;
+        .map_err(|e| super::transport_failure("/oauth/token", e, false))?;
     let status = response.status();
     let retry_after = super::retry_after_of(&response);
     let body = response.text().await.unwrap_or_default();

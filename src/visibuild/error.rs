@@ -12,6 +12,10 @@ pub enum ApiError {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// No connection could be made (DNS, refused, no route, TLS handshake): nothing was sent.
+    /// The pool pauses as for a database outage; no attempt is used.
+    #[error("Visibuild unreachable: {reason}")]
+    Unreachable { reason: String },
     /// 429: wait `Retry-After` (every worker waits), and retry without using up an attempt.
     #[error("rate limited (429), retry after {retry_after:?}")]
     RateLimited { retry_after: Option<Duration> },

@@ -11,7 +11,6 @@ pub use auth::{Credentials, TokenSource};
 pub use error::ApiError;
 use error::{classify_ticket_422, parse_retry_after, s3_error_code, snippet};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -130,6 +129,9 @@ pub struct Client {
     api_gate: Arc<RateGate>,
     upload_gate: Arc<RateGate>,
     pub counters: Counters,
+    /// Since when no connection to Visibuild or S3 could be made, and why; cleared by the
+    /// next answer of any kind.
+    unreachable: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Client {
@@ -153,6 +155,7 @@ impl Client {
             api_gate: config.api_gate,
             upload_gate: config.upload_gate,
             counters: Counters::default(),
+            unreachable: std::sync::Mutex::new(None),
         })
     }
 
@@ -190,16 +193,24 @@ impl Client {
     }
 
     /// `PUT` the file to the presigned URL: streamed, with exactly the returned headers and
-    /// an explicit `Content-Length` (S3 refuses chunked bodies). Take an
+    /// an explicit `Content-Length` (S3 refuses chunked bodies), from the open handle the
+    /// file was hashed from (so what goes up is what was hashed). Take an
     /// [`upload_turn`](Self::upload_turn) before presigning.
-    pub async fn put_file(&self, upload: &Upload, path: &Path, size: u64) -> Result<(), ApiError> {
+    pub async fn put_file(
+        &self,
+        upload: &Upload,
+        mut file: std::fs::File,
+        size: u64,
+    ) -> Result<(), ApiError> {
+        use std::io::Seek as _;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-        let file = tokio::fs::File::open(path)
-            .await
+        // The handle the bytes were hashed from, read again from its start.
+        file.seek(std::io::SeekFrom::Start(0))
             .map_err(|e| ApiError::Permanent {
                 status: 0,
-                reason: format!("cannot open {}: {e}", path.display()),
+                reason: format!("cannot read the file to upload: {e}"),
             })?;
+        let file = tokio::fs::File::from_std(file);
         let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
         let mut request = self
             .uploads
@@ -209,10 +220,28 @@ impl Client {
         for (name, value) in &upload.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let response = request.send().await.map_err(|e| ApiError::Transient {
-            reason: format!("upload to {} failed: {}", upload.url, describe_reqwest(e)),
-            retry_after: None,
-        })?;
+        let sent = request.send().await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                let reason = format!(
+                    "upload to {} failed: {}",
+                    upload.url,
+                    describe_reqwest_ref(&e)
+                );
+                let error = if e.is_connect() {
+                    ApiError::Unreachable { reason }
+                } else {
+                    ApiError::Transient {
+                        reason,
+                        retry_after: None,
+                    }
+                };
+                self.note(Some(&error));
+                return Err(error);
+            }
+        };
+        self.note(None);
         let status = response.status();
         if status.is_success() {
             self.counters
@@ -345,8 +374,13 @@ impl Client {
                 .await;
             let response = match sent {
                 Ok(r) => r,
-                Err(e) => return Err(transport_failure(path, e, outcome_matters)),
+                Err(e) => {
+                    let error = transport_failure(path, e, outcome_matters);
+                    self.note(Some(&error));
+                    return Err(error);
+                }
             };
+            self.note(None);
             let status = response.status();
             let retry_after = retry_after_of(&response);
             // A 2xx whose body was cut off still says it worked (the id is then unknown).
@@ -395,8 +429,68 @@ impl Client {
     }
 
     async fn token(&self) -> Result<Secret, ApiError> {
-        self.tokens.token(&self.http).await
+        let token = self.tokens.token(&self.http).await;
+        // A token fetch that could not connect is an outage; a cached token says nothing
+        // about whether Visibuild answers.
+        if let Err(e @ ApiError::Unreachable { .. }) = &token {
+            self.note(Some(e));
+        }
+        token
     }
+
+    /// Since when, and why, Visibuild (or S3) cannot be reached; `None` while it answers.
+    pub fn unreachable_since(&self) -> Option<(std::time::Instant, String)> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Note how a call ended: a connection failure starts (or continues) an outage, any
+    /// answer ends it.
+    fn note(&self, error: Option<&ApiError>) {
+        let mut state = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(ApiError::Unreachable { reason }) => {
+                let since = state.as_ref().map(|(at, _)| *at);
+                *state = Some((
+                    since.unwrap_or_else(std::time::Instant::now),
+                    reason.clone(),
+                ));
+            }
+            _ => *state = None,
+        }
+    }
+}
+
+/// Visibuild's origin from what the operator gave: `http(s)://host[:port]`, a trailing `/`
+/// allowed, nothing else (the program appends `/api/core/v1/...` and `/oauth/token`).
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    let hint = "give the origin only, e.g. https://app.visibuild.com.au (the program appends /api/core/v1/... itself), or use --region";
+    let url = url::Url::parse(text.trim())
+        .map_err(|e| format!("--api-url {text:?} is not a URL ({e}): {hint}"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(format!(
+            "--api-url {text:?} is not an http(s) origin: {hint}"
+        ));
+    }
+    if url.path() != "/" {
+        return Err(format!(
+            "--api-url {text:?} has a path ({}): {hint}",
+            url.path()
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "--api-url {text:?} has a query or fragment: {hint}"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "--api-url must not carry credentials; set VISIBUILD_TOKEN or VISIBUILD_CLIENT_ID/VISIBUILD_CLIENT_SECRET: {hint}"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 /// A non-2xx API answer that is not a 401, 429 or 5xx.
@@ -407,12 +501,22 @@ fn api_failure(status: reqwest::StatusCode, body: &str) -> ApiError {
     }
 }
 
-/// A request that failed in transport. When the request may have reached the server and
-/// its outcome matters (ticket create), the outcome is unknown; otherwise it is transient.
-fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: bool) -> ApiError {
-    let maybe_sent = !e.is_connect();
-    let reason = format!("{path}: {}", describe_reqwest(e));
-    if outcome_matters && maybe_sent {
+/// A request that failed in transport. No connection: Visibuild is unreachable, nothing was
+/// sent. A request that could not even be built was never sent either: a permanent error,
+/// never "outcome unknown". When the request may have reached the server and its outcome
+/// matters (ticket create), the outcome is unknown; otherwise it is transient.
+pub(crate) fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: bool) -> ApiError {
+    let reason = format!("{path}: {}", describe_reqwest_ref(&e));
+    if e.is_connect() {
+        return ApiError::Unreachable { reason };
+    }
+    if e.is_builder() {
+        return ApiError::Permanent {
+            status: 0,
+            reason: format!("the request could not be built: {reason}"),
+        };
+    }
+    if outcome_matters {
         ApiError::OutcomeUnknown { reason }
     } else {
         ApiError::Transient {
@@ -423,13 +527,21 @@ fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: bool) -> Ap
 }
 
 /// A reqwest error with its cause chain, without the URL (which may carry a signature).
-pub(crate) fn describe_reqwest(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+/// A cause whose text the previous one already says is left out.
+pub(crate) fn describe_reqwest_ref(e: &reqwest::Error) -> String {
+    let mut text = match e.url() {
+        Some(url) => e.to_string().replace(&format!(" for url ({url})"), ""),
+        None => e.to_string(),
+    };
+    let mut last = text.clone();
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let next = s.to_string();
+        if !last.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        last = next;
         source = s.source();
     }
     text

@@ -1,0 +1,4 @@
+-- What the file looked like when it was last read (loaded, then uploaded): a file whose size
+-- or modification time differs at upload time changed since, and the change is noted.
+ALTER TABLE attachments ADD COLUMN mtime_ns bigint;
+ALTER TABLE attachments ADD COLUMN change_note text;
