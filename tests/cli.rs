@@ -169,10 +169,15 @@ impl std::fmt::Debug for Out {
 
 /// The binary on `db`, with no ambient settings leaking in from the environment.
 fn bin(db: &Db, args: &[&str]) -> tokio::process::Command {
+    bin_on(&db.url, args)
+}
+
+/// The binary with `database_url` as its `DATABASE_URL`, and no other ambient settings.
+fn bin_on(database_url: &str, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .kill_on_drop(true);
     for var in [
         "RUST_LOG",
@@ -1093,4 +1098,44 @@ async fn quiet_shows_only_warnings_and_no_progress() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("ERROR"), "{out:?}");
     assert!(!out.stderr.contains(" INFO "), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The database: unreachable, malformed, refusing the login
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_database_exits_3_and_names_the_os_error_once() {
+    // Port 1 on localhost refuses connections at once.
+    let out = output(bin_on("postgres://postgres@127.0.0.1:1/x", &["status"])).await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {out:?}");
+    assert!(
+        out.stderr
+            .starts_with("error: cannot connect to postgres://postgres@127.0.0.1:1/x: "),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stderr.matches("Connection refused").count(),
+        1,
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_database_url_or_a_refused_login_exits_2() {
+    let out = output(bin_on("postgres://127.0.0.1:notaport/x", &["status"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("is not a usable Postgres URL"),
+        "{out:?}"
+    );
+
+    let url = "postgres://no_such_role@127.0.0.1:5432/x";
+    let out = output(bin_on(url, &["status"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(r#"role "no_such_role" does not exist"#),
+        "{out:?}"
+    );
 }

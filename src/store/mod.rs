@@ -59,8 +59,40 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// SQLSTATE class `28`, invalid authorization: wrong password, unknown role, no `pg_hba`
+/// entry. The server is there; it refused who we said we are.
+const LOGIN_REFUSED_CLASS: &str = "28";
+
+impl StoreError {
+    /// The server could not be reached or would not talk to us: nothing answered, the
+    /// connection was refused or timed out, TLS failed. Worth trying again later.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Connect { .. }) && !self.is_login_refused()
+    }
+
+    /// The operator's to fix, not worth retrying: a malformed URL, a login the server
+    /// refused.
+    pub fn is_misconfigured(&self) -> bool {
+        matches!(self, StoreError::BadUrl { .. }) || self.is_login_refused()
+    }
+
+    /// The server refused the login in the URL: a configuration error, not an outage.
+    fn is_login_refused(&self) -> bool {
+        let StoreError::Connect {
+            source: sqlx::Error::Database(e),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        e.code()
+            .is_some_and(|code| code.starts_with(LOGIN_REFUSED_CLASS))
+    }
+}
+
 /// Drops the database of `database_url` if it exists (a rehearsal's fresh start).
 pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
+    parse_url(database_url)?;
     let exists = Postgres::database_exists(database_url)
         .await
         .map_err(|source| StoreError::Connect {
@@ -87,11 +119,7 @@ pub async fn connect(database_url: &str) -> Result<PgPool, StoreError> {
 /// does not exist, and brings the schema up to date.
 pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let url = redact_url(database_url);
-    let options =
-        PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
-            url: url.clone(),
-            source,
-        })?;
+    let options = parse_url(database_url)?;
     // Probe with one connection first: it fails fast (no pool retries) on a wrong host,
     // and an existing database needs no rights on the maintenance database.
     match PgConnection::connect_with(&options).await {
@@ -109,6 +137,13 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
         .map_err(|source| StoreError::Connect { url, source })?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+fn parse_url(database_url: &str) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
+        url: redact_url(database_url),
+        source,
+    })
 }
 
 /// Applies the embedded migrations that have not run yet.
