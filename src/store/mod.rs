@@ -1,5 +1,6 @@
-//! The Postgres store: connecting (creating and migrating the database on first use) and,
-//! in its submodules, every SQL statement the program runs, each a named function.
+//! The Postgres store: connecting (over TLS as the URL's `sslmode` asks; creating and
+//! migrating the database on first use) and, in its submodules, every SQL statement the
+//! program runs, each a named function.
 
 pub mod queue;
 pub mod status;
@@ -9,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::domain::JobId;
@@ -34,6 +35,14 @@ pub enum StoreError {
         url: String,
         #[source]
         source: sqlx::Error,
+    },
+    /// The root certificate the URL (or `PGSSLROOTCERT`) names for `verify-ca` or
+    /// `verify-full` cannot be read: a configuration mistake, not an outage.
+    #[error("cannot read the root certificate {path} (sslrootcert)")]
+    RootCert {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot create the database of {url}")]
     CreateDatabase {
@@ -70,10 +79,13 @@ impl StoreError {
         matches!(self, StoreError::Connect { .. }) && !self.is_login_refused()
     }
 
-    /// The operator's to fix, not worth retrying: a malformed URL, a login the server
-    /// refused.
+    /// The operator's to fix, not worth retrying: a malformed URL, an unreadable
+    /// `sslrootcert`, a login the server refused.
     pub fn is_misconfigured(&self) -> bool {
-        matches!(self, StoreError::BadUrl { .. }) || self.is_login_refused()
+        matches!(
+            self,
+            StoreError::BadUrl { .. } | StoreError::RootCert { .. }
+        ) || self.is_login_refused()
     }
 
     /// The server refused the login in the URL: a configuration error, not an outage.
@@ -139,11 +151,41 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
     Ok(pool)
 }
 
+/// The URL's options, with TLS as its `sslmode` asks (rustls; `verify-ca` and
+/// `verify-full` trust the system's roots, or the `sslrootcert` given instead).
 fn parse_url(database_url: &str) -> Result<PgConnectOptions, StoreError> {
-    PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
-        url: redact_url(database_url),
-        source,
-    })
+    let options =
+        PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
+            url: redact_url(database_url),
+            source,
+        })?;
+    if matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        check_root_cert(database_url)?;
+    }
+    Ok(options)
+}
+
+/// A root certificate file that cannot be read is said so up front; sqlx would otherwise
+/// fail every connection with a bare "No such file or directory".
+fn check_root_cert(database_url: &str) -> Result<(), StoreError> {
+    let in_url = url::Url::parse(database_url).ok().and_then(|url| {
+        url.query_pairs()
+            .find(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(path) = in_url.or_else(|| std::env::var("PGSSLROOTCERT").ok()) else {
+        return Ok(());
+    };
+    if path.trim_start().starts_with("-----BEGIN") {
+        return Ok(()); // the certificate itself, inline
+    }
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(StoreError::RootCert { path, source }),
+    }
 }
 
 /// Applies the embedded migrations that have not run yet.
