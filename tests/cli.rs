@@ -1101,6 +1101,119 @@ async fn quiet_shows_only_warnings_and_no_progress() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Reports in a spreadsheet
+// ---------------------------------------------------------------------------------------
+
+/// What a spreadsheet would run as a formula (OWASP's CSV-injection list).
+fn starts_like_a_formula(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+#[tokio::test]
+async fn report_escapes_cells_a_spreadsheet_would_run_as_formulas() {
+    let db = Db::new("formula");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.csv");
+    let refs = [
+        r#"=HYPERLINK("http://x","y")"#,
+        "+SUM(1)",
+        "@SUM(A1)",
+        "-2+3",
+        "PLAIN-1",
+    ];
+    let mut csv = String::from("ref,project_id,title\n");
+    for (i, r) in refs.iter().enumerate() {
+        csv.push_str(&format!(
+            "\"{}\",{PROJECT},Defect {i}\n",
+            r.replace('"', "\"\"")
+        ));
+    }
+    std::fs::write(&manifest, csv).unwrap();
+    let out = output(bin(
+        &db,
+        &["enqueue", manifest.to_str().unwrap(), "--batch", "=batch()"],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let file = dir.path().join("report.csv");
+    let out = output(bin(
+        &db,
+        &[
+            "report",
+            "--batch",
+            "=batch()",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let stdout = output(bin(&db, &["report", "--batch", "=batch()"])).await;
+    assert_eq!(stdout.code, 0, "{stdout:?}");
+    assert_eq!(
+        stdout.stdout,
+        std::fs::read_to_string(&file).unwrap(),
+        "stdout and --out write the same CSV"
+    );
+
+    let mut reader = csv::Reader::from_path(&file).unwrap();
+    let mut written = Vec::new();
+    for record in reader.records() {
+        let record = record.unwrap();
+        for cell in record.iter() {
+            assert!(!starts_like_a_formula(cell), "{cell:?} in {record:?}");
+        }
+        assert_eq!(&record[0], "'=batch()");
+        written.push(record[1].to_string());
+    }
+    assert_eq!(
+        written,
+        [
+            r#"'=HYPERLINK("http://x","y")"#,
+            "'+SUM(1)",
+            "'@SUM(A1)",
+            "'-2+3",
+            "PLAIN-1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn report_out_refuses_to_overwrite_an_existing_file_unless_forced() {
+    let db = Db::new("overwrite");
+    let manifest = Manifest::new(2, |_| 0);
+    assert_eq!(output(bin(&db, &["enqueue", manifest.arg()])).await.code, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.csv");
+    std::fs::write(&file, "the operator's notes\n").unwrap();
+    let path = file.to_str().unwrap();
+
+    let out = output(bin(&db, &["report", "--out", path])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!("error: {path} already exists; pass --force to overwrite it"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "the operator's notes\n"
+    );
+
+    let out = output(bin(&db, &["report", "--out", path, "--force"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.starts_with("batch,ref,"), "{written}");
+    assert_eq!(written.lines().count(), 3, "{written}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["report.csv"], "no temporary file is left behind");
+}
+
+// ---------------------------------------------------------------------------------------
 // The database: unreachable, malformed, TLS
 // ---------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ mod logging;
 mod operator;
 
 pub use logging::{LogFormat, LogSettings, init_logging};
-pub use operator::{RetrySettings, report, retry, status};
+pub use operator::{ReportOut, ReportSettings, RetrySettings, report, retry, status};
 
 use crate::domain::BatchId;
 use crate::manifest::{self, Checked, ManifestOptions};
