@@ -1370,3 +1370,38 @@ async fn sslmode_verify_full_refuses_a_certificate_the_system_roots_do_not_trust
     );
     assert_eq!(out.stderr.matches("UnknownIssuer").count(), 1, "{out:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// retry that matches nothing
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn retry_of_an_unknown_ref_or_job_exits_2_and_of_a_healthy_one_says_there_is_nothing_to_do() {
+    let db = Db::new("retry_none");
+    let manifest = Manifest::new(1, |_| 0);
+    assert_eq!(output(bin(&db, &["enqueue", manifest.arg()])).await.code, 0);
+
+    let out = output(bin(&db, &["retry", "--ref", "NOPE"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.stderr.trim_end(), r#"error: no ticket with ref "NOPE""#);
+    let out = output(bin(&db, &["retry", "--job", "999999"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.stderr.trim_end(), "error: no job 999999");
+
+    let out = output(bin(&db, &["retry", "--ref", "DEF-0000"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim_end(),
+        r#"nothing to retry: ticket "DEF-0000" has no failed work (it is pending)"#
+    );
+    let job: i64 = sqlx::query_scalar("SELECT id FROM jobs")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    let out = output(bin(&db, &["retry", "--job", &job.to_string()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim_end(),
+        format!("nothing to retry: job {job} has not failed (it is available)")
+    );
+}

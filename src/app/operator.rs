@@ -1,7 +1,7 @@
 //! The operator's commands over the queue: `status`, `retry` and `report`.
 
 use super::{Exit, UsageError};
-use crate::domain::{BatchId, JobId, TicketState};
+use crate::domain::{BatchId, JobId, JobState, TicketState};
 use crate::store::{self, status as stats, tickets};
 use anyhow::Context as _;
 use std::borrow::Cow;
@@ -104,13 +104,39 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
         error_contains: settings.error_contains,
         force: settings.force,
     };
+    let in_batch = settings
+        .batch
+        .as_deref()
+        .map(|b| format!(" in batch {b:?}"))
+        .unwrap_or_default();
     let mut tx = db.begin().await?;
+    // A ref or a job that names nothing is a typo to point out, not "0 retried".
+    let ref_states = match &scope.reference {
+        None => None,
+        Some(r) => match stats::ticket_states_by_ref(&mut *tx, scope.batch, r).await? {
+            states if states.is_empty() => {
+                return Err(UsageError(format!("no ticket with ref {r:?}{in_batch}")).into());
+            }
+            states => Some(states),
+        },
+    };
+    let job_state = match scope.job {
+        None => None,
+        Some(job) => Some(
+            stats::job_state(&mut *tx, scope.batch, job)
+                .await?
+                .ok_or_else(|| UsageError(format!("no job {job}{in_batch}")))?,
+        ),
+    };
     let done = stats::retry(&mut tx, &scope, RETRY_ATTEMPTS).await?;
     tx.commit().await?;
-    println!(
-        "{} failed jobs of {} tickets back in the queue; run `visibuild-import run` to process them",
-        done.jobs, done.tickets
-    );
+    match nothing_to_retry(done, &scope, job_state, ref_states.as_deref()) {
+        Some(why) => println!("nothing to retry: {why}"),
+        None => println!(
+            "{} failed jobs of {} tickets back in the queue; run `visibuild-import run` to process them",
+            done.jobs, done.tickets
+        ),
+    }
     if !settings.force {
         let review: i64 = stats::tickets_by_state(&db, scope.batch)
             .await?
@@ -125,6 +151,41 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
         }
     }
     Ok(Exit::Success)
+}
+
+/// Why a retry of one job or one ref put nothing back, when the reason is that it had not
+/// failed. `None` when work was put back, or when the review line says why.
+fn nothing_to_retry(
+    done: stats::Retried,
+    scope: &stats::RetryScope,
+    job_state: Option<JobState>,
+    ref_states: Option<&[TicketState]>,
+) -> Option<String> {
+    if done.jobs > 0 {
+        return None;
+    }
+    if let (Some(job), Some(state)) = (scope.job, job_state) {
+        if state != JobState::Failed {
+            return Some(format!("job {job} has not failed (it is {state})"));
+        }
+    }
+    let (Some(r), Some(states)) = (&scope.reference, ref_states) else {
+        return None;
+    };
+    let failed = |s: &TicketState| matches!(s, TicketState::Failed | TicketState::NeedsReview);
+    if states.iter().any(failed) {
+        return None;
+    }
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let (pronoun, verb) = if names.len() == 1 {
+        ("it", "is")
+    } else {
+        ("they", "are")
+    };
+    Some(format!(
+        "ticket {r:?} has no failed work ({pronoun} {verb} {})",
+        names.join(", ")
+    ))
 }
 
 /// Where `report` writes.
