@@ -5,7 +5,7 @@ mod logging;
 mod operator;
 
 pub use logging::{LogFormat, LogSettings, init_logging};
-pub use operator::{RetrySettings, report, retry, status};
+pub use operator::{ReportOut, ReportSettings, RetrySettings, report, retry, status};
 
 use crate::domain::BatchId;
 use crate::manifest::{self, Checked, ManifestOptions};
@@ -52,8 +52,7 @@ pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
         Ok(Exit::Unreachable) => ExitCode::from(3),
         Ok(Exit::Interrupted) => ExitCode::from(130),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", one_line(&e));
             let usage = e.chain().any(|c| {
                 c.is::<UsageError>()
                     || c.is::<manifest::ManifestError>()
@@ -61,8 +60,14 @@ pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
                         c.downcast_ref::<crate::visibuild::ApiError>(),
                         Some(crate::visibuild::ApiError::Unauthorized { .. })
                     )
+                    || c.downcast_ref::<store::StoreError>()
+                        .is_some_and(store::StoreError::is_misconfigured)
             });
-            let unreachable = e.chain().any(|c| c.is::<UnreachableError>());
+            let unreachable = e.chain().any(|c| {
+                c.is::<UnreachableError>()
+                    || c.downcast_ref::<store::StoreError>()
+                        .is_some_and(store::StoreError::is_unreachable)
+            });
             ExitCode::from(if usage {
                 2
             } else if unreachable {
@@ -72,6 +77,19 @@ pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
             })
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text the one before
+/// it already contains is skipped (sqlx repeats its source's message in its own).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !said.last().is_some_and(|last| last.contains(&text)) {
+            said.push(text);
+        }
+    }
+    said.join(": ")
 }
 
 /// Which manifest, and how to read it.
@@ -517,6 +535,49 @@ fn print_summary(
     if s.failed + s.needs_review > 0 {
         println!(
             "see `visibuild-import status` for reasons, `visibuild-import retry` to try again"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Cause {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Cause>>,
+    }
+
+    fn chain(texts: &[&'static str]) -> anyhow::Error {
+        let mut error = None;
+        for text in texts.iter().rev() {
+            error = Some(Cause {
+                text,
+                source: error.map(Box::new),
+            });
+        }
+        error.unwrap().into()
+    }
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let e = chain(&[
+            "cannot connect to postgres://db/x",
+            "error communicating with database: Connection refused (os error 111)",
+            "Connection refused (os error 111)",
+        ]);
+        assert_eq!(
+            one_line(&e),
+            "cannot connect to postgres://db/x: error communicating with database: \
+             Connection refused (os error 111)"
+        );
+        let e = chain(&["reading a.csv", "No such file", "permission denied"]);
+        assert_eq!(
+            one_line(&e),
+            "reading a.csv: No such file: permission denied"
         );
     }
 }

@@ -1,10 +1,12 @@
 //! The operator's commands over the queue: `status`, `retry` and `report`.
 
 use super::{Exit, UsageError};
-use crate::domain::{BatchId, JobId};
+use crate::domain::{BatchId, JobId, JobState, TicketState};
 use crate::store::{self, status as stats, tickets};
+use anyhow::Context as _;
+use std::borrow::Cow;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Attempts a retried job gets.
 const RETRY_ATTEMPTS: i32 = 8;
@@ -105,18 +107,44 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
         error_contains: settings.error_contains,
         force: settings.force,
     };
+    let in_batch = settings
+        .batch
+        .as_deref()
+        .map(|b| format!(" in batch {b:?}"))
+        .unwrap_or_default();
     let mut tx = db.begin().await?;
+    // A ref or a job that names nothing is a typo to point out, not "0 retried".
+    let ref_states = match &scope.reference {
+        None => None,
+        Some(r) => match stats::ticket_states_by_ref(&mut *tx, scope.batch, r).await? {
+            states if states.is_empty() => {
+                return Err(UsageError(format!("no ticket with ref {r:?}{in_batch}")).into());
+            }
+            states => Some(states),
+        },
+    };
+    let job_state = match scope.job {
+        None => None,
+        Some(job) => Some(
+            stats::job_state(&mut *tx, scope.batch, job)
+                .await?
+                .ok_or_else(|| UsageError(format!("no job {job}{in_batch}")))?,
+        ),
+    };
     let done = stats::retry(&mut tx, &scope, RETRY_ATTEMPTS).await?;
     tx.commit().await?;
-    println!(
-        "{} failed jobs of {} tickets back in the queue; run `visibuild-import run` to process them",
-        done.jobs, done.tickets
-    );
+    match nothing_to_retry(done, &scope, job_state, ref_states.as_deref()) {
+        Some(why) => println!("nothing to retry: {why}"),
+        None => println!(
+            "{} failed jobs of {} tickets back in the queue; run `visibuild-import run` to process them",
+            done.jobs, done.tickets
+        ),
+    }
     if !settings.force {
         let review: i64 = stats::tickets_by_state(&db, scope.batch)
             .await?
             .into_iter()
-            .filter(|(s, _)| *s == crate::domain::TicketState::NeedsReview)
+            .filter(|(s, _)| *s == TicketState::NeedsReview)
             .map(|(_, n)| n)
             .sum();
         if review > 0 {
@@ -128,22 +156,126 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     Ok(Exit::Success)
 }
 
-pub async fn report(
-    database_url: &str,
-    batch: Option<&str>,
-    out: &Path,
-) -> Result<Exit, anyhow::Error> {
-    let db = store::connect(database_url).await?;
-    let batch = batch_id(&db, batch).await?;
-    let rows = stats::ticket_results(&db, batch).await?;
-    let sink: Box<dyn Write> = if out == Path::new("-") {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(
-            std::fs::File::create(out)
-                .map_err(|e| UsageError(format!("cannot write {}: {e}", out.display())))?,
-        )
+/// Why a retry of one job or one ref put nothing back, when the reason is that it had not
+/// failed. `None` when work was put back, or when the review line says why.
+fn nothing_to_retry(
+    done: stats::Retried,
+    scope: &stats::RetryScope,
+    job_state: Option<JobState>,
+    ref_states: Option<&[TicketState]>,
+) -> Option<String> {
+    if done.jobs > 0 {
+        return None;
+    }
+    if let (Some(job), Some(state)) = (scope.job, job_state) {
+        if state != JobState::Failed {
+            return Some(format!("job {job} has not failed (it is {state})"));
+        }
+    }
+    let (Some(r), Some(states)) = (&scope.reference, ref_states) else {
+        return None;
     };
+    let failed = |s: &TicketState| matches!(s, TicketState::Failed | TicketState::NeedsReview);
+    if states.iter().any(failed) {
+        return None;
+    }
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    let (pronoun, verb) = if names.len() == 1 {
+        ("it", "is")
+    } else {
+        ("they", "are")
+    };
+    Some(format!(
+        "ticket {r:?} has no failed work ({pronoun} {verb} {})",
+        names.join(", ")
+    ))
+}
+
+/// Where `report` writes.
+#[derive(Debug, Clone)]
+pub enum ReportOut {
+    Stdout,
+    /// A file, replaced in one rename once complete; an existing one only if `overwrite`.
+    File {
+        path: PathBuf,
+        overwrite: bool,
+    },
+}
+
+/// What `report` covers and where it goes.
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    pub batch: Option<String>,
+    pub out: ReportOut,
+}
+
+pub async fn report(database_url: &str, settings: ReportSettings) -> Result<Exit, anyhow::Error> {
+    // Refuse before anything else, and write beside the target so that the final rename
+    // stays on one file system: a failed report leaves no half-written file.
+    let file = match &settings.out {
+        ReportOut::Stdout => None,
+        ReportOut::File { path, overwrite } => {
+            if !overwrite && std::fs::symlink_metadata(path).is_ok() {
+                return Err(already_exists(path).into());
+            }
+            Some((temporary_beside(path)?, path, *overwrite))
+        }
+    };
+    let db = store::connect(database_url).await?;
+    let batch = batch_id(&db, settings.batch.as_deref()).await?;
+    let rows = stats::ticket_results(&db, batch).await?;
+    let Some((mut temporary, path, overwrite)) = file else {
+        write_report(std::io::stdout().lock(), &rows)?;
+        return Ok(Exit::Success);
+    };
+    write_report(temporary.as_file_mut(), &rows)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(temporary.as_file().sync_all()?))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let persisted = if overwrite {
+        temporary.persist(path)
+    } else {
+        temporary.persist_noclobber(path)
+    };
+    match persisted {
+        Ok(_) => {}
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(already_exists(path).into());
+        }
+        Err(e) => {
+            return Err(UsageError(format!("cannot write {}: {}", path.display(), e.error)).into());
+        }
+    }
+    eprintln!("{} tickets written to {}", rows.len(), path.display());
+    Ok(Exit::Success)
+}
+
+fn already_exists(path: &Path) -> UsageError {
+    UsageError(format!(
+        "{} already exists; pass --force to overwrite it",
+        path.display()
+    ))
+}
+
+/// An empty temporary file in `path`'s folder, readable as a plain new file would be.
+fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile, UsageError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let cannot_write =
+        |e: &dyn std::fmt::Display| UsageError(format!("cannot write {}: {e}", path.display()));
+    // tempfile's own error names its random file; a missing folder is said plainly.
+    std::fs::metadata(dir).map_err(|e| cannot_write(&e))?;
+    tempfile::Builder::new()
+        .prefix(".visibuild-report-")
+        .suffix(".csv.tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| cannot_write(&e))
+}
+
+fn write_report(sink: impl Write, rows: &[stats::TicketResult]) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_writer(sink);
     w.write_record([
         "batch",
@@ -156,8 +288,8 @@ pub async fn report(
         "error",
         "file_changes",
     ])?;
-    for r in &rows {
-        w.write_record([
+    for r in rows {
+        let cells = [
             r.batch.as_str(),
             r.reference.as_str(),
             &r.project_id.to_string(),
@@ -167,11 +299,71 @@ pub async fn report(
             &r.attempts.map(|a| a.to_string()).unwrap_or_default(),
             r.last_error.as_deref().unwrap_or(""),
             r.file_changes.as_deref().unwrap_or(""),
-        ])?;
+        ];
+        w.write_record(cells.map(spreadsheet_safe).iter().map(|c| c.as_bytes()))?;
     }
     w.flush()?;
-    if out != Path::new("-") {
-        eprintln!("{} tickets written to {}", rows.len(), out.display());
+    Ok(())
+}
+
+/// A cell a spreadsheet shows as text instead of running it as a formula. OWASP's
+/// CSV-injection rule: a cell starting with `=`, `+`, `-`, `@`, tab or CR gets a leading
+/// single quote. Every cell goes through here, ours (UUIDs, states) as well as the
+/// manifest's, so that no column is ever forgotten.
+fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
     }
-    Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_get_a_leading_quote_and_others_stay_as_they_are() {
+        for (cell, safe) in [
+            (
+                r#"=HYPERLINK("http://x","y")"#,
+                r#"'=HYPERLINK("http://x","y")"#,
+            ),
+            ("+SUM(1)", "'+SUM(1)"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("=", "'="),
+            ("DEF-0001", "DEF-0001"),
+            ("a=b", "a=b"),
+            (" =1", " =1"),
+            ("'=1", "'=1"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_safe(cell), safe, "{cell:?}");
+        }
+    }
+
+    #[test]
+    fn the_report_quotes_what_csv_needs_after_escaping() {
+        let row = stats::TicketResult {
+            batch: "=batch()".into(),
+            reference: r#"=HYPERLINK("http://x","y")"#.into(),
+            project_id: uuid::Uuid::nil(),
+            state: TicketState::Failed,
+            visibuild_id: None,
+            attachment_keys: None,
+            attempts: Some(2),
+            last_error: Some("-1 files, \"bad\"".into()),
+            file_changes: None,
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, &[row]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""""##
+        );
+    }
 }

@@ -205,6 +205,9 @@ struct ReportArgs {
     /// Where to write the CSV ("-" for stdout).
     #[arg(long, default_value = "-")]
     out: PathBuf,
+    /// Replace the --out file if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 impl Cli {
@@ -262,7 +265,7 @@ impl Cli {
                 )
                 .await
             }
-            Command::Report(a) => app::report(&db, a.batch.as_deref(), &a.out).await,
+            Command::Report(a) => app::report(&db, a.into_settings()).await,
             Command::Sandbox(a) => {
                 crate::sandbox::serve_forever(a.into_config()?).await?;
                 Ok(Exit::Success)
@@ -290,6 +293,23 @@ impl EnqueueArgs {
             self.skip_invalid,
             self.max_attempts,
         )
+    }
+}
+
+impl ReportArgs {
+    fn into_settings(self) -> app::ReportSettings {
+        let out = if self.out == std::path::Path::new("-") {
+            app::ReportOut::Stdout
+        } else {
+            app::ReportOut::File {
+                path: self.out,
+                overwrite: self.force,
+            }
+        };
+        app::ReportSettings {
+            batch: self.batch,
+            out,
+        }
     }
 }
 

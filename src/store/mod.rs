@@ -1,5 +1,6 @@
-//! The Postgres store: connecting (creating and migrating the database on first use) and,
-//! in its submodules, every SQL statement the program runs, each a named function.
+//! The Postgres store: connecting (over TLS as the URL's `sslmode` asks; creating and
+//! migrating the database on first use) and, in its submodules, every SQL statement the
+//! program runs, each a named function.
 
 pub mod queue;
 pub mod status;
@@ -9,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::domain::JobId;
@@ -35,6 +36,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The root certificate the URL (or `PGSSLROOTCERT`) names for `verify-ca` or
+    /// `verify-full` cannot be read: a configuration mistake, not an outage.
+    #[error("cannot read the root certificate {path} (sslrootcert)")]
+    RootCert {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the database of {url}")]
     CreateDatabase {
         url: String,
@@ -59,8 +68,43 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// SQLSTATE class `28`, invalid authorization: wrong password, unknown role, no `pg_hba`
+/// entry. The server is there; it refused who we said we are.
+const LOGIN_REFUSED_CLASS: &str = "28";
+
+impl StoreError {
+    /// The server could not be reached or would not talk to us: nothing answered, the
+    /// connection was refused or timed out, TLS failed. Worth trying again later.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Connect { .. }) && !self.is_login_refused()
+    }
+
+    /// The operator's to fix, not worth retrying: a malformed URL, an unreadable
+    /// `sslrootcert`, a login the server refused.
+    pub fn is_misconfigured(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BadUrl { .. } | StoreError::RootCert { .. }
+        ) || self.is_login_refused()
+    }
+
+    /// The server refused the login in the URL: a configuration error, not an outage.
+    fn is_login_refused(&self) -> bool {
+        let StoreError::Connect {
+            source: sqlx::Error::Database(e),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        e.code()
+            .is_some_and(|code| code.starts_with(LOGIN_REFUSED_CLASS))
+    }
+}
+
 /// Drops the database of `database_url` if it exists (a rehearsal's fresh start).
 pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
+    parse_url(database_url)?;
     let exists = Postgres::database_exists(database_url)
         .await
         .map_err(|source| StoreError::Connect {
@@ -87,11 +131,7 @@ pub async fn connect(database_url: &str) -> Result<PgPool, StoreError> {
 /// does not exist, and brings the schema up to date.
 pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let url = redact_url(database_url);
-    let options =
-        PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
-            url: url.clone(),
-            source,
-        })?;
+    let options = parse_url(database_url)?;
     // Probe with one connection first: it fails fast (no pool retries) on a wrong host,
     // and an existing database needs no rights on the maintenance database.
     match PgConnection::connect_with(&options).await {
@@ -109,6 +149,43 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
         .map_err(|source| StoreError::Connect { url, source })?;
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// The URL's options, with TLS as its `sslmode` asks (rustls; `verify-ca` and
+/// `verify-full` trust the system's roots, or the `sslrootcert` given instead).
+fn parse_url(database_url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options =
+        PgConnectOptions::from_str(database_url).map_err(|source| StoreError::BadUrl {
+            url: redact_url(database_url),
+            source,
+        })?;
+    if matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        check_root_cert(database_url)?;
+    }
+    Ok(options)
+}
+
+/// A root certificate file that cannot be read is said so up front; sqlx would otherwise
+/// fail every connection with a bare "No such file or directory".
+fn check_root_cert(database_url: &str) -> Result<(), StoreError> {
+    let in_url = url::Url::parse(database_url).ok().and_then(|url| {
+        url.query_pairs()
+            .find(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(path) = in_url.or_else(|| std::env::var("PGSSLROOTCERT").ok()) else {
+        return Ok(());
+    };
+    if path.trim_start().starts_with("-----BEGIN") {
+        return Ok(()); // the certificate itself, inline
+    }
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(StoreError::RootCert { path, source }),
+    }
 }
 
 /// Applies the embedded migrations that have not run yet.

@@ -2,7 +2,7 @@
 //! and the operator's retry, which puts failed tickets' work back in the queue.
 
 use super::StoreError;
-use crate::domain::{BatchId, JobId, TicketState};
+use crate::domain::{BatchId, JobId, JobState, TicketState};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -259,6 +259,38 @@ pub struct RetryScope {
     pub error_contains: Option<String>,
     /// Also tickets marked for review: their create is sent again.
     pub force: bool,
+}
+
+/// The states of the tickets with this ref (one per project that has it), in `batch` or
+/// in any. Empty when no ticket has that ref.
+pub async fn ticket_states_by_ref<'e, E: PgExecutor<'e>>(
+    ex: E,
+    batch: Option<BatchId>,
+    reference: &str,
+) -> Result<Vec<TicketState>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT state FROM tickets WHERE ref = $2 AND ($1::uuid IS NULL OR batch_id = $1)
+          ORDER BY state",
+    )
+    .bind(batch)
+    .bind(reference)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// A job's state, if the job exists (in `batch`, when one is given).
+pub async fn job_state<'e, E: PgExecutor<'e>>(
+    ex: E,
+    batch: Option<BatchId>,
+    job: JobId,
+) -> Result<Option<JobState>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT state FROM jobs WHERE id = $2 AND ($1::uuid IS NULL OR batch_id = $1)",
+    )
+    .bind(batch)
+    .bind(job)
+    .fetch_optional(ex)
+    .await?)
 }
 
 /// What a retry put back.

@@ -168,10 +168,15 @@ impl std::fmt::Debug for Out {
 
 /// The binary on `db`, with no ambient settings leaking in from the environment.
 pub fn bin(db: &Db, args: &[&str]) -> tokio::process::Command {
+    bin_on(&db.url, args)
+}
+
+/// The binary with `database_url` as its `DATABASE_URL`, and no other ambient settings.
+pub fn bin_on(database_url: &str, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .kill_on_drop(true);
     for var in [
         "RUST_LOG",
