@@ -8,6 +8,7 @@ pub mod domain;
 pub mod manifest;
 pub mod pipeline;
 pub mod rate;
+pub mod receipt;
 pub mod sandbox;
 pub mod secret;
 pub mod store;

@@ -75,7 +75,7 @@ async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport)
     let batch = tickets::upsert_batch(&mut *tx, "test", &manifest.to_string_lossy(), "")
         .await
         .unwrap();
-    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8)
+    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8, None)
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -109,6 +109,18 @@ impl ManifestSettings {
     }
 }
 
+/// How a manifest is loaded as a batch.
+#[derive(Debug, Clone)]
+pub struct LoadSettings {
+    /// Batch name; the manifest's file name when `None`.
+    pub batch: Option<String>,
+    /// Load the valid tickets of a manifest with problems.
+    pub skip_invalid: bool,
+    pub max_attempts: i32,
+    /// `--receipts`: each ticket without files gets an `import-receipt.txt`.
+    pub receipts: bool,
+}
+
 /// Where Visibuild is and how to call it.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -173,15 +185,13 @@ fn summary_line(checked: &Checked) -> String {
 pub async fn enqueue(
     database_url: &str,
     settings: &ManifestSettings,
-    batch: Option<&str>,
-    skip_invalid: bool,
-    max_attempts: i32,
+    load: &LoadSettings,
 ) -> Result<(BatchId, PgPool), anyhow::Error> {
     let checked = check_manifest(settings).await?;
     for problem in &checked.problems {
         eprintln!("{problem}");
     }
-    if !checked.is_clean() && !skip_invalid {
+    if !checked.is_clean() && !load.skip_invalid {
         return Err(UsageError(format!(
             "{} has {} problems; nothing was loaded (fix them, or pass --skip-invalid to load the valid tickets)",
             settings.manifest.display(),
@@ -197,8 +207,9 @@ pub async fn enqueue(
         );
     }
     let db = store::connect(database_url).await?;
-    let name = batch
-        .map(str::to_string)
+    let name = load
+        .batch
+        .clone()
         .unwrap_or_else(|| default_batch_name(&settings.manifest));
     // Stored absolute: workers open every file inside this folder, from any working folder.
     let root = files_root(settings);
@@ -211,7 +222,30 @@ pub async fn enqueue(
         &root.to_string_lossy(),
     )
     .await?;
-    let loaded = tickets::load_tickets(&mut tx, batch_id, &checked.tickets, max_attempts).await?;
+    if let Err(loaded_with) = tickets::set_batch_receipts(&mut *tx, batch_id, load.receipts).await?
+    {
+        let flag = |on: bool| if on { "with --receipts" } else { "without --receipts" };
+        return Err(UsageError(format!(
+            "batch {name:?} was loaded {} and this load is {}: receipts are chosen once per \
+             batch; load again {}, or under another --batch name; nothing was loaded",
+            flag(loaded_with),
+            flag(load.receipts),
+            flag(loaded_with)
+        ))
+        .into());
+    }
+    let receipts = load.receipts.then(|| tickets::ReceiptSource {
+        manifest: default_batch_name(&settings.manifest),
+        batch: name.clone(),
+    });
+    let loaded = tickets::load_tickets(
+        &mut tx,
+        batch_id,
+        &checked.tickets,
+        load.max_attempts,
+        receipts.as_ref(),
+    )
+    .await?;
     tx.commit().await?;
     for changed in &loaded.changed {
         eprintln!(
@@ -381,9 +415,7 @@ pub fn rehearsal_database_url(database_url: &str) -> String {
 pub async fn import(
     database_url: &str,
     manifest: &ManifestSettings,
-    batch: Option<&str>,
-    skip_invalid: bool,
-    max_attempts: i32,
+    load: &LoadSettings,
     api: ApiSettings,
     workers: WorkerSettings,
 ) -> Result<Exit, anyhow::Error> {
@@ -399,8 +431,7 @@ pub async fn import(
             store::redact_url(&database_url)
         );
     }
-    let (batch_id, db) =
-        enqueue(&database_url, manifest, batch, skip_invalid, max_attempts).await?;
+    let (batch_id, db) = enqueue(&database_url, manifest, load).await?;
     work(db, (client, sandbox), workers, false, Some(batch_id)).await
 }
 

@@ -98,6 +98,10 @@ struct EnqueueArgs {
     /// Attempts per job before it fails.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
     max_attempts: i32,
+    /// Give each ticket without files a small `import-receipt.txt`, so a lost create answer
+    /// can be proven and no ticket needs review (one more presign and PUT per such ticket).
+    #[arg(long)]
+    receipts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,25 +230,16 @@ impl Cli {
         match self.command {
             Command::Check(a) => app::check(&a.manifest.into_settings()).await,
             Command::Enqueue(a) => {
-                let (manifest, batch, skip_invalid, attempts) = a.into_parts();
-                app::enqueue(&db, &manifest, batch.as_deref(), skip_invalid, attempts)
+                let (manifest, load) = a.into_settings();
+                app::enqueue(&db, &manifest, &load)
                     .await
                     .map(|_| Exit::Success)
             }
             Command::Import(a) => {
-                let (manifest, batch, skip_invalid, attempts) = a.enqueue.into_parts();
+                let (manifest, load) = a.enqueue.into_settings();
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
-                app::import(
-                    &db,
-                    &manifest,
-                    batch.as_deref(),
-                    skip_invalid,
-                    attempts,
-                    api,
-                    workers,
-                )
-                .await
+                app::import(&db, &manifest, &load, api, workers).await
             }
             Command::Run(a) => {
                 let api = a.api.into_settings()?;
@@ -286,12 +281,15 @@ impl ManifestArgs {
 }
 
 impl EnqueueArgs {
-    fn into_parts(self) -> (ManifestSettings, Option<String>, bool, i32) {
+    fn into_settings(self) -> (ManifestSettings, app::LoadSettings) {
         (
             self.manifest.into_settings(),
-            self.batch,
-            self.skip_invalid,
-            self.max_attempts,
+            app::LoadSettings {
+                batch: self.batch,
+                skip_invalid: self.skip_invalid,
+                max_attempts: self.max_attempts,
+                receipts: self.receipts,
+            },
         )
     }
 }

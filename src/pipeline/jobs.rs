@@ -8,7 +8,7 @@ use crate::domain::FileStamp;
 use crate::domain::{AttachmentState, JobKind, Priority, TicketState};
 use crate::store::queue::ClaimedJob;
 use crate::store::{StoreError, tickets};
-use crate::visibuild::{ApiError, Contact, NewTicket, PresignRequest};
+use crate::visibuild::{ApiError, Body, Contact, NewTicket, PresignRequest};
 use std::path::PathBuf;
 
 /// How many presign→PUT rounds one attempt makes when S3 refuses the URL or the bytes.
@@ -70,8 +70,15 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     let path = PathBuf::from(&work.resolved_path);
     let last = work.last_stamp();
     let mut cached = work.cached_hash();
+    let inline = work.inline_content.map(bytes::Bytes::from);
     for round in 1..=UPLOAD_ROUNDS {
-        let (file, stamp, md5) = open_and_hash(&root, &path, cached.take()).await?;
+        let (body, stamp, md5) = match &inline {
+            Some(bytes) => inline_body(bytes.clone()),
+            None => {
+                let (file, stamp, md5) = open_and_hash(&root, &path, cached.take()).await?;
+                (Body::File(file), stamp, md5)
+            }
+        };
         let change = last
             .filter(|last| *last != stamp)
             .map(|last| describe_change(last, stamp));
@@ -93,10 +100,12 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             .await
             .map_err(|e| api_failure(JobKind::Upload, e, ctx))?;
         // The file must still be what we hashed; otherwise hash and presign again.
-        if stamp_of(&file, &path)? != stamp {
+        if let Body::File(file) = &body
+            && stamp_of(file, &path)? != stamp
+        {
             continue;
         }
-        match shared.client.put_file(&upload, file, stamp.size).await {
+        match shared.client.put_file(&upload, body, stamp.size).await {
             Ok(()) => {
                 shared.progress.file_done(stamp.size);
                 let uploaded = tickets::Uploaded {
@@ -145,6 +154,18 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         }
     }
     Err(kept_changing(&path).into())
+}
+
+/// Bytes stored in the queue (a receipt): their stamp and MD5.
+fn inline_body(bytes: bytes::Bytes) -> (Body, FileStamp, String) {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&bytes));
+    let stamp = FileStamp {
+        size: bytes.len() as u64,
+        mtime_ns: 0,
+    };
+    (Body::Bytes(bytes), stamp, md5)
 }
 
 /// The file kept changing under us, round after round: try again later.

@@ -81,28 +81,81 @@ pub struct LoadReport {
     pub changed: Vec<ChangedRef>,
 }
 
+/// Record whether `batch` gives file-less tickets a receipt. Chosen by the batch's first
+/// load; a later load that chooses otherwise gets `Err(what the batch has)` and changes
+/// nothing, so a batch never mixes the two.
+pub async fn set_batch_receipts(
+    conn: &mut PgConnection,
+    batch: BatchId,
+    receipts: bool,
+) -> Result<Result<(), bool>, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE batches SET receipts = $2
+          WHERE id = $1
+            AND (receipts = $2 OR NOT EXISTS (SELECT 1 FROM tickets WHERE batch_id = $1))",
+    )
+    .bind(batch)
+    .bind(receipts)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        return Ok(Ok(()));
+    }
+    let chosen: bool = sqlx::query_scalar("SELECT receipts FROM batches WHERE id = $1")
+        .bind(batch)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Err(chosen))
+}
+
+/// Where the receipts of a `--receipts` load say they came from.
+#[derive(Debug, Clone)]
+pub struct ReceiptSource {
+    /// The manifest's file name.
+    pub manifest: String,
+    pub batch: String,
+}
+
 /// Load checked tickets into `batch`, with their attachments and jobs, inside the caller's
-/// transaction. Tickets whose (project_id, ref) exist keep their state.
+/// transaction. Tickets whose (project_id, ref) exist keep their state. With `receipts`,
+/// each new ticket without files gets an `import-receipt.txt` attachment (bytes stored).
 pub async fn load_tickets(
     conn: &mut PgConnection,
     batch: BatchId,
     tickets: &[TicketSpec],
     max_attempts: i32,
+    receipts: Option<&ReceiptSource>,
 ) -> Result<LoadReport, StoreError> {
     let mut report = LoadReport::default();
+    let loaded_at = OffsetDateTime::now_utc();
     for chunk in tickets.chunks(LOAD_CHUNK) {
-        load_chunk(conn, batch, chunk, max_attempts, &mut report).await?;
+        let load = Load {
+            batch,
+            max_attempts,
+            receipts,
+            loaded_at,
+        };
+        load_chunk(conn, &load, chunk, &mut report).await?;
     }
     Ok(report)
 }
 
+/// What every chunk of one load shares.
+struct Load<'a> {
+    batch: BatchId,
+    max_attempts: i32,
+    receipts: Option<&'a ReceiptSource>,
+    loaded_at: OffsetDateTime,
+}
+
 async fn load_chunk(
     conn: &mut PgConnection,
-    batch: BatchId,
+    load: &Load<'_>,
     chunk: &[TicketSpec],
-    max_attempts: i32,
     report: &mut LoadReport,
 ) -> Result<(), StoreError> {
+    let (batch, max_attempts) = (load.batch, load.max_attempts);
     let projects: Vec<ProjectId> = chunk.iter().map(|t| t.project_id).collect();
     let refs: Vec<&str> = chunk.iter().map(|t| t.reference.as_str()).collect();
     let existing: Vec<(ProjectId, String, String)> = sqlx::query_as(
@@ -201,19 +254,34 @@ async fn load_chunk(
     let mut a_types = Vec::new();
     let mut a_sizes = Vec::new();
     let mut a_mtimes = Vec::new();
+    let mut a_inline: Vec<Option<Vec<u8>>> = Vec::new();
     let mut jobs = Vec::new();
     for (ticket, spec, _) in fresh.iter().filter(|f| inserted.contains(&f.0)) {
-        for (pos, a) in spec.attachments.iter().enumerate() {
+        let receipt = match load.receipts {
+            Some(source) if spec.attachments.is_empty() => Some(
+                crate::receipt::Receipt {
+                    manifest: &source.manifest,
+                    batch: &source.batch,
+                    reference: &spec.reference,
+                    project_id: spec.project_id,
+                    loaded_at: load.loaded_at,
+                }
+                .bytes(),
+            ),
+            _ => None,
+        };
+        if let Some(bytes) = receipt {
             let id = AttachmentId::new();
             a_ids.push(id);
             a_tickets.push(*ticket);
-            a_pos.push(pos as i32);
-            a_paths.push(&*a.path);
-            a_resolved.push(a.resolved.to_string_lossy().into_owned());
-            a_names.push(&*a.filename);
-            a_types.push(&*a.content_type);
-            a_sizes.push(a.size as i64);
-            a_mtimes.push(a.mtime_ns);
+            a_pos.push(0);
+            a_paths.push(crate::receipt::FILENAME);
+            a_resolved.push(String::new());
+            a_names.push(crate::receipt::FILENAME);
+            a_types.push(crate::receipt::CONTENT_TYPE);
+            a_sizes.push(bytes.len() as i64);
+            a_mtimes.push(None);
+            a_inline.push(Some(bytes));
             jobs.push(NewJob {
                 kind: JobKind::Upload,
                 state: JobState::Available,
@@ -224,12 +292,35 @@ async fn load_chunk(
                 run_at: None,
             });
         }
+        for (pos, a) in spec.attachments.iter().enumerate() {
+            let id = AttachmentId::new();
+            a_ids.push(id);
+            a_tickets.push(*ticket);
+            a_pos.push(pos as i32);
+            a_paths.push(&*a.path);
+            a_resolved.push(a.resolved.to_string_lossy().into_owned());
+            a_names.push(&*a.filename);
+            a_types.push(&*a.content_type);
+            a_sizes.push(a.size as i64);
+            a_mtimes.push(Some(a.mtime_ns));
+            a_inline.push(None);
+            jobs.push(NewJob {
+                kind: JobKind::Upload,
+                state: JobState::Available,
+                batch_id: Some(batch),
+                ticket_id: Some(*ticket),
+                attachment_id: Some(id),
+                max_attempts,
+                run_at: None,
+            });
+        }
+        let has_files = !spec.attachments.is_empty() || a_tickets.last() == Some(ticket);
         jobs.push(NewJob {
             kind: JobKind::CreateTicket,
-            state: if spec.attachments.is_empty() {
-                JobState::Available
-            } else {
+            state: if has_files {
                 JobState::Blocked
+            } else {
+                JobState::Available
             },
             batch_id: Some(batch),
             ticket_id: Some(*ticket),
@@ -241,9 +332,10 @@ async fn load_chunk(
     if !a_ids.is_empty() {
         sqlx::query(
             "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
-                                      content_type, size, mtime_ns)
+                                      content_type, size, mtime_ns, inline_content)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[])",
+                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[],
+                                  $10::bytea[])",
         )
         .bind(&a_ids)
         .bind(&a_tickets)
@@ -254,6 +346,7 @@ async fn load_chunk(
         .bind(&a_types)
         .bind(&a_sizes)
         .bind(&a_mtimes)
+        .bind(&a_inline)
         .execute(&mut *conn)
         .await?;
         report.attachments_added += a_ids.len() as u64;
@@ -276,6 +369,8 @@ pub struct UploadWork {
     pub size: i64,
     /// The file's modification time when it was last read (loaded, or uploaded).
     pub mtime_ns: Option<i64>,
+    /// A receipt's bytes (`--receipts`): uploaded from here, not from a file.
+    pub inline_content: Option<Vec<u8>>,
     pub state: AttachmentState,
     /// The hash cache's entry for this path, if any: (size, mtime in ns, MD5).
     pub cached_size: Option<i64>,
@@ -310,7 +405,8 @@ pub async fn upload_work<'e, E: PgExecutor<'e>>(
 ) -> Result<UploadWork, StoreError> {
     Ok(sqlx::query_as(
         "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
-                b.files_root, a.filename, a.content_type, a.size, a.mtime_ns, a.state,
+                b.files_root, a.filename, a.content_type, a.size, a.mtime_ns, a.inline_content,
+                a.state,
                 h.size AS cached_size, h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
            FROM attachments a JOIN tickets t ON t.id = a.ticket_id
            JOIN batches b ON b.id = t.batch_id
@@ -370,7 +466,8 @@ pub async fn finish_upload(
         .execute(&mut *conn)
         .await?;
         sqlx::query(
-            "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5) VALUES ($1, $2, $3, $4)
+            "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5)
+             SELECT $1, $2, $3, $4 WHERE $1 <> ''
              ON CONFLICT (resolved_path) DO UPDATE
                 SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5",
         )

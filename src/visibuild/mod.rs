@@ -115,6 +115,14 @@ struct UploadBody {
     headers: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What an upload sends: an open file (streamed from its start), or bytes kept in the
+/// queue (a receipt).
+#[derive(Debug)]
+pub enum Body {
+    File(std::fs::File),
+    Bytes(bytes::Bytes),
+}
+
 /// A turn at the API rate gate with a valid token, from [`Client::create_turn`].
 pub struct CreateTurn {
     token: Secret,
@@ -199,24 +207,30 @@ impl Client {
     pub async fn put_file(
         &self,
         upload: &Upload,
-        mut file: std::fs::File,
+        body: Body,
         size: u64,
     ) -> Result<(), ApiError> {
         use std::io::Seek as _;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-        // The handle the bytes were hashed from, read again from its start.
-        file.seek(std::io::SeekFrom::Start(0))
-            .map_err(|e| ApiError::Permanent {
-                status: 0,
-                reason: format!("cannot read the file to upload: {e}"),
-            })?;
-        let file = tokio::fs::File::from_std(file);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
+        let body = match body {
+            Body::File(mut file) => {
+                // The handle the bytes were hashed from, read again from its start.
+                file.seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| ApiError::Permanent {
+                        status: 0,
+                        reason: format!("cannot read the file to upload: {e}"),
+                    })?;
+                let file = tokio::fs::File::from_std(file);
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
+                reqwest::Body::wrap_stream(stream)
+            }
+            Body::Bytes(bytes) => reqwest::Body::from(bytes),
+        };
         let mut request = self
             .uploads
             .put(upload.url.expose())
             .header(reqwest::header::CONTENT_LENGTH, size)
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         for (name, value) in &upload.headers {
             request = request.header(name.as_str(), value.as_str());
         }
