@@ -651,3 +651,82 @@ fn a_manifest_can_be_read_from_a_pipe() {
     assert_eq!(checked.problems.len(), 1);
     assert_eq!(checked.problems[0].line, 3);
 }
+
+fn problem_lines(checked: &Checked) -> Vec<String> {
+    checked.problems.iter().map(ToString::to_string).collect()
+}
+
+const NUL: &str = "contains a NUL byte (0x00), which the store cannot hold";
+
+#[test]
+fn a_nul_byte_in_a_field_is_a_problem_on_its_line_and_column() {
+    let (dir, manifest) = temp_manifest(&[
+        format!("D-1,{P},Crack\0ed tile,,,,,a.jpg"),
+        format!("D-2,{P},Fine,,,,,a.jpg"),
+    ]);
+    fs::write(dir.path().join("a.jpg"), b"\xFF\xD8\xFF\xD9").unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![format!("{}:2: title: {NUL}", manifest.display())]
+    );
+    assert_eq!(refs(&checked), vec!["D-2"]);
+    assert_eq!(checked.skipped_refs, vec!["D-1"]);
+}
+
+#[test]
+fn a_nul_byte_late_in_a_large_manifest_is_found_by_check() {
+    // Line n holds ref D-n; the header is line 1.
+    let rows: Vec<String> = (2..=3000)
+        .map(|line| match line {
+            2002 => format!("D-{line},{P},Crack\0ed tile,,,,,a.jpg"),
+            2500 => format!("D-{line},{P},Fine,,,,,a.jpg;b\0.jpg"),
+            2750 => format!("D-{line},{P},Fine,,,Sam\0,,a.jpg"),
+            2999 => format!("D-{line}\0,{P},Fine,,,,,a.jpg"),
+            _ => format!("D-{line},{P},Ticket {line},,,,,a.jpg"),
+        })
+        .collect();
+    let (dir, manifest) = temp_manifest(&rows);
+    fs::write(dir.path().join("a.jpg"), b"\xFF\xD8\xFF\xD9").unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    let m = manifest.display();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![
+            format!("{m}:2002: title: {NUL}"),
+            format!("{m}:2500: attachments: {NUL}"),
+            format!("{m}:2750: contact_name: {NUL}"),
+            format!("{m}:2999: ref: {NUL}"),
+        ]
+    );
+    assert_eq!(checked.tickets.len(), 2995);
+    assert_eq!(checked.skipped_refs, vec!["D-2002", "D-2500", "D-2750"]);
+}
+
+#[test]
+fn a_nul_byte_in_the_header_line_means_the_file_is_not_a_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    let not_csv = |content: &str| {
+        format!(
+            "{}:1: not a CSV file: {content}; expected a UTF-8 header row ({COLUMNS})",
+            manifest.display()
+        )
+    };
+
+    fs::write(&manifest, format!("ref,project_id,ti\0tle\nD-1,{P},Fine\n")).unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![not_csv("it has binary content")]
+    );
+
+    // What Excel's "Unicode text" writes: UTF-16 with a BOM, a NUL beside every letter.
+    let utf16: Vec<u8> = "\u{FEFF}ref,project_id,title\nD-1,x,y\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    fs::write(&manifest, utf16).unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(problem_lines(&checked), vec![not_csv("it is UTF-16 text")]);
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::files::Files;
-use super::reader::{Field, Next, Records};
+use super::reader::{Field, Next, Records, Unreadable};
 use super::{AttachmentSpec, Checked, Problem, TicketSpec};
 use crate::domain::{Priority, ProjectId};
 
@@ -70,6 +70,14 @@ pub(crate) fn column_list() -> String {
 
 const MISSING: &str = "missing required value";
 
+/// Why a value cannot be read, for its row's problem.
+fn unreadable_message(why: Unreadable) -> &'static str {
+    match why {
+        Unreadable::NotUtf8 => "not valid UTF-8 text (save the manifest as UTF-8)",
+        Unreadable::Nul => "contains a NUL byte (0x00), which the store cannot hold",
+    }
+}
+
 /// Where each column sits in a record.
 #[derive(Default, Clone, Copy)]
 struct Columns([Option<usize>; Column::ALL.len()]);
@@ -89,7 +97,7 @@ impl Columns {
 struct Marks {
     /// A row had a problem: the ticket is left out.
     bad: bool,
-    /// A row's title could not be read (bad UTF-8), already reported.
+    /// A row's title could not be read (bad UTF-8, a NUL), already reported.
     title_unreadable: bool,
 }
 
@@ -181,7 +189,7 @@ impl Parser {
                     Next::Record { line, fields } => {
                         if fields
                             .iter()
-                            .any(|f| *f == Field::NotUtf8 || f.value().is_some())
+                            .any(|f| f.unreadable().is_some() || f.value().is_some())
                         {
                             self.row(line, &fields);
                         }
@@ -242,8 +250,15 @@ impl Parser {
         for (index, field) in fields.iter().enumerate() {
             let position = index + 1;
             let name = match field {
-                Field::NotUtf8 => {
-                    let message = format!("column {position}: the name is not valid UTF-8");
+                Field::Unreadable(why) => {
+                    let message = match why {
+                        Unreadable::NotUtf8 => {
+                            format!("column {position}: the name is not valid UTF-8")
+                        }
+                        Unreadable::Nul => {
+                            format!("column {position}: the name contains a NUL byte (0x00)")
+                        }
+                    };
                     self.problem(line, None, message, None);
                     self.header_broken = true;
                     continue;
@@ -299,15 +314,13 @@ impl Parser {
         };
 
         for column in Column::ALL {
-            let index = self.columns.get(column);
-            if index.and_then(|i| fields.get(i)) == Some(&Field::NotUtf8) {
-                let message = "not valid UTF-8 text (save the manifest as UTF-8)".to_owned();
-                report(self, column, message);
+            if let Some(why) = self.unreadable(fields, column) {
+                report(self, column, unreadable_message(why).to_owned());
             }
         }
         let columns = self.columns;
         let text = |column: Column| Self::text_at(&columns, fields, column);
-        if reference.is_none() && !self.not_utf8(fields, Column::Ref) {
+        if reference.is_none() && self.unreadable(fields, Column::Ref).is_none() {
             report(self, Column::Ref, MISSING.to_owned());
         }
         let project_id = match text(Column::ProjectId) {
@@ -319,7 +332,7 @@ impl Parser {
                 }
             },
             None => {
-                if !self.not_utf8(fields, Column::ProjectId) {
+                if self.unreadable(fields, Column::ProjectId).is_none() {
                     report(self, Column::ProjectId, MISSING.to_owned());
                 }
                 None
@@ -371,7 +384,7 @@ impl Parser {
             }
         }
 
-        let title_unreadable = self.not_utf8(fields, Column::Title);
+        let title_unreadable = self.unreadable(fields, Column::Title).is_some();
         let (Some(reference), Some(project_id)) = (reference, project_id) else {
             if let Some(reference) = reference {
                 self.poison(line, reference.to_owned());
@@ -509,8 +522,11 @@ impl Parser {
             .and_then(Field::value)
     }
 
-    fn not_utf8(&self, fields: &[Field], column: Column) -> bool {
-        self.columns.get(column).and_then(|i| fields.get(i)) == Some(&Field::NotUtf8)
+    fn unreadable(&self, fields: &[Field], column: Column) -> Option<Unreadable> {
+        self.columns
+            .get(column)
+            .and_then(|i| fields.get(i))
+            .and_then(Field::unreadable)
     }
 }
 
