@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use visibuild_import::domain::{Priority, ProjectId};
 use visibuild_import::manifest::{
-    Checked, MAX_FILE_SIZE, ManifestError, ManifestOptions, check, render_problems,
+    Checked, MAX_FILE_SIZE, MAX_REF_LEN, ManifestError, ManifestOptions, check, render_problems,
 };
 
 const P: &str = "3f2b8c1e-5d4a-4e7b-9c1d-2a6f8e0b7c41";
@@ -729,4 +729,22 @@ fn a_nul_byte_in_the_header_line_means_the_file_is_not_a_csv() {
     fs::write(&manifest, utf16).unwrap();
     let checked = check(&manifest, &ManifestOptions::default()).unwrap();
     assert_eq!(problem_lines(&checked), vec![not_csv("it is UTF-16 text")]);
+}
+
+#[test]
+fn a_ref_too_long_for_the_stores_index_is_refused_at_check() {
+    let (_dir, manifest) = temp_manifest(&[
+        format!("{},{P},At the limit,,,,,", "a".repeat(MAX_REF_LEN)),
+        format!("{},{P},Over the limit,,,,,", "b".repeat(MAX_REF_LEN + 1)),
+    ]);
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![format!(
+            "{}:3: ref: is 1001 bytes long; a ref may be at most 1000 bytes (the store indexes it)",
+            manifest.display()
+        )]
+    );
+    assert_eq!(checked.tickets.len(), 1);
+    assert_eq!(checked.tickets[0].reference.len(), MAX_REF_LEN);
 }

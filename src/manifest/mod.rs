@@ -18,6 +18,10 @@ use crate::domain::{Priority, ProjectId};
 /// S3's limit for a single PUT: a larger file is refused when the manifest is checked.
 pub const MAX_FILE_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 
+/// The longest ref, in bytes, a manifest may give: Postgres refuses an index row over 2704
+/// bytes, and `(project_id, ref)` is indexed (an incompressible ref fails from 2673 bytes).
+pub const MAX_REF_LEN: usize = 1000;
+
 /// How a manifest's attachment paths are resolved.
 #[derive(Debug, Clone, Default)]
 pub struct ManifestOptions {

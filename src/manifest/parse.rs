@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::files::Files;
 use super::reader::{Field, Next, Records, Unreadable};
-use super::{AttachmentSpec, Checked, Problem, TicketSpec};
+use super::{AttachmentSpec, Checked, MAX_REF_LEN, Problem, TicketSpec};
 use crate::domain::{Priority, ProjectId};
 
 /// The manifest's columns, in the order they are listed to users.
@@ -322,6 +322,13 @@ impl Parser {
         let text = |column: Column| Self::text_at(&columns, fields, column);
         if reference.is_none() && self.unreadable(fields, Column::Ref).is_none() {
             report(self, Column::Ref, MISSING.to_owned());
+        }
+        if let Some(long) = reference.filter(|r| r.len() > MAX_REF_LEN) {
+            let message = format!(
+                "is {} bytes long; a ref may be at most {MAX_REF_LEN} bytes (the store indexes it)",
+                long.len()
+            );
+            report(self, Column::Ref, message);
         }
         let project_id = match text(Column::ProjectId) {
             Some(value) => match Uuid::parse_str(value) {
