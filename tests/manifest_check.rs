@@ -748,3 +748,99 @@ fn a_ref_too_long_for_the_stores_index_is_refused_at_check() {
     assert_eq!(checked.tickets.len(), 1);
     assert_eq!(checked.tickets[0].reference.len(), MAX_REF_LEN);
 }
+
+#[test]
+fn continuation_rows_with_a_blank_project_join_their_refs_ticket() {
+    let checked = check_corpus("continuation_rows.csv");
+    assert!(checked.is_clean(), "{}", render_problems(&checked.problems));
+    assert_eq!(refs(&checked), vec!["D-1", "D-2", "D-3"]);
+
+    // Continuations after the first row: fields from the first row, files in line order.
+    let first = &checked.tickets[0];
+    assert_eq!(first.line, 2);
+    assert_eq!(first.project_id, ProjectId(P.parse().unwrap()));
+    assert_eq!(first.title, "Broken hinge");
+    assert_eq!(first.address.as_deref(), Some("Unit 405, 123 Main St"));
+    assert_eq!(first.priority, Some(Priority::High));
+    let files = |ticket: &visibuild_import::manifest::TicketSpec| -> Vec<(String, u64)> {
+        ticket
+            .attachments
+            .iter()
+            .map(|a| (a.path.to_string(), a.line))
+            .collect()
+    };
+    let owned = |list: &[(&str, u64)]| -> Vec<(String, u64)> {
+        list.iter().map(|(p, l)| (p.to_string(), *l)).collect()
+    };
+    assert_eq!(
+        files(first),
+        owned(&[
+            ("files/photo.jpg", 2),
+            ("files/plan.pdf", 3),
+            ("files/cracked tile.jpg", 5),
+        ])
+    );
+
+    // Continuations before the row that gives the project: one ticket from its first line.
+    let before = &checked.tickets[2];
+    assert_eq!(before.line, 6);
+    assert_eq!(before.project_id, ProjectId(Q.parse().unwrap()));
+    assert_eq!(before.title, "Loose tile");
+    assert_eq!(
+        files(before),
+        owned(&[
+            ("files/photo.jpg", 6),
+            ("files/scan", 7),
+            ("files/plan.pdf", 8),
+        ])
+    );
+}
+
+#[test]
+fn a_blank_project_is_an_error_when_its_ref_has_two_projects() {
+    let checked = check_corpus("continuation_two_projects.csv");
+    let expected: Vec<String> = [
+        // The second project comes after the continuation row.
+        format!(
+            r#"4: project_id: blank, but ref "A-1" exists under two projects ({P} on line 2, {Q} on line 5); give the project_id"#
+        ),
+        // Continuation rows first: the projects are named where they are given.
+        format!(
+            r#"6: project_id: blank, but ref "A-3" exists under two projects ({P} on line 8, {Q} on line 9); give the project_id"#
+        ),
+        format!(
+            r#"7: project_id: blank, but ref "A-3" exists under two projects ({P} on line 8, {Q} on line 9); give the project_id"#
+        ),
+        // A ref no row gives a project stays a missing value, on every row.
+        "10: project_id: missing required value".to_owned(),
+        "11: project_id: missing required value".to_owned(),
+    ]
+    .iter()
+    .map(|line| format!("tests/manifests/continuation_two_projects.csv:{line}"))
+    .collect();
+    assert_eq!(problem_lines(&checked), expected);
+    assert_eq!(refs(&checked), vec!["A-2"]);
+    assert_eq!(checked.skipped_refs, vec!["A-1", "A-3", "A-5"]);
+}
+
+#[test]
+fn a_blank_project_names_the_first_two_of_more_projects() {
+    const R: &str = "0c4e8b1a-7f3d-4a2e-9b5c-6d1e2f3a4b5c";
+    let (_dir, manifest) = temp_manifest(&[
+        format!("A-1,{P},One,,,,,"),
+        format!("A-1,{Q},Two,,,,,"),
+        format!("A-1,{R},Three,,,,,"),
+        "A-1,,,,,,,".to_owned(),
+        format!("A-2,{P},Fine,,,,,"),
+    ]);
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![format!(
+            r#"{}:5: project_id: blank, but ref "A-1" exists under 3 projects ({P} on line 2, {Q} on line 3, ...); give the project_id"#,
+            manifest.display()
+        )]
+    );
+    assert_eq!(refs(&checked), vec!["A-2"]);
+    assert_eq!(checked.skipped_refs, vec!["A-1"]);
+}

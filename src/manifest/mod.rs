@@ -31,7 +31,8 @@ pub struct ManifestOptions {
     pub allow_outside_root: bool,
 }
 
-/// One ticket of the manifest, from one or several rows sharing `(project_id, ref)`.
+/// One ticket of the manifest, from one or several rows sharing `(project_id, ref)` (or
+/// only `ref`, on continuation rows that leave `project_id` blank).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketSpec {
     /// The first line of the ticket in the manifest.
