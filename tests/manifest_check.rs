@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use visibuild_import::domain::{Priority, ProjectId};
 use visibuild_import::manifest::{
-    Checked, MAX_FILE_SIZE, ManifestError, ManifestOptions, check, render_problems,
+    Checked, MAX_FILE_SIZE, MAX_REF_LEN, ManifestError, ManifestOptions, check, render_problems,
 };
 
 const P: &str = "3f2b8c1e-5d4a-4e7b-9c1d-2a6f8e0b7c41";
@@ -650,4 +650,197 @@ fn a_manifest_can_be_read_from_a_pipe() {
     assert_eq!(refs(&checked), vec!["D-1"]);
     assert_eq!(checked.problems.len(), 1);
     assert_eq!(checked.problems[0].line, 3);
+}
+
+fn problem_lines(checked: &Checked) -> Vec<String> {
+    checked.problems.iter().map(ToString::to_string).collect()
+}
+
+const NUL: &str = "contains a NUL byte (0x00), which the store cannot hold";
+
+#[test]
+fn a_nul_byte_in_a_field_is_a_problem_on_its_line_and_column() {
+    let (dir, manifest) = temp_manifest(&[
+        format!("D-1,{P},Crack\0ed tile,,,,,a.jpg"),
+        format!("D-2,{P},Fine,,,,,a.jpg"),
+    ]);
+    fs::write(dir.path().join("a.jpg"), b"\xFF\xD8\xFF\xD9").unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![format!("{}:2: title: {NUL}", manifest.display())]
+    );
+    assert_eq!(refs(&checked), vec!["D-2"]);
+    assert_eq!(checked.skipped_refs, vec!["D-1"]);
+}
+
+#[test]
+fn a_nul_byte_late_in_a_large_manifest_is_found_by_check() {
+    // Line n holds ref D-n; the header is line 1.
+    let rows: Vec<String> = (2..=3000)
+        .map(|line| match line {
+            2002 => format!("D-{line},{P},Crack\0ed tile,,,,,a.jpg"),
+            2500 => format!("D-{line},{P},Fine,,,,,a.jpg;b\0.jpg"),
+            2750 => format!("D-{line},{P},Fine,,,Sam\0,,a.jpg"),
+            2999 => format!("D-{line}\0,{P},Fine,,,,,a.jpg"),
+            _ => format!("D-{line},{P},Ticket {line},,,,,a.jpg"),
+        })
+        .collect();
+    let (dir, manifest) = temp_manifest(&rows);
+    fs::write(dir.path().join("a.jpg"), b"\xFF\xD8\xFF\xD9").unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    let m = manifest.display();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![
+            format!("{m}:2002: title: {NUL}"),
+            format!("{m}:2500: attachments: {NUL}"),
+            format!("{m}:2750: contact_name: {NUL}"),
+            format!("{m}:2999: ref: {NUL}"),
+        ]
+    );
+    assert_eq!(checked.tickets.len(), 2995);
+    assert_eq!(checked.skipped_refs, vec!["D-2002", "D-2500", "D-2750"]);
+}
+
+#[test]
+fn a_nul_byte_in_the_header_line_means_the_file_is_not_a_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    let not_csv = |content: &str| {
+        format!(
+            "{}:1: not a CSV file: {content}; expected a UTF-8 header row ({COLUMNS})",
+            manifest.display()
+        )
+    };
+
+    fs::write(&manifest, format!("ref,project_id,ti\0tle\nD-1,{P},Fine\n")).unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![not_csv("it has binary content")]
+    );
+
+    // What Excel's "Unicode text" writes: UTF-16 with a BOM, a NUL beside every letter.
+    let utf16: Vec<u8> = "\u{FEFF}ref,project_id,title\nD-1,x,y\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    fs::write(&manifest, utf16).unwrap();
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(problem_lines(&checked), vec![not_csv("it is UTF-16 text")]);
+}
+
+#[test]
+fn a_ref_too_long_for_the_stores_index_is_refused_at_check() {
+    let (_dir, manifest) = temp_manifest(&[
+        format!("{},{P},At the limit,,,,,", "a".repeat(MAX_REF_LEN)),
+        format!("{},{P},Over the limit,,,,,", "b".repeat(MAX_REF_LEN + 1)),
+    ]);
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![format!(
+            "{}:3: ref: is 1001 bytes long; a ref may be at most 1000 bytes (the store indexes it)",
+            manifest.display()
+        )]
+    );
+    assert_eq!(checked.tickets.len(), 1);
+    assert_eq!(checked.tickets[0].reference.len(), MAX_REF_LEN);
+}
+
+#[test]
+fn continuation_rows_with_a_blank_project_join_their_refs_ticket() {
+    let checked = check_corpus("continuation_rows.csv");
+    assert!(checked.is_clean(), "{}", render_problems(&checked.problems));
+    assert_eq!(refs(&checked), vec!["D-1", "D-2", "D-3"]);
+
+    // Continuations after the first row: fields from the first row, files in line order.
+    let first = &checked.tickets[0];
+    assert_eq!(first.line, 2);
+    assert_eq!(first.project_id, ProjectId(P.parse().unwrap()));
+    assert_eq!(first.title, "Broken hinge");
+    assert_eq!(first.address.as_deref(), Some("Unit 405, 123 Main St"));
+    assert_eq!(first.priority, Some(Priority::High));
+    let files = |ticket: &visibuild_import::manifest::TicketSpec| -> Vec<(String, u64)> {
+        ticket
+            .attachments
+            .iter()
+            .map(|a| (a.path.to_string(), a.line))
+            .collect()
+    };
+    let owned = |list: &[(&str, u64)]| -> Vec<(String, u64)> {
+        list.iter().map(|(p, l)| (p.to_string(), *l)).collect()
+    };
+    assert_eq!(
+        files(first),
+        owned(&[
+            ("files/photo.jpg", 2),
+            ("files/plan.pdf", 3),
+            ("files/cracked tile.jpg", 5),
+        ])
+    );
+
+    // Continuations before the row that gives the project: one ticket from its first line.
+    let before = &checked.tickets[2];
+    assert_eq!(before.line, 6);
+    assert_eq!(before.project_id, ProjectId(Q.parse().unwrap()));
+    assert_eq!(before.title, "Loose tile");
+    assert_eq!(
+        files(before),
+        owned(&[
+            ("files/photo.jpg", 6),
+            ("files/scan", 7),
+            ("files/plan.pdf", 8),
+        ])
+    );
+}
+
+#[test]
+fn a_blank_project_is_an_error_when_its_ref_has_two_projects() {
+    let checked = check_corpus("continuation_two_projects.csv");
+    let expected: Vec<String> = [
+        // The second project comes after the continuation row.
+        format!(
+            r#"4: project_id: blank, but ref "A-1" exists under two projects ({P} on line 2, {Q} on line 5); give the project_id"#
+        ),
+        // Continuation rows first: the projects are named where they are given.
+        format!(
+            r#"6: project_id: blank, but ref "A-3" exists under two projects ({P} on line 8, {Q} on line 9); give the project_id"#
+        ),
+        format!(
+            r#"7: project_id: blank, but ref "A-3" exists under two projects ({P} on line 8, {Q} on line 9); give the project_id"#
+        ),
+        // A ref no row gives a project stays a missing value, on every row.
+        "10: project_id: missing required value".to_owned(),
+        "11: project_id: missing required value".to_owned(),
+    ]
+    .iter()
+    .map(|line| format!("tests/manifests/continuation_two_projects.csv:{line}"))
+    .collect();
+    assert_eq!(problem_lines(&checked), expected);
+    assert_eq!(refs(&checked), vec!["A-2"]);
+    assert_eq!(checked.skipped_refs, vec!["A-1", "A-3", "A-5"]);
+}
+
+#[test]
+fn a_blank_project_names_the_first_two_of_more_projects() {
+    const R: &str = "0c4e8b1a-7f3d-4a2e-9b5c-6d1e2f3a4b5c";
+    let (_dir, manifest) = temp_manifest(&[
+        format!("A-1,{P},One,,,,,"),
+        format!("A-1,{Q},Two,,,,,"),
+        format!("A-1,{R},Three,,,,,"),
+        "A-1,,,,,,,".to_owned(),
+        format!("A-2,{P},Fine,,,,,"),
+    ]);
+    let checked = check(&manifest, &ManifestOptions::default()).unwrap();
+    assert_eq!(
+        problem_lines(&checked),
+        vec![format!(
+            r#"{}:5: project_id: blank, but ref "A-1" exists under 3 projects ({P} on line 2, {Q} on line 3, ...); give the project_id"#,
+            manifest.display()
+        )]
+    );
+    assert_eq!(refs(&checked), vec!["A-2"]);
+    assert_eq!(checked.skipped_refs, vec!["A-1"]);
 }

@@ -1,14 +1,18 @@
 //! The manifest reader on a few thousand seeded random inputs — CSV-shaped noise and
-//! mutations of the example manifests — in a couple of seconds: never a panic, always an
-//! answer, and nothing accepted that points outside the files root. (The long, coverage-
-//! guided run is `fuzz/`, with cargo-fuzz.)
+//! mutations of the example manifests — in a few seconds: never a panic, always an answer,
+//! nothing accepted that points outside the files root, and every ticket it accepts loads
+//! into the real store. (The long, coverage-guided run is `fuzz/`, with cargo-fuzz.)
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
 use std::path::Path;
-use visibuild_import::manifest::{self, ManifestOptions};
+use visibuild_import::manifest::{self, ManifestOptions, TicketSpec};
+use visibuild_import::store::tickets;
 
 const CASES: usize = 3_000;
+/// Loads into Postgres at most, to keep the test to seconds (each one a few milliseconds).
+const MAX_LOADS: usize = 600;
 
 /// Pieces a manifest is made of, so random inputs reach the row parser, not just the sniffer.
 const TOKENS: &[&[u8]] = &[
@@ -74,9 +78,20 @@ fn noise(rng: &mut StdRng) -> Vec<u8> {
 /// Rows whose fields are drawn from good (first in each list) and bad values: reaches
 /// merging, paths and files.
 fn rows(rng: &mut StdRng) -> Vec<u8> {
-    const REFS: &[&str] = &["A-1", "A-2", "\"A,3\"", "", " A-1 ", "Ä-4"];
-    const PROJECTS: &[&str] = &["a1b2c3d4-e5f6-7890-abcd-ef1234567890", "nope", ""];
-    const TITLES: &[&str] = &["Crack", "\"Leak, \"\"bad\"\"\"", "", "Ünïcode ✓"];
+    const REFS: &[&str] = &["A-1", "A-2", "\"A,3\"", "", " A-1 ", "Ä-4", "A\u{0}5"];
+    const PROJECTS: &[&str] = &[
+        "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
+        "nope",
+        "",
+        "c3d4e5f6-a1b2-4c3d-8e9f-0a1b2c3d4e5f",
+    ];
+    const TITLES: &[&str] = &[
+        "Crack",
+        "\"Leak, \"\"bad\"\"\"",
+        "",
+        "Ünïcode ✓",
+        "Crack\u{0}ed",
+    ];
     const PRIORITIES: &[&str] = &["", "low", "medium", "high", "urgent"];
     const EMAILS: &[&str] = &["", "jo@example.com", "not-an-email"];
     const FILES: &[&str] = &[
@@ -90,9 +105,19 @@ fn rows(rng: &mut StdRng) -> Vec<u8> {
         "../x",
         "/etc/hostname",
         "files/a.jpg;;",
+        "files/a.jpg;files/b\u{0}.pdf",
     ];
     let mut out = String::from("ref,project_id,title,priority,contact_email,attachments\n");
     for _ in 0..rng.random_range(1..6) {
+        // Now and then a ref around the store's limits (the check's, and Postgres' index
+        // row), of characters no compression shrinks.
+        let long_ref = rng.random_bool(0.05).then(|| {
+            let len = rng.random_range(900..3_000);
+            (0..len)
+                .map(|_| char::from(rng.random_range(b'!'..=b'~')))
+                .filter(|c| !matches!(c, ',' | '"'))
+                .collect::<String>()
+        });
         let mut pick = |pool: &[&str]| -> String {
             if rng.random_bool(0.6) {
                 pool[0].to_string()
@@ -101,7 +126,7 @@ fn rows(rng: &mut StdRng) -> Vec<u8> {
             }
         };
         let row = [
-            pick(REFS),
+            long_ref.unwrap_or_else(|| pick(REFS)),
             pick(PROJECTS),
             pick(TITLES),
             pick(PRIORITIES),
@@ -137,8 +162,24 @@ fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
     out
 }
 
-#[test]
-fn random_and_mangled_manifests_get_an_answer_never_a_panic() {
+/// Loads tickets as `app::enqueue` does, in a transaction that is then rolled back, so that
+/// every case starts from an empty store.
+async fn load(
+    pool: &PgPool,
+    manifest: &Path,
+    specs: &[TicketSpec],
+) -> Result<(), visibuild_import::store::StoreError> {
+    let mut tx = pool.begin().await?;
+    let name = manifest.to_string_lossy();
+    let batch = tickets::upsert_batch(&mut *tx, "fuzz", &name, "files").await?;
+    let loaded = tickets::load_tickets(&mut tx, batch, specs, 3).await?;
+    assert_eq!(loaded.tickets_added, specs.len() as u64);
+    tx.rollback().await?;
+    Ok(())
+}
+
+#[sqlx::test]
+async fn random_and_mangled_manifests_get_an_answer_and_what_check_accepts_loads(pool: PgPool) {
     let root = tempfile::tempdir().unwrap();
     let files = root.path().join("files");
     std::fs::create_dir_all(&files).unwrap();
@@ -148,13 +189,14 @@ fn random_and_mangled_manifests_get_an_answer_never_a_panic() {
     let canonical_root = root.path().canonicalize().unwrap();
 
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests");
-    let seeds: Vec<Vec<u8>> = std::fs::read_dir(&examples)
+    let mut paths: Vec<_> = std::fs::read_dir(&examples)
         .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            (path.extension()? == "csv").then(|| std::fs::read(path).ok())?
-        })
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "csv"))
         .collect();
+    // In a fixed order, so that a case number names the same input everywhere.
+    paths.sort();
+    let seeds: Vec<Vec<u8>> = paths.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(
         !seeds.is_empty(),
         "example manifests in {}",
@@ -163,7 +205,7 @@ fn random_and_mangled_manifests_get_an_answer_never_a_panic() {
 
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let manifest = root.path().join("manifest.csv");
-    let (mut accepted, mut rejected) = (0, 0);
+    let (mut accepted, mut rejected, mut loads) = (0, 0, 0);
     for case in 0..CASES {
         let bytes = if case % 3 == 0 {
             noise(&mut rng)
@@ -190,9 +232,20 @@ fn random_and_mangled_manifests_get_an_answer_never_a_panic() {
         } else {
             rejected += 1;
         }
+        // What check accepts, enqueue loads: a clean manifest whole, and the valid tickets
+        // of one with problems (`--skip-invalid`).
+        if !checked.tickets.is_empty() && loads < MAX_LOADS {
+            loads += 1;
+            load(&pool, &manifest, &checked.tickets)
+                .await
+                .unwrap_or_else(|e| {
+                    let text = String::from_utf8_lossy(&bytes);
+                    panic!("case {case}: check accepted {text:?} but loading it failed: {e}")
+                });
+        }
     }
     // The generator is worth its time only if it reaches both outcomes.
-    eprintln!("{CASES} cases: {accepted} clean, {rejected} with problems");
+    eprintln!("{CASES} cases: {accepted} clean, {rejected} with problems; {loads} loaded");
     assert!(
         accepted > 0 && rejected > 0,
         "{accepted} clean, {rejected} with problems"

@@ -1,11 +1,17 @@
 //! Fuzz target: `manifest::check` on arbitrary bytes must return (problems or an error),
-//! never panic. Odd first bytes put a valid header in front, so the fuzzer reaches the rows.
+//! never panic; and every ticket it accepts must load into the store as `enqueue` loads it,
+//! when `FUZZ_DATABASE_URL` names a Postgres database (created and migrated on first use;
+//! each load is rolled back). Odd first bytes put a valid header in front, so the fuzzer
+//! reaches the rows.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sqlx::PgPool;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use visibuild_import::manifest::{self, ManifestOptions};
+use tokio::runtime::Runtime;
+use visibuild_import::manifest::{self, ManifestOptions, TicketSpec};
+use visibuild_import::store::{self, StoreError, tickets};
 
 /// A files root with a few real files for rows to name, made once per process.
 fn root() -> &'static (tempfile::TempDir, PathBuf) {
@@ -23,7 +29,40 @@ fn root() -> &'static (tempfile::TempDir, PathBuf) {
     })
 }
 
-const HEADER: &[u8] = b"ref,project_id,title,address,priority,contact_name,contact_email,attachments\n";
+/// The store to load accepted tickets into, made once per process; `None` without
+/// `FUZZ_DATABASE_URL` (then only "never a panic" is checked).
+fn store() -> Option<&'static (Runtime, PgPool)> {
+    static STORE: OnceLock<Option<(Runtime, PgPool)>> = OnceLock::new();
+    let store = STORE.get_or_init(|| {
+        let Ok(url) = std::env::var("FUZZ_DATABASE_URL") else {
+            eprintln!(
+                "FUZZ_DATABASE_URL is not set: tickets check accepts are not loaded into a store"
+            );
+            return None;
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let pool = runtime
+            .block_on(store::connect(&url))
+            .expect("FUZZ_DATABASE_URL names a reachable Postgres");
+        Some((runtime, pool))
+    });
+    store.as_ref()
+}
+
+/// Loads tickets as `app::enqueue` does, in a transaction that is then rolled back.
+async fn load(pool: &PgPool, specs: &[TicketSpec]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let batch = tickets::upsert_batch(&mut *tx, "fuzz", "manifest.csv", "files").await?;
+    tickets::load_tickets(&mut tx, batch, specs, 3).await?;
+    tx.rollback().await?;
+    Ok(())
+}
+
+const HEADER: &[u8] =
+    b"ref,project_id,title,address,priority,contact_name,contact_email,attachments\n";
 
 fuzz_target!(|data: &[u8]| {
     let (_, manifest) = root();
@@ -32,5 +71,12 @@ fuzz_target!(|data: &[u8]| {
         _ => data.to_vec(),
     };
     std::fs::write(manifest, &bytes).expect("write the manifest");
-    let _ = manifest::check(manifest, &ManifestOptions::default());
+    let Ok(checked) = manifest::check(manifest, &ManifestOptions::default()) else {
+        return;
+    };
+    // What check accepts, enqueue loads (the valid tickets, as with --skip-invalid).
+    if let Some((runtime, pool)) = store().filter(|_| !checked.tickets.is_empty()) {
+        let loaded = runtime.block_on(load(pool, &checked.tickets));
+        loaded.unwrap_or_else(|err| panic!("check accepted tickets the store refuses: {err}"));
+    }
 });

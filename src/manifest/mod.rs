@@ -18,6 +18,10 @@ use crate::domain::{Priority, ProjectId};
 /// S3's limit for a single PUT: a larger file is refused when the manifest is checked.
 pub const MAX_FILE_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 
+/// The longest ref, in bytes, a manifest may give: Postgres refuses an index row over 2704
+/// bytes, and `(project_id, ref)` is indexed (an incompressible ref fails from 2673 bytes).
+pub const MAX_REF_LEN: usize = 1000;
+
 /// How a manifest's attachment paths are resolved.
 #[derive(Debug, Clone, Default)]
 pub struct ManifestOptions {
@@ -27,7 +31,8 @@ pub struct ManifestOptions {
     pub allow_outside_root: bool,
 }
 
-/// One ticket of the manifest, from one or several rows sharing `(project_id, ref)`.
+/// One ticket of the manifest, from one or several rows sharing `(project_id, ref)` (or
+/// only `ref`, on continuation rows that leave `project_id` blank).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketSpec {
     /// The first line of the ticket in the manifest.
@@ -257,12 +262,18 @@ fn not_csv(head: &[u8]) -> Option<String> {
             parse::column_list()
         ));
     }
-    // Text in a legacy encoding is not binary: its bad lines are reported one by one.
+    // Text in a legacy encoding is not binary: its bad lines are reported one by one; so
+    // is a NUL below the header, on its own line. A NUL in the header line is binary, or
+    // UTF-16 (a NUL beside every ASCII letter).
     let not_utf8 = std::str::from_utf8(text).is_err_and(|err| err.error_len().is_some());
-    let binary = text.contains(&0) || (not_utf8 && files::sniff(text).is_some());
+    let header = text.trim_ascii_start().split(|&b| b == b'\n').next();
+    let nul_in_header = header.is_some_and(|line| line.contains(&0));
+    let binary = nul_in_header || (not_utf8 && files::sniff(text).is_some());
     if binary {
+        let utf16 = text.starts_with(b"\xFF\xFE") || text.starts_with(b"\xFE\xFF");
         let content = match files::sniff(text) {
             Some(kind) => format!("its content is {kind}"),
+            None if utf16 => "it is UTF-16 text".to_owned(),
             None => "it has binary content".to_owned(),
         };
         return Some(format!(

@@ -1,17 +1,17 @@
-//! Header and rows of a manifest into typed tickets: each value parsed once, rows sharing
-//! `(project_id, ref)` merged, and every problem kept with its line and column.
+//! Header and rows of a manifest into typed tickets: each value parsed once, rows of one
+//! ticket merged (a blank `project_id` joins its ref's), every problem kept with its line.
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use super::files::Files;
-use super::reader::{Field, Next, Records};
-use super::{AttachmentSpec, Checked, Problem, TicketSpec};
+use super::reader::{Field, Next, Records, Unreadable};
+use super::{AttachmentSpec, Checked, MAX_REF_LEN, Problem, TicketSpec};
 use crate::domain::{Priority, ProjectId};
 
 /// The manifest's columns, in the order they are listed to users.
@@ -70,6 +70,14 @@ pub(crate) fn column_list() -> String {
 
 const MISSING: &str = "missing required value";
 
+/// Why a value cannot be read, for its row's problem.
+fn unreadable_message(why: Unreadable) -> &'static str {
+    match why {
+        Unreadable::NotUtf8 => "not valid UTF-8 text (save the manifest as UTF-8)",
+        Unreadable::Nul => "contains a NUL byte (0x00), which the store cannot hold",
+    }
+}
+
 /// Where each column sits in a record.
 #[derive(Default, Clone, Copy)]
 struct Columns([Option<usize>; Column::ALL.len()]);
@@ -89,12 +97,32 @@ impl Columns {
 struct Marks {
     /// A row had a problem: the ticket is left out.
     bad: bool,
-    /// A row's title could not be read (bad UTF-8), already reported.
+    /// A row's title could not be read (bad UTF-8, a NUL), already reported.
     title_unreadable: bool,
+    /// Made of continuation rows (blank `project_id`) whose ref no row has given a project
+    /// yet; its `project_id` is a placeholder until one does.
+    provisional: bool,
 }
 
-/// The tickets' positions by `(project_id, ref)`, without a second copy of each ref: a
-/// 64-bit hash points at a position, and the ticket there is compared in full.
+/// How a row's `project_id` cell reads.
+enum ProjectCell {
+    Given(ProjectId),
+    /// Blank, on a row with a ref: a continuation of that ref's ticket.
+    Blank,
+    /// Not a UUID, unreadable, or blank without a ref: already reported.
+    Bad,
+}
+
+/// A ref under more than one project, beside its first ticket.
+struct OtherProjects {
+    /// The ticket of the ref's second project.
+    second: usize,
+    /// Projects with the ref, the first included.
+    count: usize,
+}
+
+/// Ticket positions by a 64-bit hash of a key, without a second copy of the key: a hash
+/// points at a position, and the caller compares the ticket there in full.
 #[derive(Default)]
 struct KeyIndex {
     hasher: RandomState,
@@ -104,24 +132,17 @@ struct KeyIndex {
 }
 
 impl KeyIndex {
-    fn hash(&self, project_id: ProjectId, reference: &str) -> u64 {
-        self.hasher.hash_one((project_id, reference))
+    fn hash(&self, key: impl Hash) -> u64 {
+        self.hasher.hash_one(key)
     }
 
-    fn find(
-        &self,
-        tickets: &[TicketSpec],
-        hash: u64,
-        project_id: ProjectId,
-        reference: &str,
-    ) -> Option<usize> {
-        let is = |&index: &usize| {
-            tickets
-                .get(index)
-                .is_some_and(|t| t.project_id == project_id && t.reference == reference)
-        };
-        let first = self.first.get(&hash).copied().filter(is);
-        first.or_else(|| self.collided.get(&hash)?.iter().copied().find(is))
+    /// The first position under `hash` whose ticket `is` the key.
+    fn find(&self, hash: u64, is: impl Fn(usize) -> bool) -> Option<usize> {
+        let first = self.first.get(&hash).copied().filter(|&index| is(index));
+        first.or_else(|| {
+            let mut later = self.collided.get(&hash)?.iter().copied();
+            later.find(|&index| is(index))
+        })
     }
 
     fn insert(&mut self, hash: u64, index: usize) {
@@ -130,6 +151,55 @@ impl KeyIndex {
                 slot.insert(index);
             }
             Entry::Occupied(_) => self.collided.entry(hash).or_default().push(index),
+        }
+    }
+}
+
+/// Tickets by ref alone, for continuation rows: the first ticket of each ref, and the other
+/// projects of a ref that has several. Built at the first continuation row from the tickets
+/// so far, so that a manifest without one pays nothing for it.
+#[derive(Default)]
+struct RefIndex {
+    first: KeyIndex,
+    /// By the first ticket of a ref that more than one project has.
+    others: HashMap<usize, OtherProjects>,
+    /// The line that gave a provisional ticket its project, by ticket.
+    adopted: HashMap<usize, u64>,
+}
+
+impl RefIndex {
+    fn build(tickets: &[TicketSpec]) -> Self {
+        let mut index = Self::default();
+        for position in 0..tickets.len() {
+            index.add(tickets, position);
+        }
+        index
+    }
+
+    /// The first ticket with `reference`.
+    fn first(&self, tickets: &[TicketSpec], reference: &str) -> Option<usize> {
+        let hash = self.first.hash(reference);
+        let same_ref = |index: usize| tickets.get(index).is_some_and(|t| t.reference == reference);
+        self.first.find(hash, same_ref)
+    }
+
+    /// Adds a new ticket: the first of its ref, or one more project of it.
+    fn add(&mut self, tickets: &[TicketSpec], position: usize) {
+        let Some(reference) = tickets.get(position).map(|t| t.reference.as_str()) else {
+            return;
+        };
+        match self.first(tickets, reference) {
+            Some(first) => {
+                let other = self.others.entry(first).or_insert(OtherProjects {
+                    second: position,
+                    count: 1,
+                });
+                other.count += 1;
+            }
+            None => {
+                let hash = self.first.hash(reference);
+                self.first.insert(hash, position);
+            }
         }
     }
 }
@@ -150,7 +220,13 @@ pub(crate) struct Parser {
     /// The line of a value first given on a later row than its ticket's first line, by
     /// ticket and column (any other value came from the first line).
     later_lines: HashMap<(usize, Column), u64>,
+    /// Tickets by `(project_id, ref)`.
     by_key: KeyIndex,
+    /// Tickets by ref, from the first continuation row on.
+    by_ref: Option<RefIndex>,
+    /// Continuation rows: the ticket each joined, and its line. Checked in `finish`, once
+    /// every project of the ref is known.
+    continuations: Vec<(usize, u64)>,
     /// Refs of rows too broken to say which ticket they belong to, with the first line:
     /// every ticket with that ref is dropped.
     poisoned: Vec<(u64, String)>,
@@ -169,6 +245,8 @@ impl Parser {
             marks: Vec::new(),
             later_lines: HashMap::new(),
             by_key: KeyIndex::default(),
+            by_ref: None,
+            continuations: Vec::new(),
             poisoned: Vec::new(),
             poisoned_set: HashSet::new(),
         }
@@ -181,7 +259,7 @@ impl Parser {
                     Next::Record { line, fields } => {
                         if fields
                             .iter()
-                            .any(|f| *f == Field::NotUtf8 || f.value().is_some())
+                            .any(|f| f.unreadable().is_some() || f.value().is_some())
                         {
                             self.row(line, &fields);
                         }
@@ -242,8 +320,15 @@ impl Parser {
         for (index, field) in fields.iter().enumerate() {
             let position = index + 1;
             let name = match field {
-                Field::NotUtf8 => {
-                    let message = format!("column {position}: the name is not valid UTF-8");
+                Field::Unreadable(why) => {
+                    let message = match why {
+                        Unreadable::NotUtf8 => {
+                            format!("column {position}: the name is not valid UTF-8")
+                        }
+                        Unreadable::Nul => {
+                            format!("column {position}: the name contains a NUL byte (0x00)")
+                        }
+                    };
                     self.problem(line, None, message, None);
                     self.header_broken = true;
                     continue;
@@ -299,30 +384,35 @@ impl Parser {
         };
 
         for column in Column::ALL {
-            let index = self.columns.get(column);
-            if index.and_then(|i| fields.get(i)) == Some(&Field::NotUtf8) {
-                let message = "not valid UTF-8 text (save the manifest as UTF-8)".to_owned();
-                report(self, column, message);
+            if let Some(why) = self.unreadable(fields, column) {
+                report(self, column, unreadable_message(why).to_owned());
             }
         }
         let columns = self.columns;
         let text = |column: Column| Self::text_at(&columns, fields, column);
-        if reference.is_none() && !self.not_utf8(fields, Column::Ref) {
+        if reference.is_none() && self.unreadable(fields, Column::Ref).is_none() {
             report(self, Column::Ref, MISSING.to_owned());
         }
-        let project_id = match text(Column::ProjectId) {
+        if let Some(long) = reference.filter(|r| r.len() > MAX_REF_LEN) {
+            let message = format!(
+                "is {} bytes long; a ref may be at most {MAX_REF_LEN} bytes (the store indexes it)",
+                long.len()
+            );
+            report(self, Column::Ref, message);
+        }
+        let project = match text(Column::ProjectId) {
             Some(value) => match Uuid::parse_str(value) {
-                Ok(uuid) => Some(ProjectId(uuid)),
+                Ok(uuid) => ProjectCell::Given(ProjectId(uuid)),
                 Err(_) => {
                     report(self, Column::ProjectId, format!("{value:?} is not a UUID"));
-                    None
+                    ProjectCell::Bad
                 }
             },
+            None if self.unreadable(fields, Column::ProjectId).is_some() => ProjectCell::Bad,
+            None if reference.is_some() => ProjectCell::Blank,
             None => {
-                if !self.not_utf8(fields, Column::ProjectId) {
-                    report(self, Column::ProjectId, MISSING.to_owned());
-                }
-                None
+                report(self, Column::ProjectId, MISSING.to_owned());
+                ProjectCell::Bad
             }
         };
         let title = text(Column::Title).map(str::to_owned);
@@ -372,31 +462,18 @@ impl Parser {
             }
         }
 
-        let title_unreadable = self.not_utf8(fields, Column::Title);
-        let (Some(reference), Some(project_id)) = (reference, project_id) else {
-            if let Some(reference) = reference {
-                self.poison(line, reference.to_owned());
+        let title_unreadable = self.unreadable(fields, Column::Title).is_some();
+        let Some(reference) = reference else { return };
+        let index = match project {
+            ProjectCell::Given(project_id) => self.ticket_of(line, project_id, reference),
+            ProjectCell::Blank => {
+                let index = self.continued_ticket(line, reference);
+                self.continuations.push((index, line));
+                index
             }
-            return;
-        };
-        let hash = self.by_key.hash(project_id, reference);
-        let index = match self.by_key.find(&self.tickets, hash, project_id, reference) {
-            Some(index) => index,
-            None => {
-                self.tickets.push(TicketSpec {
-                    line,
-                    reference: reference.to_owned(),
-                    project_id,
-                    title: String::new(),
-                    address: None,
-                    priority: None,
-                    contact_name: None,
-                    contact_email: None,
-                    attachments: Vec::new(),
-                });
-                self.marks.push(Marks::default());
-                self.by_key.insert(hash, self.tickets.len() - 1);
-                self.tickets.len() - 1
+            ProjectCell::Bad => {
+                self.poison(line, reference.to_owned());
+                return;
             }
         };
         let (Some(ticket), Some(marks)) = (self.tickets.get_mut(index), self.marks.get_mut(index))
@@ -435,7 +512,119 @@ impl Parser {
         }
     }
 
+    /// The ticket of a row that gives `project_id`: the one with that key, else the
+    /// provisional ticket of the ref's earlier continuation rows, else a new one.
+    fn ticket_of(&mut self, line: u64, project_id: ProjectId, reference: &str) -> usize {
+        let tickets = &self.tickets;
+        let key_hash = self.by_key.hash((project_id, reference));
+        let same_key = |index: usize| {
+            tickets
+                .get(index)
+                .is_some_and(|t| t.project_id == project_id && t.reference == reference)
+        };
+        if let Some(index) = self.by_key.find(key_hash, same_key) {
+            return index;
+        }
+        let provisional = self
+            .by_ref
+            .as_ref()
+            .and_then(|by_ref| by_ref.first(tickets, reference))
+            .filter(|&first| self.marks.get(first).is_some_and(|m| m.provisional));
+        if let Some(first) = provisional {
+            // The ref's continuation rows came first: their ticket is this project's.
+            if let (Some(ticket), Some(marks)) =
+                (self.tickets.get_mut(first), self.marks.get_mut(first))
+            {
+                ticket.project_id = project_id;
+                marks.provisional = false;
+            }
+            self.by_key.insert(key_hash, first);
+            if let Some(by_ref) = &mut self.by_ref {
+                by_ref.adopted.insert(first, line);
+            }
+            return first;
+        }
+        let index = self.new_ticket(line, project_id, reference);
+        self.by_key.insert(key_hash, index);
+        if let Some(by_ref) = &mut self.by_ref {
+            by_ref.add(&self.tickets, index);
+        }
+        index
+    }
+
+    /// The ticket a continuation row joins: the first with its ref, or a provisional one
+    /// until a row gives the ref a project.
+    fn continued_ticket(&mut self, line: u64, reference: &str) -> usize {
+        let by_ref = self
+            .by_ref
+            .get_or_insert_with(|| RefIndex::build(&self.tickets));
+        if let Some(first) = by_ref.first(&self.tickets, reference) {
+            return first;
+        }
+        let index = self.new_ticket(line, ProjectId(Uuid::nil()), reference);
+        if let Some(marks) = self.marks.get_mut(index) {
+            marks.provisional = true;
+        }
+        if let Some(by_ref) = &mut self.by_ref {
+            by_ref.add(&self.tickets, index);
+        }
+        index
+    }
+
+    fn new_ticket(&mut self, line: u64, project_id: ProjectId, reference: &str) -> usize {
+        self.tickets.push(TicketSpec {
+            line,
+            reference: reference.to_owned(),
+            project_id,
+            title: String::new(),
+            address: None,
+            priority: None,
+            contact_name: None,
+            contact_email: None,
+            attachments: Vec::new(),
+        });
+        self.marks.push(Marks::default());
+        self.tickets.len() - 1
+    }
+
+    /// A continuation row needs its ref under exactly one project: none is a missing
+    /// value, several is a row that cannot say which ticket it belongs to.
+    fn check_continuations(&mut self) {
+        let by_ref = self.by_ref.take().unwrap_or_default();
+        for (index, line) in std::mem::take(&mut self.continuations) {
+            let (Some(ticket), Some(marks)) = (self.tickets.get(index), self.marks.get(index))
+            else {
+                continue;
+            };
+            let reference = ticket.reference.clone();
+            if marks.provisional {
+                let message = MISSING.to_owned();
+                self.problem(line, Some(Column::ProjectId), message, Some(&reference));
+                continue;
+            }
+            let Some(other) = by_ref.others.get(&index) else {
+                continue;
+            };
+            let Some(second) = self.tickets.get(other.second) else {
+                continue;
+            };
+            let first_line = by_ref.adopted.get(&index).copied().unwrap_or(ticket.line);
+            let (projects, more) = match other.count {
+                2 => ("two".to_owned(), ""),
+                count => (count.to_string(), ", ..."),
+            };
+            let message = format!(
+                "blank, but ref {reference:?} exists under {projects} projects ({} on line \
+                 {first_line}, {} on line {}{more}); give the project_id",
+                ticket.project_id, second.project_id, second.line
+            );
+            self.problem(line, Some(Column::ProjectId), message, Some(&reference));
+            self.poison(line, reference);
+        }
+    }
+
     fn finish(mut self) -> Checked {
+        self.check_continuations();
         // What only the rows needed goes first, to make room for the result.
         self.by_key = KeyIndex::default();
         self.later_lines = HashMap::new();
@@ -444,6 +633,11 @@ impl Parser {
         let mut tickets = std::mem::take(&mut self.tickets);
         tickets.retain_mut(|ticket| {
             let marks = marks.next().unwrap_or_default();
+            if marks.provisional {
+                // Its rows are reported: no row gave the ref a project.
+                skipped.push((ticket.line, std::mem::take(&mut ticket.reference)));
+                return false;
+            }
             if ticket.title.is_empty() {
                 if !marks.title_unreadable {
                     let message = MISSING.to_owned();
@@ -510,8 +704,11 @@ impl Parser {
             .and_then(Field::value)
     }
 
-    fn not_utf8(&self, fields: &[Field], column: Column) -> bool {
-        self.columns.get(column).and_then(|i| fields.get(i)) == Some(&Field::NotUtf8)
+    fn unreadable(&self, fields: &[Field], column: Column) -> Option<Unreadable> {
+        self.columns
+            .get(column)
+            .and_then(|i| fields.get(i))
+            .and_then(Field::unreadable)
     }
 }
 

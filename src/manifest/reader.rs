@@ -1,5 +1,5 @@
 //! The CSV layer of a manifest: streams records with their true first line number and
-//! turns malformed input (wrong field count, unterminated quote, bad UTF-8) into messages.
+//! turns malformed input (field count, open quote, bad UTF-8, NUL bytes) into messages.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -7,19 +7,34 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::rc::Rc;
 
-/// One field of a record: text, or bytes that are not UTF-8.
+/// One field of a record: text, or bytes that cannot be kept as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Field {
     Text(String),
+    Unreadable(Unreadable),
+}
+
+/// Why a field's bytes are not text the store can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreadable {
     NotUtf8,
+    /// Valid UTF-8, but Postgres `text` refuses a NUL byte (and C strings end at one).
+    Nul,
 }
 
 impl Field {
-    /// The trimmed text, `None` when blank or not UTF-8.
+    /// The trimmed text, `None` when blank or unreadable.
     pub fn value(&self) -> Option<&str> {
         match self {
             Field::Text(text) => Some(text.trim()).filter(|t| !t.is_empty()),
-            Field::NotUtf8 => None,
+            Field::Unreadable(_) => None,
+        }
+    }
+
+    pub fn unreadable(&self) -> Option<Unreadable> {
+        match self {
+            Field::Text(_) => None,
+            Field::Unreadable(why) => Some(*why),
         }
     }
 }
@@ -167,8 +182,9 @@ fn fields(record: &csv::ByteRecord) -> Vec<Field> {
                 raw
             };
             match std::str::from_utf8(raw) {
+                Ok(text) if text.contains('\0') => Field::Unreadable(Unreadable::Nul),
                 Ok(text) => Field::Text(text.to_owned()),
-                Err(_) => Field::NotUtf8,
+                Err(_) => Field::Unreadable(Unreadable::NotUtf8),
             }
         })
         .collect()
