@@ -172,7 +172,12 @@ async fn load(
     let mut tx = pool.begin().await?;
     let name = manifest.to_string_lossy();
     let batch = tickets::upsert_batch(&mut *tx, "fuzz", &name, "files").await?;
-    let loaded = tickets::load_tickets(&mut tx, batch, specs, 3).await?;
+    // With receipts: a receipt carries the ref, so a ref the store takes must make one too.
+    let receipts = tickets::ReceiptSource {
+        manifest: name.to_string(),
+        batch: "fuzz".into(),
+    };
+    let loaded = tickets::load_tickets(&mut tx, batch, specs, 3, Some(&receipts)).await?;
     assert_eq!(loaded.tickets_added, specs.len() as u64);
     tx.rollback().await?;
     Ok(())
