@@ -9,12 +9,6 @@ use std::time::Duration;
 use visibuild_import::sandbox::SandboxConfig;
 
 /// MD5 (base64) of the bytes, as the sandbox records it.
-fn md5_b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    use md5::{Digest, Md5};
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
-}
-
 async fn ticket_state(pool: &sqlx::PgPool, reference: &str) -> (String, String) {
     sqlx::query_as("SELECT state::text, COALESCE(last_error, '') FROM tickets WHERE ref = $1")
         .bind(reference)
@@ -183,7 +177,10 @@ async fn missing_or_refused_credentials_exit_2_before_loading() {
         .env("VISIBUILD_CLIENT_SECRET", "wrong");
     let out = output(cmd).await;
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("refused the credentials"), "{out:?}");
+    assert!(
+        out.stderr.contains("client credentials were refused"),
+        "{out:?}"
+    );
     assert!(!out.all().contains("wrong"), "the secret is not echoed");
     assert_eq!(batches(&db).await, 0, "nothing loaded");
     assert!(sb.tickets().is_empty());

@@ -72,7 +72,8 @@ async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport)
     let checked = manifest::check(manifest, &ManifestOptions::default()).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
     let mut tx = db.begin().await.unwrap();
-    let batch = tickets::upsert_batch(&mut *tx, "test", &manifest.to_string_lossy(), "")
+    let root = checked.files_root.to_string_lossy();
+    let batch = tickets::upsert_batch(&mut *tx, "test", &manifest.to_string_lossy(), &root)
         .await
         .unwrap();
     let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8, None)

@@ -8,12 +8,6 @@ use common::*;
 use std::collections::BTreeMap;
 use visibuild_import::sandbox::SandboxConfig;
 
-fn md5_b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    use md5::{Digest, Md5};
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
-}
-
 const FAST: [&str; 4] = ["--api-rate", "1000/s", "--upload-rate", "1000/s"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +97,11 @@ async fn without_receipts_a_file_less_ticket_whose_create_answer_is_lost_still_n
         .await,
         1
     );
-    assert_eq!(sb.tickets().len(), 1, "it did land: only a person could know");
+    assert_eq!(
+        sb.tickets().len(),
+        1,
+        "it did land: only a person could know"
+    );
 }
 
 #[tokio::test]
@@ -112,18 +110,26 @@ async fn a_batch_keeps_its_receipts_choice_and_a_load_choosing_otherwise_is_refu
     let manifest = Manifest::new(2, |_| 0);
     let out = output(bin(&db, &["enqueue", manifest.arg(), "--receipts"])).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("2 tickets and 2 files added"), "{out:?}");
+    assert!(
+        out.stdout.contains("2 tickets and 2 files added"),
+        "{out:?}"
+    );
 
     let more = Manifest::with_refs("NEW", 2, |_| 0);
     std::fs::copy(&more.path, &manifest.path).unwrap();
     let out = output(bin(&db, &["enqueue", manifest.arg()])).await;
     assert_eq!(out.code, 2, "{out:?}");
     assert!(
-        out.stderr.contains("was loaded with --receipts and this load is without --receipts"),
+        out.stderr
+            .contains("was loaded with --receipts and this load is without --receipts"),
         "{out:?}"
     );
     let pool = db.pool().await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM tickets").await, 2, "nothing loaded");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM tickets").await,
+        2,
+        "nothing loaded"
+    );
 
     let out = output(bin(&db, &["enqueue", manifest.arg(), "--receipts"])).await;
     assert_eq!(out.code, 0, "{out:?}");

@@ -211,9 +211,9 @@ pub async fn enqueue(
         .batch
         .clone()
         .unwrap_or_else(|| default_batch_name(&settings.manifest));
-    // Stored absolute: workers open every file inside this folder, from any working folder.
-    let root = files_root(settings);
-    let root = root.canonicalize().unwrap_or(root);
+    // The canonical folder the paths were checked against (for information: each file
+    // records the folder it is opened inside).
+    let root = checked.files_root.clone();
     let mut tx = db.begin().await?;
     let batch_id = tickets::upsert_batch(
         &mut *tx,
@@ -224,7 +224,13 @@ pub async fn enqueue(
     .await?;
     if let Err(loaded_with) = tickets::set_batch_receipts(&mut *tx, batch_id, load.receipts).await?
     {
-        let flag = |on: bool| if on { "with --receipts" } else { "without --receipts" };
+        let flag = |on: bool| {
+            if on {
+                "with --receipts"
+            } else {
+                "without --receipts"
+            }
+        };
         return Err(UsageError(format!(
             "batch {name:?} was loaded {} and this load is {}: receipts are chosen once per \
              batch; load again {}, or under another --batch name; nothing was loaded",
@@ -271,16 +277,6 @@ fn default_batch_name(manifest: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "manifest".into())
-}
-
-fn files_root(settings: &ManifestSettings) -> PathBuf {
-    settings.files_root.clone().unwrap_or_else(|| {
-        settings
-            .manifest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
-    })
 }
 
 /// The client, and the in-process sandbox when rehearsing (kept alive by the caller).
@@ -333,7 +329,7 @@ async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), any
             Ok(()) => return Ok(()),
             Err(ApiError::Unauthorized { reason }) => {
                 return Err(UsageError(format!(
-                    "Visibuild refused the credentials ({reason}); check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
+                    "{reason}; check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
                 ))
                 .into());
             }

@@ -363,7 +363,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().nth(1).unwrap(),
-            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""""##
+            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""","##
         );
     }
 }

@@ -16,6 +16,9 @@ pub(crate) struct FileInfo {
     /// The path as written.
     pub path: Arc<str>,
     pub resolved: Arc<Path>,
+    /// The folder the file is opened inside at upload: the files root, or (only with
+    /// `--allow-outside-root`, for a file outside it) the file's own folder.
+    pub confine: Arc<Path>,
     pub filename: Arc<str>,
     pub size: u64,
     /// Modification time when checked, to notice a file changed before its upload.
@@ -25,7 +28,7 @@ pub(crate) struct FileInfo {
 
 /// Resolves and checks attachment paths, each distinct path once.
 pub(crate) struct Files {
-    root: PathBuf,
+    root: Arc<Path>,
     allow_outside_root: bool,
     cache: HashMap<Arc<str>, Result<FileInfo, String>>,
 }
@@ -34,7 +37,7 @@ impl Files {
     /// `root` must already be canonical (absolute, symlinks resolved).
     pub fn new(root: PathBuf, allow_outside_root: bool) -> Self {
         Self {
-            root,
+            root: root.into(),
             allow_outside_root,
             cache: HashMap::new(),
         }
@@ -51,6 +54,11 @@ impl Files {
             .inspect(&path)
             .map(|(resolved, stamp, content_type)| FileInfo {
                 filename: filename(&path, &resolved).into(),
+                confine: if resolved.starts_with(&self.root) {
+                    Arc::clone(&self.root)
+                } else {
+                    resolved.parent().unwrap_or(&self.root).into()
+                },
                 path: Arc::clone(&path),
                 resolved: resolved.into(),
                 size: stamp.size,
@@ -59,6 +67,11 @@ impl Files {
             });
         self.cache.insert(path, outcome.clone());
         outcome
+    }
+
+    /// The files root (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The resolved path, size and modification time, and content type of a path as written.

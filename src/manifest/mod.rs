@@ -86,6 +86,9 @@ pub struct AttachmentSpec {
     pub path: Arc<str>,
     /// Absolute, symlinks resolved: what is read for hashing and upload.
     pub resolved: Arc<Path>,
+    /// The folder the file is opened inside at upload (the files root, or the file's own
+    /// folder for a file outside it loaded with `--allow-outside-root`).
+    pub confine: Arc<Path>,
     pub filename: Arc<str>,
     pub content_type: Arc<str>,
     pub size: u64,
@@ -128,6 +131,9 @@ pub struct Checked {
     pub problems: Vec<Problem>,
     /// Refs of the tickets left out of `tickets` because of problems.
     pub skipped_refs: Vec<String>,
+    /// The files root the paths were resolved against (canonical; empty when the manifest
+    /// could not be read at all).
+    pub files_root: PathBuf,
 }
 
 impl Checked {

@@ -453,6 +453,7 @@ impl Parser {
                     line,
                     path: info.path,
                     resolved: info.resolved,
+                    confine: info.confine,
                     filename: info.filename,
                     content_type: info.content_type,
                     size: info.size,
@@ -668,6 +669,7 @@ impl Parser {
             tickets,
             problems: self.problems,
             skipped_refs,
+            files_root: self.files.root().to_path_buf(),
         }
     }
 

@@ -62,6 +62,11 @@ pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
             Next::Retry { after: None }
         }
         (JobKind::CreateTicket, OutcomeUnknown { .. }) => Next::Review,
+        // Every key would be replaced while an earlier create may have landed with them:
+        // new keys would lose the only proof (`already associated`) of that create.
+        (JobKind::CreateTicket, KeyNotFound { keys }) if keys.is_empty() && ctx.unanswered => {
+            Next::Review
+        }
         (JobKind::CreateTicket, KeyNotFound { keys }) => Next::Reupload { keys: keys.clone() },
         (JobKind::CreateTicket, AlreadyAssociated { .. }) if ctx.sent_before => {
             Next::AlreadyCreated
@@ -225,5 +230,33 @@ mod tests {
         };
         assert_eq!(decide(Upload, &e, Context::default()), Next::Outage);
         assert_eq!(decide(CreateTicket, &e, sent), Next::Outage);
+    }
+
+    #[test]
+    fn an_unnamed_key_not_found_after_an_unanswered_create_goes_to_review_not_new_keys() {
+        let e = ApiError::KeyNotFound { keys: vec![] };
+        let unanswered = Context {
+            sent_before: true,
+            unanswered: true,
+            has_attachments: true,
+        };
+        assert_eq!(decide(CreateTicket, &e, unanswered), Next::Review);
+        let answered = Context {
+            unanswered: false,
+            ..unanswered
+        };
+        assert_eq!(
+            decide(CreateTicket, &e, answered),
+            Next::Reupload { keys: vec![] }
+        );
+        let named = ApiError::KeyNotFound {
+            keys: vec!["k1".into()],
+        };
+        assert_eq!(
+            decide(CreateTicket, &named, unanswered),
+            Next::Reupload {
+                keys: vec!["k1".into()]
+            }
+        );
     }
 }

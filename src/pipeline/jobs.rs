@@ -226,7 +226,14 @@ async fn open_and_hash(
 ) -> Result<(std::fs::File, FileStamp, String), Failure> {
     let (root, path) = (root.to_path_buf(), path.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let mut source = source::open(&root, &path).map_err(|e| Failure::fail(e.to_string()))?;
+        let mut source = source::open(&root, &path).map_err(|e| match e {
+            // Out of file handles, a network share hiccup: may pass; uses an attempt.
+            source::SourceError::Io { .. } => Failure {
+                next: Next::Retry { after: None },
+                reason: e.to_string(),
+            },
+            _ => Failure::fail(e.to_string()),
+        })?;
         for _ in 0..UPLOAD_ROUNDS {
             let before = source.stamp;
             if before.size == 0 {

@@ -163,7 +163,7 @@ pub async fn run(
 
     let mut outage: Option<std::time::Instant> = None;
     let limit = config.outage_limit;
-    let this_host = identity::host();
+    let me = identity::Me::read();
     let mut dead_checked: Option<std::time::Instant> = None;
     let mut api_logged: Option<std::time::Instant> = None;
     let end: Result<RunEnd, StoreError> = loop {
@@ -178,12 +178,7 @@ pub async fn run(
         }
         if dead_checked.is_none_or(|at| at.elapsed() >= DEAD_HOLDERS_EVERY) {
             dead_checked = Some(std::time::Instant::now());
-            or_retry!(
-                take_back_from_dead(&db, &this_host).await,
-                outage,
-                stop,
-                limit
-            );
+            or_retry!(take_back_from_dead(&db, &me).await, outage, stop, limit);
         }
         // Visibuild unreachable: no new work but one probe now and then, one line in the log
         // every half minute, and give up after the outage limit.
@@ -257,6 +252,20 @@ pub async fn run(
             }
         }
         if api_down.is_some() {
+            if !got_work
+                && tasks.is_empty()
+                && !or_retry!(
+                    queue::has_available(&db, config.batch).await,
+                    outage,
+                    stop,
+                    limit
+                )
+            {
+                // Nothing left to try (another worker took it, or it is all done): nothing
+                // can show the outage ended, so stop pausing; the next call will tell.
+                shared.client.clear_outage();
+                continue;
+            }
             // One probe at a time: wait for it, then a pause before the next.
             tokio::select! {
                 _ = stop.cancelled() => {}
@@ -323,9 +332,9 @@ pub async fn run(
 
 /// End the leases of jobs held by processes of this host that are gone (`kill -9`, a crash),
 /// so their work is taken back now rather than when the leases run out.
-async fn take_back_from_dead(db: &PgPool, this_host: &str) -> Result<(), StoreError> {
+async fn take_back_from_dead(db: &PgPool, me: &identity::Me) -> Result<(), StoreError> {
     for holder in queue::holders(db).await? {
-        if identity::is_dead_here(&holder, this_host) {
+        if identity::is_dead(&holder, me) {
             let jobs = queue::expire_leases_of(db, &holder).await?;
             if jobs > 0 {
                 tracing::info!(

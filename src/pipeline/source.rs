@@ -37,14 +37,14 @@ pub enum SourceError {
     },
 }
 
-/// Open `resolved` (the absolute path the manifest check found) for reading, confined to
-/// `root` when it lies inside it; a file loaded from outside the root (`--allow-outside-root`)
-/// is confined to its own folder. Symlinks are followed only while they stay inside. A FIFO
-/// or device is opened without blocking and refused by its true type.
+/// Open `resolved` (the absolute path the manifest check found) for reading, inside `root`:
+/// the folder recorded for it at load (the files root, or the file's own folder for a file
+/// loaded with `--allow-outside-root`). An empty `root` (a row loaded before roots were
+/// recorded) confines to the file's own folder. Symlinks are followed only while they stay
+/// inside. A FIFO or device is opened without blocking and refused by its true type.
 pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
-    let (dir, relative) = match resolved.strip_prefix(root) {
-        Ok(relative) if !relative.as_os_str().is_empty() => (root, relative),
-        _ => match (resolved.parent(), resolved.file_name()) {
+    let (dir, relative) = if root.as_os_str().is_empty() {
+        match (resolved.parent(), resolved.file_name()) {
             (Some(parent), Some(name)) => (parent, Path::new(name)),
             _ => {
                 return Err(SourceError::NotRegular {
@@ -52,7 +52,18 @@ pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
                     kind: "a directory",
                 });
             }
-        },
+        }
+    } else {
+        match resolved.strip_prefix(root) {
+            Ok(relative) if !relative.as_os_str().is_empty() => (root, relative),
+            // Never widen the confinement: a path not under its root is refused.
+            _ => {
+                return Err(SourceError::Escapes {
+                    path: resolved.to_owned(),
+                    root: root.to_owned(),
+                });
+            }
+        }
     };
     let io_error = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => SourceError::Missing {
@@ -63,6 +74,7 @@ pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
             source,
         },
     };
+    let dir_path = dir;
     let dir = Dir::open_ambient_dir(dir, ambient_authority()).map_err(io_error)?;
     let mut options = OpenOptions::new();
     options.read(true);
@@ -73,7 +85,7 @@ pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
         Err(e) if is_escape(&e) => {
             return Err(SourceError::Escapes {
                 path: resolved.to_owned(),
-                root: dir_path(root, resolved),
+                root: dir_path.to_owned(),
             });
         }
         Err(e) => return Err(io_error(e)),
@@ -105,14 +117,6 @@ pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
         stamp: FileStamp::of(&meta),
         file,
     })
-}
-
-/// The folder a path is confined to, for messages.
-fn dir_path(root: &Path, resolved: &Path) -> PathBuf {
-    match resolved.strip_prefix(root) {
-        Ok(_) => root.to_owned(),
-        Err(_) => resolved.parent().unwrap_or(root).to_owned(),
-    }
 }
 
 /// cap-std's refusal of a path that would leave the directory.
@@ -178,8 +182,18 @@ mod tests {
         let err = open(&root, &root.join("files/d.jpg")).unwrap_err();
         assert!(err.to_string().contains("a directory"), "{err}");
         // Outside the root only when loaded with --allow-outside-root: confined to /dev.
-        let err = open(&root, Path::new("/dev/null")).unwrap_err();
+        let err = open(Path::new("/dev"), Path::new("/dev/null")).unwrap_err();
         assert!(err.to_string().contains("a character device"), "{err}");
+    }
+
+    #[test]
+    fn a_path_not_under_its_root_is_refused_never_opened_elsewhere() {
+        let (_d, root) = root();
+        let err = open(&root.join("files"), Path::new("/etc/passwd")).unwrap_err();
+        assert!(matches!(err, SourceError::Escapes { .. }), "{err}");
+        // A row loaded before roots were recorded: its own folder, the last name checked.
+        std::fs::write(root.join("files/a.jpg"), b"abc").unwrap();
+        assert!(open(Path::new(""), &root.join("files/a.jpg")).is_ok());
     }
 
     #[test]

@@ -682,6 +682,22 @@ pub async fn has_runnable<'e, E: PgExecutor<'e>>(
     Ok(any)
 }
 
+/// Whether any job waits to be claimed, now or later (not counting running ones).
+pub async fn has_available<'e, E: PgExecutor<'e>>(
+    ex: E,
+    batch: Option<BatchId>,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (
+             SELECT 1 FROM jobs
+             WHERE state = 'available' AND ($1::uuid IS NULL OR batch_id = $1)
+         )",
+    )
+    .bind(batch)
+    .fetch_one(ex)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

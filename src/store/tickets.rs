@@ -141,6 +141,69 @@ pub async fn load_tickets(
     Ok(report)
 }
 
+/// One attachment row to insert.
+struct NewAttachment<'a> {
+    ticket: TicketId,
+    position: i32,
+    path: &'a str,
+    resolved: String,
+    /// The folder it is opened inside; empty for a receipt.
+    root: String,
+    filename: &'a str,
+    content_type: &'a str,
+    size: i64,
+    mtime_ns: Option<i64>,
+    /// A receipt's bytes.
+    inline: Option<Vec<u8>>,
+}
+
+/// The attachment rows of a chunk, a column each, for one `UNNEST` insert.
+#[derive(Default)]
+struct AttachmentColumns<'a> {
+    ids: Vec<AttachmentId>,
+    tickets: Vec<TicketId>,
+    positions: Vec<i32>,
+    paths: Vec<&'a str>,
+    resolved: Vec<String>,
+    roots: Vec<String>,
+    filenames: Vec<&'a str>,
+    content_types: Vec<&'a str>,
+    sizes: Vec<i64>,
+    mtimes: Vec<Option<i64>>,
+    inline: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> AttachmentColumns<'a> {
+    fn push(&mut self, row: NewAttachment<'a>) -> AttachmentId {
+        let id = AttachmentId::new();
+        self.ids.push(id);
+        self.tickets.push(row.ticket);
+        self.positions.push(row.position);
+        self.paths.push(row.path);
+        self.resolved.push(row.resolved);
+        self.roots.push(row.root);
+        self.filenames.push(row.filename);
+        self.content_types.push(row.content_type);
+        self.sizes.push(row.size);
+        self.mtimes.push(row.mtime_ns);
+        self.inline.push(row.inline);
+        id
+    }
+}
+
+/// The upload job of a new attachment.
+fn upload_job(load: &Load<'_>, ticket: TicketId, attachment: AttachmentId) -> NewJob {
+    NewJob {
+        kind: JobKind::Upload,
+        state: JobState::Available,
+        batch_id: Some(load.batch),
+        ticket_id: Some(ticket),
+        attachment_id: Some(attachment),
+        max_attempts: load.max_attempts,
+        run_at: None,
+    }
+}
+
 /// What every chunk of one load shares.
 struct Load<'a> {
     batch: BatchId,
@@ -245,16 +308,7 @@ async fn load_chunk(
     report.unchanged += (fresh.len() - inserted.len()) as u64;
     report.tickets_added += inserted.len() as u64;
 
-    let mut a_ids = Vec::new();
-    let mut a_tickets = Vec::new();
-    let mut a_pos = Vec::new();
-    let mut a_paths = Vec::new();
-    let mut a_resolved = Vec::new();
-    let mut a_names = Vec::new();
-    let mut a_types = Vec::new();
-    let mut a_sizes = Vec::new();
-    let mut a_mtimes = Vec::new();
-    let mut a_inline: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut rows = AttachmentColumns::default();
     let mut jobs = Vec::new();
     for (ticket, spec, _) in fresh.iter().filter(|f| inserted.contains(&f.0)) {
         let receipt = match load.receipts {
@@ -270,51 +324,37 @@ async fn load_chunk(
             ),
             _ => None,
         };
+        let has_files = !spec.attachments.is_empty() || receipt.is_some();
         if let Some(bytes) = receipt {
-            let id = AttachmentId::new();
-            a_ids.push(id);
-            a_tickets.push(*ticket);
-            a_pos.push(0);
-            a_paths.push(crate::receipt::FILENAME);
-            a_resolved.push(String::new());
-            a_names.push(crate::receipt::FILENAME);
-            a_types.push(crate::receipt::CONTENT_TYPE);
-            a_sizes.push(bytes.len() as i64);
-            a_mtimes.push(None);
-            a_inline.push(Some(bytes));
-            jobs.push(NewJob {
-                kind: JobKind::Upload,
-                state: JobState::Available,
-                batch_id: Some(batch),
-                ticket_id: Some(*ticket),
-                attachment_id: Some(id),
-                max_attempts,
-                run_at: None,
+            let id = rows.push(NewAttachment {
+                ticket: *ticket,
+                position: 0,
+                path: crate::receipt::FILENAME,
+                resolved: String::new(),
+                root: String::new(),
+                filename: crate::receipt::FILENAME,
+                content_type: crate::receipt::CONTENT_TYPE,
+                size: bytes.len() as i64,
+                mtime_ns: None,
+                inline: Some(bytes),
             });
+            jobs.push(upload_job(load, *ticket, id));
         }
         for (pos, a) in spec.attachments.iter().enumerate() {
-            let id = AttachmentId::new();
-            a_ids.push(id);
-            a_tickets.push(*ticket);
-            a_pos.push(pos as i32);
-            a_paths.push(&*a.path);
-            a_resolved.push(a.resolved.to_string_lossy().into_owned());
-            a_names.push(&*a.filename);
-            a_types.push(&*a.content_type);
-            a_sizes.push(a.size as i64);
-            a_mtimes.push(Some(a.mtime_ns));
-            a_inline.push(None);
-            jobs.push(NewJob {
-                kind: JobKind::Upload,
-                state: JobState::Available,
-                batch_id: Some(batch),
-                ticket_id: Some(*ticket),
-                attachment_id: Some(id),
-                max_attempts,
-                run_at: None,
+            let id = rows.push(NewAttachment {
+                ticket: *ticket,
+                position: pos as i32,
+                path: &a.path,
+                resolved: a.resolved.to_string_lossy().into_owned(),
+                root: a.confine.to_string_lossy().into_owned(),
+                filename: &a.filename,
+                content_type: &a.content_type,
+                size: a.size as i64,
+                mtime_ns: Some(a.mtime_ns),
+                inline: None,
             });
+            jobs.push(upload_job(load, *ticket, id));
         }
-        let has_files = !spec.attachments.is_empty() || a_tickets.last() == Some(ticket);
         jobs.push(NewJob {
             kind: JobKind::CreateTicket,
             state: if has_files {
@@ -329,27 +369,28 @@ async fn load_chunk(
             run_at: None,
         });
     }
-    if !a_ids.is_empty() {
+    if !rows.ids.is_empty() {
         sqlx::query(
             "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
-                                      content_type, size, mtime_ns, inline_content)
+                                      content_type, size, mtime_ns, inline_content, root)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $8::bigint[], $9::bigint[],
-                                  $10::bytea[])",
+                                  $10::bytea[], $11::text[])",
         )
-        .bind(&a_ids)
-        .bind(&a_tickets)
-        .bind(&a_pos)
-        .bind(&a_paths)
-        .bind(&a_resolved)
-        .bind(&a_names)
-        .bind(&a_types)
-        .bind(&a_sizes)
-        .bind(&a_mtimes)
-        .bind(&a_inline)
+        .bind(&rows.ids)
+        .bind(&rows.tickets)
+        .bind(&rows.positions)
+        .bind(&rows.paths)
+        .bind(&rows.resolved)
+        .bind(&rows.filenames)
+        .bind(&rows.content_types)
+        .bind(&rows.sizes)
+        .bind(&rows.mtimes)
+        .bind(&rows.inline)
+        .bind(&rows.roots)
         .execute(&mut *conn)
         .await?;
-        report.attachments_added += a_ids.len() as u64;
+        report.attachments_added += rows.ids.len() as u64;
     }
     queue::enqueue(&mut *conn, &jobs).await?;
     Ok(())
@@ -362,7 +403,8 @@ pub struct UploadWork {
     pub ticket_id: TicketId,
     pub ticket_ref: String,
     pub resolved_path: String,
-    /// The folder the batch's paths were checked against: files are opened inside it.
+    /// The folder the file is opened inside (empty on rows loaded before it was recorded:
+    /// then the file's own folder).
     pub files_root: String,
     pub filename: String,
     pub content_type: String,
@@ -405,11 +447,10 @@ pub async fn upload_work<'e, E: PgExecutor<'e>>(
 ) -> Result<UploadWork, StoreError> {
     Ok(sqlx::query_as(
         "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
-                b.files_root, a.filename, a.content_type, a.size, a.mtime_ns, a.inline_content,
+                COALESCE(a.root, '') AS files_root, a.filename, a.content_type, a.size, a.mtime_ns, a.inline_content,
                 a.state,
                 h.size AS cached_size, h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
            FROM attachments a JOIN tickets t ON t.id = a.ticket_id
-           JOIN batches b ON b.id = t.batch_id
            LEFT JOIN file_hashes h ON h.resolved_path = a.resolved_path
           WHERE a.id = $1",
     )

@@ -137,9 +137,16 @@ pub struct Client {
     api_gate: Arc<RateGate>,
     upload_gate: Arc<RateGate>,
     pub counters: Counters,
-    /// Since when no connection to Visibuild or S3 could be made, and why; cleared by the
-    /// next answer of any kind.
-    unreachable: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Since when no connection to the API, and to S3, could be made, and why; each cleared
+    /// only by an answer from that same endpoint.
+    unreachable: std::sync::Mutex<[Option<(std::time::Instant, String)>; 2]>,
+}
+
+/// The two services a run talks to, each with its own outage.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Api = 0,
+    Uploads = 1,
 }
 
 impl Client {
@@ -163,7 +170,7 @@ impl Client {
             api_gate: config.api_gate,
             upload_gate: config.upload_gate,
             counters: Counters::default(),
-            unreachable: std::sync::Mutex::new(None),
+            unreachable: std::sync::Mutex::new([None, None]),
         })
     }
 
@@ -204,12 +211,7 @@ impl Client {
     /// an explicit `Content-Length` (S3 refuses chunked bodies), from the open handle the
     /// file was hashed from (so what goes up is what was hashed). Take an
     /// [`upload_turn`](Self::upload_turn) before presigning.
-    pub async fn put_file(
-        &self,
-        upload: &Upload,
-        body: Body,
-        size: u64,
-    ) -> Result<(), ApiError> {
+    pub async fn put_file(&self, upload: &Upload, body: Body, size: u64) -> Result<(), ApiError> {
         use std::io::Seek as _;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         let body = match body {
@@ -251,11 +253,11 @@ impl Client {
                         retry_after: None,
                     }
                 };
-                self.note(Some(&error));
+                self.note(Endpoint::Uploads, Some(&error));
                 return Err(error);
             }
         };
-        self.note(None);
+        self.note(Endpoint::Uploads, None);
         let status = response.status();
         if status.is_success() {
             self.counters
@@ -390,11 +392,11 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     let error = transport_failure(path, e, outcome_matters);
-                    self.note(Some(&error));
+                    self.note(Endpoint::Api, Some(&error));
                     return Err(error);
                 }
             };
-            self.note(None);
+            self.note(Endpoint::Api, None);
             let status = response.status();
             let retry_after = retry_after_of(&response);
             // A 2xx whose body was cut off still says it worked (the id is then unknown).
@@ -439,7 +441,10 @@ impl Client {
     /// Fetch a token now (client credentials), so refused credentials stop a run before
     /// any work is claimed. A long-lived token is only checked by its first call.
     pub async fn authenticate(&self) -> Result<(), ApiError> {
-        self.token().await.map(|_| ())
+        self.token().await?;
+        // A token fetched (or one we hold) after a failed try: the API is back.
+        self.note(Endpoint::Api, None);
+        Ok(())
     }
 
     async fn token(&self) -> Result<Secret, ApiError> {
@@ -447,32 +452,37 @@ impl Client {
         // A token fetch that could not connect is an outage; a cached token says nothing
         // about whether Visibuild answers.
         if let Err(e @ ApiError::Unreachable { .. }) = &token {
-            self.note(Some(e));
+            self.note(Endpoint::Api, Some(e));
         }
         token
     }
 
-    /// Since when, and why, Visibuild (or S3) cannot be reached; `None` while it answers.
+    /// Since when, and why, Visibuild's API or S3 cannot be reached (the longer outage of
+    /// the two); `None` while both answer.
     pub fn unreachable_since(&self) -> Option<(std::time::Instant, String)> {
-        self.unreachable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let state = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        state.iter().flatten().min_by_key(|(at, _)| *at).cloned()
     }
 
-    /// Note how a call ended: a connection failure starts (or continues) an outage, any
-    /// answer ends it.
-    fn note(&self, error: Option<&ApiError>) {
+    /// Forget the outages: nothing is left to try, so nothing can show they ended.
+    pub fn clear_outage(&self) {
+        *self.unreachable.lock().unwrap_or_else(|e| e.into_inner()) = [None, None];
+    }
+
+    /// Note how a call to `endpoint` ended: a connection failure starts (or continues) its
+    /// outage, any answer ends it.
+    fn note(&self, endpoint: Endpoint, error: Option<&ApiError>) {
         let mut state = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut state[endpoint as usize];
         match error {
             Some(ApiError::Unreachable { reason }) => {
-                let since = state.as_ref().map(|(at, _)| *at);
-                *state = Some((
+                let since = slot.as_ref().map(|(at, _)| *at);
+                *slot = Some((
                     since.unwrap_or_else(std::time::Instant::now),
                     reason.clone(),
                 ));
             }
-            _ => *state = None,
+            _ => *slot = None,
         }
     }
 }
