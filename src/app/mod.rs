@@ -222,8 +222,7 @@ pub async fn enqueue(
         &root.to_string_lossy(),
     )
     .await?;
-    if let Err(loaded_with) = tickets::set_batch_receipts(&mut *tx, batch_id, load.receipts).await?
-    {
+    if let Err(loaded_with) = tickets::set_batch_receipts(&mut tx, batch_id, load.receipts).await? {
         let flag = |on: bool| {
             if on {
                 "with --receipts"
