@@ -71,10 +71,17 @@ fn fixture(
 async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport) {
     let checked = manifest::check(manifest, &ManifestOptions::default()).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
+    // Workers open every file inside the batch's files root (absolute, as `enqueue` stores it).
+    let root = manifest.parent().unwrap().canonicalize().unwrap();
     let mut tx = db.begin().await.unwrap();
-    let batch = tickets::upsert_batch(&mut *tx, "test", &manifest.to_string_lossy(), "")
-        .await
-        .unwrap();
+    let batch = tickets::upsert_batch(
+        &mut *tx,
+        "test",
+        &manifest.to_string_lossy(),
+        &root.to_string_lossy(),
+    )
+    .await
+    .unwrap();
     let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8)
         .await
         .unwrap();
