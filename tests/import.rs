@@ -82,7 +82,7 @@ async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport)
     )
     .await
     .unwrap();
-    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8)
+    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8, "manifest.csv")
         .await
         .unwrap();
     tx.commit().await.unwrap();
