@@ -290,6 +290,10 @@ async fn bars(snapshot: impl Fn() -> Snapshot, stop: CancellationToken) {
     for bar in [&tickets, &files, &bytes] {
         bar.abandon();
     }
+    // indicatif leaves the cursor at the end of the last bar: what follows (the summary, on
+    // stdout, to the same terminal) starts on a line of its own.
+    drop(multi);
+    eprintln!();
 }
 
 #[cfg(test)]
