@@ -1476,6 +1476,13 @@ async fn man_prints_a_roff_page() {
     assert!(out.stdout.contains(".SH NAME"), "{out:?}");
     assert!(out.stdout.contains("enqueue"), "{out:?}");
     assert!(out.stdout.contains("VISIBUILD_CLIENT_SECRET"), "{out:?}");
+    // Each command's own options, not only the list of commands.
+    assert!(out.stdout.contains(".SH \"COMMANDS IN DETAIL\""), "{out:?}");
+    assert!(
+        out.stdout.contains(".SS \"visibuild-import report\""),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("failed\\-only"), "{out:?}");
     assert_eq!(out.stderr, "", "{out:?}");
 }
 

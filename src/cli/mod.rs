@@ -1,6 +1,7 @@
 //! The command line: clap types live here and nowhere else. Flags become validated settings
 //! once ([`crate::app`] takes those), so the rest of the program never sees clap.
 
+mod man;
 pub mod sandbox_args;
 
 use crate::app::{
@@ -491,11 +492,7 @@ impl Cli {
                 );
                 print_all(&script)
             }
-            Command::Man => {
-                let mut page = Vec::new();
-                clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-                print_all(&page)
-            }
+            Command::Man => print_all(&man::render(Cli::command())?),
         }
     }
 }
