@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod domain;
+pub mod human;
 pub mod manifest;
 pub mod pipeline;
 pub mod rate;

@@ -2,17 +2,20 @@
 //! to an exit code. Nothing else lives here.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
 use std::process::ExitCode;
 use visibuild_import::{app, cli::Cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     app::init_logging(&cli.log_settings());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            app::say(
+                app::Level::Error,
+                &format!("error: cannot start the async runtime: {e}"),
+                serde_json::json!({ "exit_code": 2 }),
+            );
             return ExitCode::from(2);
         }
     };

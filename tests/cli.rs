@@ -86,14 +86,17 @@ async fn check_prints_every_corpus_problem_compiler_style_and_exits_2() {
             .collect();
         let lines: Vec<&str> = out.stdout.lines().collect();
         let summary = lines.last().copied().unwrap_or_default();
-        let wanted_summary_end = format!("; {} problems", problems.len());
+        let wanted_summary_end = match problems.len() {
+            1 => "; 1 problem".to_string(),
+            n => format!("; {n} problems"),
+        };
         if out.code != 2
             || lines[..lines.len().saturating_sub(1)] != expected[..]
             || !summary.starts_with("errors: ")
             || !summary.ends_with(&wanted_summary_end)
         {
             expected.push(format!(
-                "errors: … tickets, … files, … bytes{wanted_summary_end}"
+                "errors: … tickets, … files, … B{wanted_summary_end}"
             ));
             failures.push(format!(
                 "{name}: expected exit 2 and {expected:#?}\ngot {out:?}"
@@ -110,13 +113,26 @@ async fn check_passes_the_sample_manifest_with_a_summary_and_touches_no_database
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout
-            .starts_with("ok: 12 tickets, 20 files, 563035 bytes; 0 problems"),
+            .starts_with("ok: 12 tickets, 20 files, 549.8 KiB; 0 problems"),
         "{out:?}"
     );
     assert!(
         PgPool::connect(&db.url).await.is_err(),
         "check created the database"
     );
+}
+
+#[tokio::test]
+async fn check_counts_a_manifest_with_one_bad_ticket_of_two_in_words_that_agree() {
+    let db = Db::new("check_plural");
+    let out = output(bin(&db, &["check", "tests/manifests/bad_priority.csv"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("errors: 2 tickets (1 valid, 1 with problems), 0 files, 0 B; 1 problem"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("1 tickets"), "{out:?}");
 }
 
 #[tokio::test]
@@ -144,13 +160,10 @@ async fn enqueue_loads_nothing_from_a_manifest_with_errors_unless_told_to_skip_i
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        out.stderr.contains("skipped 1 tickets with problems: D-2"),
+        out.stderr.contains("skipped 1 ticket with problems: D-2"),
         "{out:?}"
     );
-    assert!(
-        out.stdout.contains("1 tickets and 0 files added"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("1 ticket and 0 files added"), "{out:?}");
     let refs: Vec<String> = sqlx::query_scalar("SELECT ref FROM tickets")
         .fetch_all(&pool)
         .await
@@ -305,7 +318,7 @@ async fn failed_uploads_are_retried_by_ref_error_and_job_and_each_ticket_is_crea
     let out = output(bin(&db, &["retry", "--ref", "DEF-0000"])).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        out.stdout.starts_with("1 failed job of 1 ticket "),
         "{out:?}"
     );
     let out = output(with_token(&db, &["run", "--api-url", &api])).await;
@@ -316,7 +329,7 @@ async fn failed_uploads_are_retried_by_ref_error_and_job_and_each_ticket_is_crea
     // By error text.
     let out = output(bin(&db, &["retry", "--error-contains", "t1-f0.jpg"])).await;
     assert!(
-        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        out.stdout.starts_with("1 failed job of 1 ticket "),
         "{out:?}"
     );
 
@@ -331,7 +344,7 @@ async fn failed_uploads_are_retried_by_ref_error_and_job_and_each_ticket_is_crea
     .unwrap();
     let out = output(bin(&db, &["retry", "--job", &job.to_string()])).await;
     assert!(
-        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        out.stdout.starts_with("1 failed job of 1 ticket "),
         "{out:?}"
     );
 
@@ -361,7 +374,7 @@ async fn a_ticket_whose_create_answer_is_lost_needs_review_until_retry_force() {
     .await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stdout.contains("0 created, 0 failed, 1 need review"),
+        out.stdout.contains("0 created, 0 failed, 1 needs review"),
         "{out:?}"
     );
     assert_eq!(status_json(&db).await[0]["tickets"]["needs_review"], 1);
@@ -376,12 +389,12 @@ async fn a_ticket_whose_create_answer_is_lost_needs_review_until_retry_force() {
         out.stdout.starts_with("0 failed jobs of 0 tickets"),
         "{out:?}"
     );
-    assert!(out.stdout.contains("1 tickets need review"), "{out:?}");
+    assert!(out.stdout.contains("1 ticket needs review"), "{out:?}");
     assert_eq!(status_json(&db).await[0]["tickets"]["needs_review"], 1);
 
     let out = output(bin(&db, &["retry", "--force"])).await;
     assert!(
-        out.stdout.starts_with("1 failed jobs of 1 tickets"),
+        out.stdout.starts_with("1 failed job of 1 ticket "),
         "{out:?}"
     );
     let healthy = start(SandboxConfig::default()).await;
@@ -493,16 +506,17 @@ async fn refused_client_credentials_exit_2_with_a_plain_message_and_fail_no_tick
     assert_eq!(out.code, 2, "{out:?}");
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("error: the client credentials were refused")
-            && last.contains("check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"),
+        last.starts_with(
+            "error: Visibuild refused the credentials (the client credentials were refused"
+        ) && last.contains("check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"),
         "{out:?}"
     );
     assert!(!out.all().contains(wrong), "the wrong secret is not echoed");
     assert_no_secrets("refused credentials", &out.all());
     assert!(sb.tickets().is_empty());
-    // Checked before loading: nothing was loaded, so nothing can be marked failed.
+    // Credentials are checked before anything is loaded: nothing failed, nothing loaded.
     let json = status_json(&db).await;
-    assert_eq!(json, serde_json::json!([]), "nothing loaded: {json}");
+    assert_eq!(json, serde_json::json!([]), "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,28 +765,259 @@ async fn without_a_terminal_progress_is_a_plain_log_line_and_the_summary_goes_to
     assert!(!out.stderr.contains("tickets: 10 created"), "{out:?}");
 }
 
+/// Every line of `stderr` as JSON; a line that is not JSON fails the test.
+fn json_lines(out: &Out) -> Vec<serde_json::Value> {
+    out.stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {out:?}")))
+        .collect()
+}
+
+/// The first JSON line whose message contains `text`.
+fn json_line<'a>(lines: &'a [serde_json::Value], text: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(text))
+        })
+        .unwrap_or_else(|| panic!("a line saying {text:?} in {lines:#?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_format_json_writes_only_json_lines_to_stderr() {
     let db = Db::new("json");
     let sb = start(SandboxConfig::default()).await;
     let out = slow_import(&db, &sb, &["--log-format", "json"]).await;
-    let lines: Vec<serde_json::Value> = out
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect();
-    let progress = lines
-        .iter()
-        .find(|l| {
-            l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("/10, files "))
-        })
-        .unwrap_or_else(|| panic!("a progress line: {out:?}"));
+    let lines = json_lines(&out);
+    // Progress carries its numbers as fields, not only as a message.
+    let progress = json_line(&lines, "/10, files ");
     assert_eq!(progress["level"], "INFO");
     assert!(progress["timestamp"].is_string());
-    assert!(out.stdout.contains("tickets: 10 created"), "{out:?}");
+    let fields = &progress["fields"];
+    assert_eq!(fields["tickets_total"], 10, "{progress}");
+    assert_eq!(fields["files_total"], 10, "{progress}");
+    for field in [
+        "tickets",
+        "files",
+        "bytes",
+        "files_per_sec",
+        "retries",
+        "rate_limited_429",
+    ] {
+        assert!(fields[field].is_number(), "{field} in {progress}");
+    }
+    // The load and the final summary are JSON lines too; nothing else is written.
+    let loaded = json_line(&lines, "batch manifest.csv: 10 tickets");
+    assert_eq!(loaded["fields"]["tickets_added"], 10);
+    let summary = &json_line(&lines, "summary: ")["fields"]["summary"];
+    assert_eq!(summary["tickets_created"], 10, "{summary}");
+    assert_eq!(summary["files_uploaded"], 10, "{summary}");
+    assert_eq!(summary["exit_code"], 0, "{summary}");
+    assert_eq!(out.stdout, "", "{out:?}");
+
+    // A fatal error and a manifest's problems are JSON too, with the exit code.
+    let out = output(bin(
+        &db,
+        &[
+            "--log-format",
+            "json",
+            "enqueue",
+            "tests/manifests/bad_priority.csv",
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let lines = json_lines(&out);
+    let problem = json_line(&lines, r#"priority: "urgent" is not one of"#);
+    assert_eq!(problem["fields"]["line"], 3);
+    assert_eq!(problem["fields"]["ref"], "D-2");
+    let error = lines.last().unwrap();
+    assert_eq!(error["level"], "ERROR");
+    assert_eq!(error["fields"]["exit_code"], 2);
+    assert!(
+        error["fields"]["message"].as_str().unwrap().starts_with(
+            "error: tests/manifests/bad_priority.csv has 1 problem; nothing was loaded"
+        ),
+        "{error}"
+    );
+
+    // So is a usage error clap finds, and an unreachable database.
+    let out = output(bin(&db, &["--log-format", "json", "report", "--nope"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(json_lines(&out)[0]["fields"]["exit_code"], 2);
+    let out = output(bin_on(
+        "postgres://postgres@127.0.0.1:1/x",
+        &["--log-format", "json", "status"],
+    ))
+    .await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(json_lines(&out)[0]["fields"]["exit_code"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_covers_the_rehearsal_line_and_the_signal_lines() {
+    let db = Db::new("json_rehearsal");
+    // The rehearsal's own database, dropped with this fixture.
+    let _rehearsal = Db {
+        url: visibuild_import::app::rehearsal_database_url(&db.url),
+        name: format!("{}_sandbox", db.name),
+        master: db.master.clone(),
+    };
+    let manifest = Manifest::new(2, |_| 1);
+    let out = output(bin(
+        &db,
+        &[
+            "--log-format",
+            "json",
+            "import",
+            manifest.arg(),
+            "--sandbox",
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines = json_lines(&out);
+    let rehearsal = json_line(&lines, "rehearsal: using database");
+    assert!(
+        rehearsal["fields"]["database"]
+            .as_str()
+            .unwrap()
+            .ends_with("_sandbox"),
+        "{rehearsal}"
+    );
+
+    let sb = start(SandboxConfig {
+        latency: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let manifest = Manifest::with_refs("SIG", 20, |_| 1);
+    assert_eq!(output(bin(&db, &["enqueue", manifest.arg()])).await.code, 0);
+    let pool = db.pool().await;
+    let p = &pool;
+    let run = spawn(with_token(
+        &db,
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--api-url",
+            &sb.base_url(),
+            "--workers",
+            "2",
+        ],
+    ));
+    eventually("some work is done", move || async move {
+        count(p, "SELECT count(*) FROM jobs WHERE state = 'completed'").await > 0
+    })
+    .await;
+    run.terminate();
+    let out = run.wait().await;
+    assert_eq!(out.code, 130, "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(
+        json_line(&lines, "stopping: finishing in-flight work")["level"],
+        "WARN"
+    );
+    let summary = &json_line(&lines, "summary: ")["fields"]["summary"];
+    assert_eq!(summary["exit_code"], 130, "{summary}");
+    assert_eq!(summary["outcome"], "interrupted", "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_json_writes_the_final_summary_for_a_scheduler_even_on_an_error() {
+    let db = Db::new("summary_json");
+    let sb = start(SandboxConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("last-run.json");
+    let path = file.to_str().unwrap();
+    let manifest = Manifest::new(3, |t| t);
+    let out = output(with_token(
+        &db,
+        &[
+            "import",
+            manifest.arg(),
+            "--api-url",
+            &sb.base_url(),
+            "--summary-json",
+            path,
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(summary["batch"], "manifest.csv");
+    assert_eq!(summary["exit_code"], 0);
+    assert_eq!(summary["outcome"], "success");
+    assert_eq!(summary["tickets_created"], 3);
+    assert_eq!(summary["tickets_failed"], 0);
+    assert_eq!(summary["tickets_needs_review"], 0);
+    assert_eq!(summary["tickets_not_finished"], 0);
+    assert_eq!(summary["files_uploaded"], 3);
+    assert!(
+        summary["bytes_uploaded"].as_u64().unwrap() > 9000,
+        "{summary}"
+    );
+    assert_eq!(summary["requests"]["presign"], 3, "{summary}");
+    assert_eq!(summary["requests"]["upload"], 3, "{summary}");
+    assert_eq!(summary["requests"]["create"], 3, "{summary}");
+    assert_eq!(summary["rate_limited_429"], 0);
+    assert_eq!(summary["retries"], 0);
+    assert!(summary["elapsed_seconds"].as_f64().unwrap() > 0.0);
+
+    // `run` takes it too, and "-" is stdout: one line of JSON after the human summary.
+    // The second file of B-0001 disappears after loading: that ticket fails.
+    let second = Manifest::with_refs("B", 2, |_| 2);
+    let out = output(bin(&db, &["enqueue", second.arg(), "--batch", "b"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    std::fs::remove_file(second.file("B-0001", 1)).unwrap();
+    let out = output(with_token(
+        &db,
+        &[
+            "run",
+            "--batch",
+            "b",
+            "--api-url",
+            &sb.base_url(),
+            "--summary-json",
+            "-",
+        ],
+    ))
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("tickets: 1 created, 1 failed"),
+        "{out:?}"
+    );
+    let last: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["batch"], "b");
+    assert_eq!(last["exit_code"], 1);
+    assert_eq!(last["tickets_created"], 1);
+    assert_eq!(last["tickets_failed"], 1);
+    assert!(last["files_uploaded"].as_u64().unwrap() >= 2, "{last}");
+    assert_eq!(last["top_errors"].as_array().unwrap().len(), 1, "{last}");
+
+    // An error before any work (no credentials) still leaves the exit code and the reason.
+    let out = output(bin(
+        &db,
+        &["run", "--api-url", &sb.base_url(), "--summary-json", path],
+    ))
+    .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(summary["exit_code"], 2, "{summary}");
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap()
+            .contains("VISIBUILD_TOKEN"),
+        "{summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1104,5 +1349,261 @@ async fn retry_of_an_unknown_ref_or_job_exits_2_and_of_a_healthy_one_says_there_
     assert_eq!(
         out.stdout.trim_end(),
         format!("nothing to retry: job {job} has not failed (it is available)")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Help, completions and the man page
+// ---------------------------------------------------------------------------------------
+
+/// The binary with no database at hand (these commands must not need one).
+fn offline(args: &[&str]) -> tokio::process::Command {
+    bin_on("postgres://postgres@127.0.0.1:1/unused", args)
+}
+
+#[tokio::test]
+async fn help_names_the_credentials_groups_options_and_shows_an_example() {
+    for command in ["import", "run"] {
+        let out = output(offline(&[command, "--help"])).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        for text in [
+            "VISIBUILD_TOKEN",
+            "VISIBUILD_CLIENT_ID",
+            "VISIBUILD_CLIENT_SECRET",
+            "\nVisibuild:\n",
+            "\nThroughput:\n",
+            "\nOutput:\n",
+            "--summary-json",
+            "--database-url",
+            "[env: DATABASE_URL]",
+            "Examples:\n  ",
+        ] {
+            assert!(
+                out.stdout.contains(text),
+                "{command} --help lacks {text:?}: {out:?}"
+            );
+        }
+    }
+    let out = output(offline(&["import", "--help"])).await;
+    assert!(out.stdout.contains("\nManifest:\n"), "{out:?}");
+    for command in [
+        "enqueue",
+        "check",
+        "run",
+        "status",
+        "retry",
+        "report",
+        "sandbox",
+        "migrate",
+        "completions",
+        "man",
+    ] {
+        let out = output(offline(&[command, "--help"])).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("Example"), "{command} --help: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn commands_that_do_not_use_the_store_do_not_offer_database_url() {
+    for command in ["check", "sandbox", "completions", "man"] {
+        let out = output(offline(&[command, "--help"])).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(!out.stdout.contains("--database-url"), "{command}: {out:?}");
+        assert!(!out.stdout.contains("DATABASE_URL"), "{command}: {out:?}");
+    }
+    for command in [
+        "import", "enqueue", "run", "status", "retry", "report", "migrate",
+    ] {
+        let out = output(offline(&[command, "--help"])).await;
+        assert!(out.stdout.contains("--database-url"), "{command}: {out:?}");
+    }
+    // The flag is taken after the command; before it, it is a usage error.
+    let out = output(offline(&[
+        "check",
+        "--database-url",
+        "x",
+        "samples/manifest.csv",
+    ]))
+    .await;
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = output(offline(&[
+        "status",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/flag",
+    ]))
+    .await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("127.0.0.1:1/flag"),
+        "the flag wins over the env: {out:?}"
+    );
+}
+
+#[tokio::test]
+async fn completions_print_a_script_naming_the_subcommands_for_each_shell() {
+    let out = output(offline(&["completions", "bash"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("complete -F"), "{out:?}");
+    for sub in [
+        "import",
+        "enqueue",
+        "check",
+        "run",
+        "status",
+        "retry",
+        "report",
+        "completions",
+    ] {
+        assert!(out.stdout.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(out.stdout.contains("--summary-json") && out.stdout.contains("--failed-only"));
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let out = output(offline(&["completions", shell])).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("visibuild-import"), "{shell}: {out:?}");
+        assert!(out.stdout.contains("enqueue"), "{shell}: {out:?}");
+    }
+    let out = output(offline(&["completions", "tcsh"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+}
+
+#[tokio::test]
+async fn man_prints_a_roff_page() {
+    let out = output(offline(&["man"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(".TH visibuild-import 1"), "{out:?}");
+    assert!(out.stdout.contains(".SH NAME"), "{out:?}");
+    assert!(out.stdout.contains("enqueue"), "{out:?}");
+    assert!(out.stdout.contains("VISIBUILD_CLIENT_SECRET"), "{out:?}");
+    // Each command's own options, not only the list of commands.
+    assert!(out.stdout.contains(".SH \"COMMANDS IN DETAIL\""), "{out:?}");
+    assert!(
+        out.stdout.contains(".SS \"visibuild-import report\""),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("failed\\-only"), "{out:?}");
+    assert_eq!(out.stderr, "", "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Report modes
+// ---------------------------------------------------------------------------------------
+
+/// A CSV's rows as column → value.
+fn csv_rows(text: &str) -> Vec<HashMap<String, String>> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_shows_lines_failed_only_files_and_refs_changed_since_loading() {
+    let db = Db::new("report_modes");
+    let sb = start(SandboxConfig::default()).await;
+    let manifest = Manifest::with_refs("R", 3, |_| 1);
+    assert_eq!(output(bin(&db, &["enqueue", manifest.arg()])).await.code, 0);
+    std::fs::remove_file(manifest.file("R-0002", 0)).unwrap();
+    let out = output(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
+    assert_eq!(out.code, 1, "{out:?}");
+
+    // Per ticket: the manifest line, and nothing changed yet.
+    let report = output(bin(&db, &["report"])).await;
+    assert_eq!(report.code, 0, "{report:?}");
+    let rows = csv_rows(&report.stdout);
+    let lines: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["ref"].as_str(), r["line"].as_str()))
+        .collect();
+    assert_eq!(lines, [("R-0000", "2"), ("R-0001", "3"), ("R-0002", "4")]);
+    assert!(
+        rows.iter().all(|r| r["changed_fields"].is_empty()),
+        "{rows:?}"
+    );
+
+    // --failed-only: the failed ticket only.
+    let out = output(bin(&db, &["report", "--failed-only"])).await;
+    let failed = csv_rows(&out.stdout);
+    assert_eq!(failed.len(), 1, "{out:?}");
+    assert_eq!(failed[0]["ref"], "R-0002");
+    assert_eq!(failed[0]["state"], "failed");
+    assert!(failed[0]["error"].contains("t2-f0.jpg"), "{failed:?}");
+
+    // --files: a row per file, with its size, MD5, key and state.
+    let out = output(bin(&db, &["report", "--files"])).await;
+    let files = csv_rows(&out.stdout);
+    assert_eq!(
+        out.stdout.lines().next().unwrap(),
+        "batch,ref,line,path,size,md5,key,state,error,file_changes"
+    );
+    assert_eq!(files.len(), 3, "{out:?}");
+    let uploaded = &files[0];
+    assert_eq!(uploaded["ref"], "R-0000");
+    assert_eq!(uploaded["path"], "files/t0-f0.jpg");
+    assert_eq!(
+        uploaded["size"],
+        std::fs::metadata(manifest.file("R-0000", 0))
+            .unwrap()
+            .len()
+            .to_string()
+    );
+    assert_eq!(
+        uploaded["md5"].len(),
+        24,
+        "base64 of 16 bytes: {uploaded:?}"
+    );
+    assert!(!uploaded["key"].is_empty(), "{uploaded:?}");
+    assert_eq!(uploaded["state"], "uploaded");
+    assert_eq!(files[2]["state"], "failed");
+    assert!(files[2]["error"].contains("t2-f0.jpg"), "{files:?}");
+    let out = output(bin(&db, &["report", "--files", "--failed-only"])).await;
+    let failed_files = csv_rows(&out.stdout);
+    assert_eq!(failed_files.len(), 1, "{out:?}");
+    assert_eq!(failed_files[0]["path"], "files/t2-f0.jpg");
+
+    // R-0001's title changes in the manifest: loading it again keeps the ticket as it was
+    // and records which field differed, on which line.
+    let original = std::fs::read_to_string(&manifest.path).unwrap();
+    std::fs::write(&manifest.path, original.replace("Defect 1,", "Defect one,")).unwrap();
+    std::fs::write(manifest.file("R-0002", 0), b"back again").unwrap();
+    let out = output(bin(&db, &["enqueue", manifest.arg()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains(r#"ref "R-0001""#), "{out:?}");
+    assert!(out.stdout.contains("1 changed ref reported"), "{out:?}");
+    let rows = csv_rows(&output(bin(&db, &["report"])).await.stdout);
+    let changed = format!("title ({}:3)", manifest.path.display());
+    assert_eq!(rows[1]["changed_fields"], changed, "{rows:?}");
+    assert_eq!(rows[0]["changed_fields"], "", "{rows:?}");
+    let human = output(bin(&db, &["status"])).await;
+    assert!(
+        human
+            .stdout
+            .contains("changed since loading: 1 ref kept as first loaded"),
+        "{human:?}"
+    );
+    assert!(
+        human.stdout.contains(&format!("R-0001: {changed}")),
+        "{human:?}"
+    );
+    assert_eq!(status_json(&db).await[0]["changed_since_load"], 1);
+
+    // Loaded again as it first was: the note goes.
+    std::fs::write(&manifest.path, original).unwrap();
+    let out = output(bin(&db, &["enqueue", manifest.arg()])).await;
+    assert!(out.stdout.contains("0 changed refs reported"), "{out:?}");
+    let rows = csv_rows(&output(bin(&db, &["report"])).await.stdout);
+    assert!(
+        rows.iter().all(|r| r["changed_fields"].is_empty()),
+        "{rows:?}"
     );
 }

@@ -72,11 +72,15 @@ async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport)
     let checked = manifest::check(manifest, &ManifestOptions::default()).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
     let mut tx = db.begin().await.unwrap();
-    let root = checked.files_root.to_string_lossy();
-    let batch = tickets::upsert_batch(&mut *tx, "test", &manifest.to_string_lossy(), &root)
-        .await
-        .unwrap();
-    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8, None)
+    let batch = tickets::upsert_batch(
+        &mut *tx,
+        "test",
+        &manifest.to_string_lossy(),
+        &checked.files_root.to_string_lossy(),
+    )
+    .await
+    .unwrap();
+    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8, "manifest.csv", None)
         .await
         .unwrap();
     tx.commit().await.unwrap();

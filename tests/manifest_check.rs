@@ -212,10 +212,7 @@ fn every_bad_manifest_in_the_corpus_reports_exactly_its_problems() {
 #[test]
 fn rows_sharing_project_and_ref_merge_into_one_ticket_in_order() {
     let checked = check_corpus("merged_rows.csv");
-    assert_eq!(
-        checked.summary(),
-        "3 tickets, 5 files, 78 bytes; 0 problems"
-    );
+    assert_eq!(checked.summary(), "3 tickets, 5 files, 78 B; 0 problems");
     let first = &checked.tickets[0];
     assert_eq!(first.line, 2);
     assert_eq!(first.project_id, ProjectId(P.parse().unwrap()));

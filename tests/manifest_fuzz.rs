@@ -177,7 +177,7 @@ async fn load(
         manifest: name.to_string(),
         batch: "fuzz".into(),
     };
-    let loaded = tickets::load_tickets(&mut tx, batch, specs, 3, Some(&receipts)).await?;
+    let loaded = tickets::load_tickets(&mut tx, batch, specs, 3, &name, Some(&receipts)).await?;
     assert_eq!(loaded.tickets_added, specs.len() as u64);
     tx.rollback().await?;
     Ok(())

@@ -56,7 +56,7 @@ fn store() -> Option<&'static (Runtime, PgPool)> {
 async fn load(pool: &PgPool, specs: &[TicketSpec]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     let batch = tickets::upsert_batch(&mut *tx, "fuzz", "manifest.csv", "files").await?;
-    tickets::load_tickets(&mut tx, batch, specs, 3, None).await?;
+    tickets::load_tickets(&mut tx, batch, specs, 3, "fuzz", None).await?;
     tx.rollback().await?;
     Ok(())
 }

@@ -1,7 +1,13 @@
 //! Logging: human lines by default, JSON for schedulers; `-v`/`-q` set the level and
 //! `RUST_LOG` overrides it. Logs go to stderr; results go to stdout.
+//!
+//! Lines the program says itself (the fatal `error:`, a manifest's problems, the signal
+//! lines, the summary) go through [`say`], so that under `--log-format json` every line on
+//! stderr is one JSON object of the same shape as tracing's own.
 
-use std::io::IsTerminal;
+use serde_json::{Map, Value};
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -17,7 +23,15 @@ pub struct LogSettings {
     pub quiet: bool,
 }
 
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The format chosen at start-up (human until logging is set up).
+pub fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or(LogFormat::Human)
+}
+
 pub fn init_logging(settings: &LogSettings) {
+    let _ = FORMAT.set(settings.format);
     let level = match (settings.quiet, settings.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -40,4 +54,83 @@ pub fn init_logging(settings: &LogSettings) {
         LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
+}
+
+/// How much a line of ours matters (the `level` of its JSON form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+}
+
+/// Say one line on stderr: `message` as it is for a person; under `--log-format json` an
+/// object `{timestamp, level, fields: {message, ...fields}, target}`, the shape of
+/// tracing's JSON lines, so that a scheduler parses one schema. Not filtered by `-q`: these
+/// lines are what the operator must see (errors, problems, signals, the summary).
+pub fn say(level: Level, message: &str, fields: Value) {
+    let line = match format() {
+        LogFormat::Human => message.to_string(),
+        LogFormat::Json => json_line(level, message, fields),
+    };
+    // A closed stderr is nothing to fail over.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// A result line: on stdout for a person; under `--log-format json` a JSON line on stderr
+/// like every other line the program writes, so that a scheduler merging both streams
+/// reads JSON only.
+pub fn result(message: &str, fields: Value) {
+    match format() {
+        LogFormat::Human => println!("{message}"),
+        LogFormat::Json => say(Level::Info, message, fields),
+    }
+}
+
+fn json_line(level: Level, message: &str, fields: Value) -> String {
+    let mut all = Map::new();
+    all.insert("message".into(), Value::String(message.to_string()));
+    if let Value::Object(extra) = fields {
+        all.extend(extra);
+    }
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    serde_json::json!({
+        "timestamp": timestamp,
+        "level": level.as_str(),
+        "fields": all,
+        "target": "visibuild_import",
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_line_has_tracings_shape_with_the_fields_beside_the_message() {
+        let line = json_line(
+            Level::Error,
+            "error: no batch named \"x\"",
+            serde_json::json!({"exit_code": 2}),
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["fields"]["message"], "error: no batch named \"x\"");
+        assert_eq!(v["fields"]["exit_code"], 2);
+        assert!(v["timestamp"].is_string());
+        assert!(!line.contains('\n'));
+    }
 }

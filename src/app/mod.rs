@@ -3,11 +3,14 @@
 
 mod logging;
 mod operator;
+mod summary;
 
-pub use logging::{LogFormat, LogSettings, init_logging};
-pub use operator::{ReportOut, ReportSettings, RetrySettings, report, retry, status};
+pub use logging::{Level, LogFormat, LogSettings, init_logging, say};
+pub use operator::{ReportOut, ReportRows, ReportSettings, RetrySettings, report, retry, status};
+pub use summary::{Summary, SummaryOut};
 
 use crate::domain::BatchId;
+use crate::human::count;
 use crate::manifest::{self, Checked, ManifestOptions};
 use crate::pipeline::{self, PoolConfig, Progress, RunEnd};
 use crate::rate::{Rate, RateGate};
@@ -44,37 +47,58 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct UnreachableError(pub String);
 
+impl Exit {
+    /// The process exit status, per SPEC.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::TicketsFailed => 1,
+            Exit::Usage => 2,
+            Exit::Unreachable => 3,
+            Exit::Interrupted => 130,
+        }
+    }
+}
+
+/// The exit status of an error: 2 for the operator's mistakes (flags, manifest, refused
+/// credentials, a misconfigured store), 3 for an unreachable store or Visibuild, else 1.
+pub fn error_code(e: &anyhow::Error) -> u8 {
+    let usage = e.chain().any(|c| {
+        c.is::<UsageError>()
+            || c.is::<manifest::ManifestError>()
+            || matches!(
+                c.downcast_ref::<crate::visibuild::ApiError>(),
+                Some(crate::visibuild::ApiError::Unauthorized { .. })
+            )
+            || c.downcast_ref::<store::StoreError>()
+                .is_some_and(store::StoreError::is_misconfigured)
+    });
+    let unreachable = e.chain().any(|c| {
+        c.is::<UnreachableError>()
+            || c.downcast_ref::<store::StoreError>()
+                .is_some_and(store::StoreError::is_unreachable)
+    });
+    if usage {
+        2
+    } else if unreachable {
+        3
+    } else {
+        1
+    }
+}
+
+/// The fatal `error:` line (JSON under `--log-format json`) and the exit status.
 pub fn exit_code(result: Result<Exit, anyhow::Error>) -> ExitCode {
     match result {
-        Ok(Exit::Success) => ExitCode::SUCCESS,
-        Ok(Exit::TicketsFailed) => ExitCode::from(1),
-        Ok(Exit::Usage) => ExitCode::from(2),
-        Ok(Exit::Unreachable) => ExitCode::from(3),
-        Ok(Exit::Interrupted) => ExitCode::from(130),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            let usage = e.chain().any(|c| {
-                c.is::<UsageError>()
-                    || c.is::<manifest::ManifestError>()
-                    || matches!(
-                        c.downcast_ref::<crate::visibuild::ApiError>(),
-                        Some(crate::visibuild::ApiError::Unauthorized { .. })
-                    )
-                    || c.downcast_ref::<store::StoreError>()
-                        .is_some_and(store::StoreError::is_misconfigured)
-            });
-            let unreachable = e.chain().any(|c| {
-                c.is::<UnreachableError>()
-                    || c.downcast_ref::<store::StoreError>()
-                        .is_some_and(store::StoreError::is_unreachable)
-            });
-            ExitCode::from(if usage {
-                2
-            } else if unreachable {
-                3
-            } else {
-                1
-            })
+            let code = error_code(&e);
+            say(
+                Level::Error,
+                &format!("error: {}", one_line(&e)),
+                serde_json::json!({ "exit_code": code }),
+            );
+            ExitCode::from(code)
         }
     }
 }
@@ -109,10 +133,11 @@ impl ManifestSettings {
     }
 }
 
-/// How a manifest is loaded as a batch.
+/// Which manifest to load, as which batch.
 #[derive(Debug, Clone)]
-pub struct LoadSettings {
-    /// Batch name; the manifest's file name when `None`.
+pub struct EnqueueSettings {
+    pub manifest: ManifestSettings,
+    /// The batch's name (default: the manifest's file name).
     pub batch: Option<String>,
     /// Load the valid tickets of a manifest with problems.
     pub skip_invalid: bool,
@@ -146,7 +171,7 @@ pub struct WorkerSettings {
 
 pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
     store::connect(database_url).await?;
-    println!("database ready: migrations applied");
+    logging::result("database ready: migrations applied", serde_json::json!({}));
     Ok(Exit::Success)
 }
 
@@ -156,7 +181,11 @@ pub async fn check(settings: &ManifestSettings) -> Result<Exit, anyhow::Error> {
     for problem in &checked.problems {
         println!("{problem}");
     }
-    println!("{}", summary_line(&checked));
+    println!(
+        "{}: {}",
+        if checked.is_clean() { "ok" } else { "errors" },
+        checked.summary()
+    );
     Ok(if checked.is_clean() {
         Exit::Success
     } else {
@@ -170,59 +199,59 @@ async fn check_manifest(settings: &ManifestSettings) -> Result<Checked, anyhow::
     Ok(tokio::task::spawn_blocking(move || manifest::check(&path, &options)).await??)
 }
 
-fn summary_line(checked: &Checked) -> String {
-    format!(
-        "{}: {} tickets, {} files, {} bytes; {} problems",
-        if checked.is_clean() { "ok" } else { "errors" },
-        checked.tickets.len(),
-        checked.files(),
-        checked.bytes(),
-        checked.problems.len()
-    )
-}
-
 /// Validate and load a manifest as a batch. Returns the batch.
 pub async fn enqueue(
     database_url: &str,
-    settings: &ManifestSettings,
-    load: &LoadSettings,
+    settings: &EnqueueSettings,
 ) -> Result<(BatchId, PgPool), anyhow::Error> {
-    let checked = check_manifest(settings).await?;
+    let manifest = &settings.manifest;
+    let checked = check_manifest(manifest).await?;
     for problem in &checked.problems {
-        eprintln!("{problem}");
+        say(
+            Level::Error,
+            &problem.to_string(),
+            serde_json::json!({
+                "file": problem.file.display().to_string(),
+                "line": problem.line,
+                "column": problem.field,
+                "ref": problem.reference,
+                "problem": problem.message,
+            }),
+        );
     }
-    if !checked.is_clean() && !load.skip_invalid {
+    if !checked.is_clean() && !settings.skip_invalid {
         return Err(UsageError(format!(
-            "{} has {} problems; nothing was loaded (fix them, or pass --skip-invalid to load the valid tickets)",
-            settings.manifest.display(),
-            checked.problems.len()
+            "{} has {}; nothing was loaded (fix them, or pass --skip-invalid to load the valid tickets)",
+            manifest.manifest.display(),
+            count(checked.problems.len() as u64, "problem")
         ))
         .into());
     }
     if !checked.skipped_refs.is_empty() {
-        eprintln!(
-            "skipped {} tickets with problems: {}",
-            checked.skipped_refs.len(),
-            checked.skipped_refs.join(", ")
+        say(
+            Level::Warn,
+            &format!(
+                "skipped {} with problems: {}",
+                count(checked.skipped_refs.len() as u64, "ticket"),
+                checked.skipped_refs.join(", ")
+            ),
+            serde_json::json!({ "skipped_refs": checked.skipped_refs }),
         );
     }
     let db = store::connect(database_url).await?;
-    let name = load
+    let name = settings
         .batch
         .clone()
-        .unwrap_or_else(|| default_batch_name(&settings.manifest));
+        .unwrap_or_else(|| default_batch_name(&manifest.manifest));
     // The canonical folder the paths were checked against (for information: each file
     // records the folder it is opened inside).
     let root = checked.files_root.clone();
+    let source = manifest.manifest.display().to_string();
     let mut tx = db.begin().await?;
-    let batch_id = tickets::upsert_batch(
-        &mut *tx,
-        &name,
-        &settings.manifest.to_string_lossy(),
-        &root.to_string_lossy(),
-    )
-    .await?;
-    if let Err(loaded_with) = tickets::set_batch_receipts(&mut tx, batch_id, load.receipts).await? {
+    let batch_id = tickets::upsert_batch(&mut *tx, &name, &source, &root.to_string_lossy()).await?;
+    if let Err(loaded_with) =
+        tickets::set_batch_receipts(&mut tx, batch_id, settings.receipts).await?
+    {
         let flag = |on: bool| {
             if on {
                 "with --receipts"
@@ -234,39 +263,61 @@ pub async fn enqueue(
             "batch {name:?} was loaded {} and this load is {}: receipts are chosen once per \
              batch; load again {}, or under another --batch name; nothing was loaded",
             flag(loaded_with),
-            flag(load.receipts),
+            flag(settings.receipts),
             flag(loaded_with)
         ))
         .into());
     }
-    let receipts = load.receipts.then(|| tickets::ReceiptSource {
-        manifest: default_batch_name(&settings.manifest),
+    let receipts = settings.receipts.then(|| tickets::ReceiptSource {
+        manifest: default_batch_name(&manifest.manifest),
         batch: name.clone(),
     });
     let loaded = tickets::load_tickets(
         &mut tx,
         batch_id,
         &checked.tickets,
-        load.max_attempts,
+        settings.max_attempts,
+        &source,
         receipts.as_ref(),
     )
     .await?;
     tx.commit().await?;
     for changed in &loaded.changed {
-        eprintln!(
-            "{}:{}: ref {:?} (project {}) was loaded before with other fields; kept as it was, not loaded again",
-            settings.manifest.display(),
-            changed.line,
-            changed.reference,
-            changed.project_id
+        say(
+            Level::Warn,
+            &format!(
+                "{}:{}: ref {:?} (project {}) differs from when it was loaded ({}); kept as it \
+                 was, not loaded again (`report` shows it in changed_fields)",
+                source,
+                changed.line,
+                changed.reference,
+                changed.project_id,
+                changed.fields.join(", ")
+            ),
+            serde_json::json!({
+                "file": source,
+                "line": changed.line,
+                "ref": changed.reference,
+                "project_id": changed.project_id.to_string(),
+                "changed_fields": changed.fields,
+            }),
         );
     }
-    println!(
-        "batch {name}: {} tickets and {} files added; {} already known; {} changed refs reported",
-        loaded.tickets_added,
-        loaded.attachments_added,
-        loaded.unchanged,
-        loaded.changed.len()
+    logging::result(
+        &format!(
+            "batch {name}: {} and {} added; {} already known; {} reported",
+            count(loaded.tickets_added, "ticket"),
+            count(loaded.attachments_added, "file"),
+            loaded.unchanged,
+            count(loaded.changed.len() as u64, "changed ref")
+        ),
+        serde_json::json!({
+            "batch": name,
+            "tickets_added": loaded.tickets_added,
+            "files_added": loaded.attachments_added,
+            "already_known": loaded.unchanged,
+            "changed_refs": loaded.changed.len(),
+        }),
     );
     Ok((batch_id, db))
 }
@@ -328,7 +379,7 @@ async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), any
             Ok(()) => return Ok(()),
             Err(ApiError::Unauthorized { reason }) => {
                 return Err(UsageError(format!(
-                    "{reason}; check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
+                    "Visibuild refused the credentials ({reason}); check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
                 ))
                 .into());
             }
@@ -364,10 +415,18 @@ pub fn stop_on_signals() -> CancellationToken {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         next_signal(&mut term).await;
-        eprintln!("stopping: finishing in-flight work (signal again to exit at once)");
+        say(
+            Level::Warn,
+            "stopping: finishing in-flight work (signal again to exit at once)",
+            serde_json::json!({ "signal": "first" }),
+        );
         stop.cancel();
         next_signal(&mut term).await;
-        eprintln!("second signal: exiting now; leases will return unfinished work to the queue");
+        say(
+            Level::Warn,
+            "second signal: exiting now; leases will return unfinished work to the queue",
+            serde_json::json!({ "signal": "second", "exit_code": 130 }),
+        );
         std::process::exit(130);
     });
     token
@@ -406,13 +465,25 @@ pub fn rehearsal_database_url(database_url: &str) -> String {
     }
 }
 
-/// Enqueue, run until the batch is finished, print the summary.
+/// Enqueue, run until the batch is finished, print the summary (and write it as JSON when
+/// asked, an error included).
 pub async fn import(
     database_url: &str,
-    manifest: &ManifestSettings,
-    load: &LoadSettings,
+    settings: &EnqueueSettings,
     api: ApiSettings,
     workers: WorkerSettings,
+    summary: Option<SummaryOut>,
+) -> Result<Exit, anyhow::Error> {
+    let result = import_batch(database_url, settings, api, workers, summary.as_ref()).await;
+    summary::write_on_error(summary.as_ref(), result)
+}
+
+async fn import_batch(
+    database_url: &str,
+    settings: &EnqueueSettings,
+    api: ApiSettings,
+    workers: WorkerSettings,
+    summary: Option<&SummaryOut>,
 ) -> Result<Exit, anyhow::Error> {
     let database_url = queue_url(database_url, &api);
     // Credentials and the API are checked before anything is loaded.
@@ -421,13 +492,24 @@ pub async fn import(
     if api.sandbox {
         // A rehearsal starts from nothing, like the in-process sandbox it talks to.
         store::drop_database(&database_url).await?;
-        eprintln!(
-            "rehearsal: using database {} (your real queue is untouched)",
-            store::redact_url(&database_url)
+        let shown = store::redact_url(&database_url);
+        say(
+            Level::Info,
+            &format!("rehearsal: using database {shown} (your real queue is untouched)"),
+            serde_json::json!({ "database": shown.to_string(), "rehearsal": true }),
         );
     }
-    let (batch_id, db) = enqueue(&database_url, manifest, load).await?;
-    work(db, (client, sandbox), workers, false, Some(batch_id)).await
+    let (batch_id, db) = enqueue(&database_url, settings).await?;
+    let name = settings
+        .batch
+        .clone()
+        .unwrap_or_else(|| default_batch_name(&settings.manifest.manifest));
+    let run = RunTarget {
+        batch: Some((batch_id, name)),
+        watch: false,
+        summary,
+    };
+    work(db, (client, sandbox), workers, run).await
 }
 
 /// The queue's database: the real one, or the rehearsal's when talking to the sandbox.
@@ -446,21 +528,39 @@ pub async fn run(
     workers: WorkerSettings,
     watch: bool,
     batch: Option<&str>,
+    summary: Option<SummaryOut>,
 ) -> Result<Exit, anyhow::Error> {
-    let (client, sandbox) = connect_api(&api).await?;
-    let db = store::connect(&queue_url(database_url, &api)).await?;
-    let batch_id = operator::batch_id(&db, batch).await?;
-    authenticate(&client, workers.outage_limit).await?;
-    work(db, (client, sandbox), workers, watch, batch_id).await
+    let result = async {
+        let (client, sandbox) = connect_api(&api).await?;
+        let db = store::connect(&queue_url(database_url, &api)).await?;
+        let batch_id = operator::batch_id(&db, batch).await?;
+        authenticate(&client, workers.outage_limit).await?;
+        let run = RunTarget {
+            batch: batch_id.zip(batch.map(str::to_string)),
+            watch,
+            summary: summary.as_ref(),
+        };
+        work(db, (client, sandbox), workers, run).await
+    }
+    .await;
+    summary::write_on_error(summary.as_ref(), result)
+}
+
+/// What a pool works on and where its summary goes.
+struct RunTarget<'a> {
+    /// One batch (id and name), or every batch.
+    batch: Option<(BatchId, String)>,
+    watch: bool,
+    summary: Option<&'a SummaryOut>,
 }
 
 async fn work(
     db: PgPool,
     (client, sandbox): (Arc<Client>, Option<crate::sandbox::Sandbox>),
     workers: WorkerSettings,
-    watch: bool,
-    batch: Option<BatchId>,
+    target: RunTarget<'_>,
 ) -> Result<Exit, anyhow::Error> {
+    let batch = target.batch.as_ref().map(|b| b.0);
     let progress = Arc::new(Progress::default());
     let remaining = stats::remaining(&db, batch).await?;
     progress
@@ -472,97 +572,82 @@ async fn work(
     progress
         .bytes_total
         .store(remaining.bytes, std::sync::atomic::Ordering::Relaxed);
-    let reporter =
-        pipeline::progress::spawn_reporter(progress.clone(), workers.quiet, workers.progress_every);
+    let reporter = pipeline::progress::spawn_reporter(
+        progress.clone(),
+        client.clone(),
+        pipeline::progress::ReporterSettings {
+            quiet: workers.quiet,
+            every: workers.progress_every,
+            structured: logging::format() == LogFormat::Json,
+        },
+    );
     let config = PoolConfig {
         workers: workers.workers,
         upload_concurrency: workers.upload_concurrency,
         lease: workers.lease,
         batch,
-        watch,
+        watch: target.watch,
         outage_limit: workers.outage_limit,
         ..PoolConfig::default()
     };
     let stop = stop_on_signals();
     let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await?;
     if let Some(r) = reporter {
-        r.abort();
+        r.finish().await;
     }
-    let summary = stats::run_summary(&db, batch).await?;
-    print_summary(&summary, &progress, &client, sandbox.as_ref());
+    let totals = stats::run_summary(&db, batch).await?;
+    // The summary comes first, then why the run stopped early, as the operator's last line.
+    let (exit, why) = match &end {
+        RunEnd::CredentialsRefused { reason } => (
+            Exit::Usage,
+            Some(format!(
+                "error: Visibuild refused the credentials ({reason}); nothing was marked failed — \
+                 fix VISIBUILD_TOKEN or VISIBUILD_CLIENT_ID/VISIBUILD_CLIENT_SECRET and run again"
+            )),
+        ),
+        RunEnd::ApiUnreachable { reason, for_secs } => (
+            Exit::Unreachable,
+            Some(format!(
+                "error: Visibuild unreachable for {for_secs}s ({reason}); nothing was marked \
+                 failed for it — run again when it answers"
+            )),
+        ),
+        RunEnd::StoreUnreachable { reason } => (
+            Exit::Unreachable,
+            Some(format!(
+                "error: the queue's database unreachable for longer than the outage limit \
+                 ({reason}); unfinished work returns to the queue — run again when it is back"
+            )),
+        ),
+        RunEnd::Interrupted => (Exit::Interrupted, None),
+        RunEnd::Drained if totals.failed + totals.needs_review + totals.pending > 0 => {
+            (Exit::TicketsFailed, None)
+        }
+        RunEnd::Drained => (Exit::Success, None),
+    };
+    let summary = Summary::new(
+        target.batch.map(|b| b.1),
+        &totals,
+        &progress,
+        &client.counters,
+        sandbox.as_ref().map(|s| s.tickets().len() as u64),
+        exit,
+    );
+    summary.print();
+    if let Some(why) = why {
+        say(
+            Level::Error,
+            &why,
+            serde_json::json!({ "exit_code": exit.code() }),
+        );
+    }
+    if let Some(out) = target.summary {
+        out.write(&summary)?;
+    }
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
-    Ok(match end {
-        RunEnd::CredentialsRefused { reason } => {
-            eprintln!(
-                "error: Visibuild refused the credentials ({reason}); nothing was marked failed — \
-                 fix VISIBUILD_TOKEN or VISIBUILD_CLIENT_ID/VISIBUILD_CLIENT_SECRET and run again"
-            );
-            Exit::Usage
-        }
-        RunEnd::ApiUnreachable { reason, for_secs } => {
-            eprintln!(
-                "error: Visibuild unreachable for {for_secs}s ({reason}); nothing was marked \
-                 failed for it — run again when it answers"
-            );
-            Exit::Unreachable
-        }
-        RunEnd::StoreUnreachable { reason } => {
-            eprintln!(
-                "error: the queue's database unreachable for longer than the outage limit \
-                 ({reason}); unfinished work returns to the queue — run again when it is back"
-            );
-            Exit::Unreachable
-        }
-        RunEnd::Interrupted => Exit::Interrupted,
-        RunEnd::Drained if summary.failed + summary.needs_review + summary.pending > 0 => {
-            Exit::TicketsFailed
-        }
-        RunEnd::Drained => Exit::Success,
-    })
-}
-
-fn print_summary(
-    s: &stats::RunSummary,
-    progress: &Progress,
-    client: &Client,
-    sandbox: Option<&crate::sandbox::Sandbox>,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = &client.counters;
-    println!(
-        "tickets: {} created, {} failed, {} need review, {} not finished",
-        s.created, s.failed, s.needs_review, s.pending
-    );
-    println!(
-        "this run: {} files uploaded ({}), {} tickets created in {:.1}s",
-        progress.files.load(Relaxed),
-        pipeline::progress::human_bytes(progress.bytes.load(Relaxed)),
-        progress.tickets.load(Relaxed),
-        progress.elapsed().as_secs_f64()
-    );
-    println!(
-        "requests: {} presign, {} upload, {} create; {} rate-limited (429)",
-        c.presigns.load(Relaxed),
-        c.uploads.load(Relaxed),
-        c.creates.load(Relaxed),
-        c.rate_limited.load(Relaxed)
-    );
-    for (reason, count) in &s.top_errors {
-        println!("  {count} × {reason}");
-    }
-    if let Some(sandbox) = sandbox {
-        println!(
-            "sandbox: {} tickets now exist there (rehearsal only; nothing was sent to Visibuild)",
-            sandbox.tickets().len()
-        );
-    }
-    if s.failed + s.needs_review > 0 {
-        println!(
-            "see `visibuild-import status` for reasons, `visibuild-import retry` to try again"
-        );
-    }
+    Ok(exit)
 }
 
 #[cfg(test)]

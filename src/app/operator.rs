@@ -2,6 +2,7 @@
 
 use super::{Exit, UsageError};
 use crate::domain::{BatchId, JobId, JobState, TicketState};
+use crate::human::{bytes, count};
 use crate::store::{self, status as stats, tickets};
 use anyhow::Context as _;
 use std::borrow::Cow;
@@ -52,8 +53,8 @@ pub async fn status(
         println!(
             "  files:   {} ({} of {} uploaded)",
             counts(&s.files),
-            crate::pipeline::progress::human_bytes(s.bytes_uploaded as u64),
-            crate::pipeline::progress::human_bytes(s.bytes_total as u64)
+            bytes(s.bytes_uploaded as u64),
+            bytes(s.bytes_total as u64)
         );
         let j = &s.jobs;
         println!(
@@ -61,13 +62,22 @@ pub async fn status(
             j.waiting, j.running, j.retrying, j.blocked, j.failed, j.completed
         );
         println!(
-            "  last minute: {} files, {} tickets{}",
-            s.files_last_minute,
-            s.tickets_last_minute,
+            "  last minute: {}, {}{}",
+            count(s.files_last_minute as u64, "file"),
+            count(s.tickets_last_minute as u64, "ticket"),
             s.eta_seconds
-                .map(|e| format!("; ETA {e}s"))
+                .map(|e| format!("; ETA {}", crate::human::duration_secs(e as u64)))
                 .unwrap_or_default()
         );
+        if s.changed_since_load > 0 {
+            println!(
+                "  changed since loading: {} kept as first loaded (`report` shows changed_fields)",
+                count(s.changed_since_load as u64, "ref")
+            );
+            for example in &s.changed_examples {
+                println!("    {example}");
+            }
+        }
         for e in &s.top_errors {
             println!("  {} × {}", e.count, e.reason);
         }
@@ -136,8 +146,9 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     match nothing_to_retry(done, &scope, job_state, ref_states.as_deref()) {
         Some(why) => println!("nothing to retry: {why}"),
         None => println!(
-            "{} failed jobs of {} tickets back in the queue; run `visibuild-import run` to process them",
-            done.jobs, done.tickets
+            "{} of {} back in the queue; run `visibuild-import run` to process them",
+            count(done.jobs, "failed job"),
+            count(done.tickets, "ticket")
         ),
     }
     if !settings.force {
@@ -147,7 +158,11 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
             .filter(|(s, _)| *s == TicketState::NeedsReview)
             .map(|(_, n)| n)
             .sum();
-        if review > 0 {
+        if review == 1 {
+            println!(
+                "1 ticket needs review (its create may have landed); check Visibuild, then `retry --force` to send it again"
+            );
+        } else if review > 1 {
             println!(
                 "{review} tickets need review (their create may have landed); check Visibuild, then `retry --force` to send them again"
             );
@@ -202,11 +217,44 @@ pub enum ReportOut {
     },
 }
 
+/// A row per ticket, or a row per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportRows {
+    Tickets,
+    Files,
+}
+
 /// What `report` covers and where it goes.
 #[derive(Debug, Clone)]
 pub struct ReportSettings {
     pub batch: Option<String>,
     pub out: ReportOut,
+    /// Only failed tickets and those needing review.
+    pub failed_only: bool,
+    pub rows: ReportRows,
+}
+
+/// The rows of a report, as read from the store.
+enum Rows {
+    Tickets(Vec<stats::TicketResult>),
+    Files(Vec<stats::FileResult>),
+}
+
+impl Rows {
+    fn write(&self, sink: impl Write) -> Result<(), csv::Error> {
+        match self {
+            Rows::Tickets(rows) => write_report(sink, rows),
+            Rows::Files(rows) => write_file_report(sink, rows),
+        }
+    }
+
+    /// `12 tickets`, `1 file`.
+    fn counted(&self) -> String {
+        match self {
+            Rows::Tickets(rows) => count(rows.len() as u64, "ticket"),
+            Rows::Files(rows) => count(rows.len() as u64, "file"),
+        }
+    }
 }
 
 pub async fn report(database_url: &str, settings: ReportSettings) -> Result<Exit, anyhow::Error> {
@@ -222,13 +270,19 @@ pub async fn report(database_url: &str, settings: ReportSettings) -> Result<Exit
         }
     };
     let db = store::connect(database_url).await?;
-    let batch = batch_id(&db, settings.batch.as_deref()).await?;
-    let rows = stats::ticket_results(&db, batch).await?;
+    let filter = stats::ResultFilter {
+        batch: batch_id(&db, settings.batch.as_deref()).await?,
+        failed_only: settings.failed_only,
+    };
+    let rows = match settings.rows {
+        ReportRows::Tickets => Rows::Tickets(stats::ticket_results(&db, filter).await?),
+        ReportRows::Files => Rows::Files(stats::file_results(&db, filter).await?),
+    };
     let Some((mut temporary, path, overwrite)) = file else {
-        write_report(std::io::stdout().lock(), &rows)?;
+        rows.write(std::io::stdout().lock())?;
         return Ok(Exit::Success);
     };
-    write_report(temporary.as_file_mut(), &rows)
+    rows.write(temporary.as_file_mut())
         .map_err(anyhow::Error::from)
         .and_then(|()| Ok(temporary.as_file().sync_all()?))
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -246,7 +300,11 @@ pub async fn report(database_url: &str, settings: ReportSettings) -> Result<Exit
             return Err(UsageError(format!("cannot write {}: {}", path.display(), e.error)).into());
         }
     }
-    eprintln!("{} tickets written to {}", rows.len(), path.display());
+    super::logging::say(
+        super::logging::Level::Info,
+        &format!("{} written to {}", rows.counted(), path.display()),
+        serde_json::json!({ "path": path.display().to_string() }),
+    );
     Ok(Exit::Success)
 }
 
@@ -258,7 +316,7 @@ fn already_exists(path: &Path) -> UsageError {
 }
 
 /// An empty temporary file in `path`'s folder, readable as a plain new file would be.
-fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile, UsageError> {
+pub(super) fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile, UsageError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -277,33 +335,88 @@ fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile, UsageError> 
 
 fn write_report(sink: impl Write, rows: &[stats::TicketResult]) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_writer(sink);
-    w.write_record([
-        "batch",
-        "ref",
-        "project_id",
-        "state",
-        "ticket_id",
-        "attachment_keys",
-        "attempts",
-        "error",
-        "file_changes",
-    ])?;
+    write_safe_record(
+        &mut w,
+        [
+            "batch",
+            "ref",
+            "line",
+            "project_id",
+            "state",
+            "ticket_id",
+            "attachment_keys",
+            "attempts",
+            "error",
+            "file_changes",
+            "changed_fields",
+        ],
+    )?;
     for r in rows {
-        let cells = [
-            r.batch.as_str(),
-            r.reference.as_str(),
-            &r.project_id.to_string(),
-            r.state.as_str(),
-            r.visibuild_id.as_deref().unwrap_or(""),
-            r.attachment_keys.as_deref().unwrap_or(""),
-            &r.attempts.map(|a| a.to_string()).unwrap_or_default(),
-            r.last_error.as_deref().unwrap_or(""),
-            r.file_changes.as_deref().unwrap_or(""),
-        ];
-        w.write_record(cells.map(spreadsheet_safe).iter().map(|c| c.as_bytes()))?;
+        write_safe_record(
+            &mut w,
+            [
+                r.batch.as_str(),
+                r.reference.as_str(),
+                &r.line.to_string(),
+                &r.project_id.to_string(),
+                r.state.as_str(),
+                r.visibuild_id.as_deref().unwrap_or(""),
+                r.attachment_keys.as_deref().unwrap_or(""),
+                &r.attempts.map(|a| a.to_string()).unwrap_or_default(),
+                r.last_error.as_deref().unwrap_or(""),
+                r.file_changes.as_deref().unwrap_or(""),
+                r.changed_fields.as_deref().unwrap_or(""),
+            ],
+        )?;
     }
     w.flush()?;
     Ok(())
+}
+
+fn write_file_report(sink: impl Write, rows: &[stats::FileResult]) -> Result<(), csv::Error> {
+    let mut w = csv::Writer::from_writer(sink);
+    write_safe_record(
+        &mut w,
+        [
+            "batch",
+            "ref",
+            "line",
+            "path",
+            "size",
+            "md5",
+            "key",
+            "state",
+            "error",
+            "file_changes",
+        ],
+    )?;
+    for r in rows {
+        write_safe_record(
+            &mut w,
+            [
+                r.batch.as_str(),
+                r.reference.as_str(),
+                &r.line.to_string(),
+                r.path.as_str(),
+                &r.size.to_string(),
+                r.md5.as_deref().unwrap_or(""),
+                r.key.as_deref().unwrap_or(""),
+                r.state.as_str(),
+                r.error.as_deref().unwrap_or(""),
+                r.file_changes.as_deref().unwrap_or(""),
+            ],
+        )?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Every cell of every report, header included, goes through [`spreadsheet_safe`] here.
+fn write_safe_record<const N: usize>(
+    w: &mut csv::Writer<impl Write>,
+    cells: [&str; N],
+) -> Result<(), csv::Error> {
+    w.write_record(cells.map(spreadsheet_safe).iter().map(|c| c.as_bytes()))
 }
 
 /// A cell a spreadsheet shows as text instead of running it as a formula. OWASP's
@@ -350,6 +463,7 @@ mod tests {
         let row = stats::TicketResult {
             batch: "=batch()".into(),
             reference: r#"=HYPERLINK("http://x","y")"#.into(),
+            line: 7,
             project_id: uuid::Uuid::nil(),
             state: TicketState::Failed,
             visibuild_id: None,
@@ -357,13 +471,42 @@ mod tests {
             attempts: Some(2),
             last_error: Some("-1 files, \"bad\"".into()),
             file_changes: None,
+            changed_fields: Some("=title (m.csv:7)".into()),
         };
         let mut out = Vec::new();
         write_report(&mut out, &[row]).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().nth(1).unwrap(),
-            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""","##
+            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",7,00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""",,'=title (m.csv:7)"##
+        );
+    }
+
+    #[test]
+    fn the_file_report_escapes_every_cell_too() {
+        let row = stats::FileResult {
+            batch: "b".into(),
+            reference: "@ref".into(),
+            line: 3,
+            path: "=cmd|' /C calc'!A0.jpg".into(),
+            size: 12,
+            md5: Some("+md5==".into()),
+            key: Some("-key".into()),
+            state: crate::domain::AttachmentState::Failed,
+            error: Some("\tno".into()),
+            file_changes: Some("=changed".into()),
+        };
+        let mut out = Vec::new();
+        write_file_report(&mut out, &[row]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "batch,ref,line,path,size,md5,key,state,error,file_changes"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "b,'@ref,3,'=cmd|' /C calc'!A0.jpg,12,'+md5==,'-key,failed,'\tno,'=changed"
         );
     }
 }

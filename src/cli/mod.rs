@@ -1,21 +1,70 @@
 //! The command line: clap types live here and nowhere else. Flags become validated settings
 //! once ([`crate::app`] takes those), so the rest of the program never sees clap.
 
+mod man;
 pub mod sandbox_args;
 
 use crate::app::{
-    self, ApiSettings, Exit, LogFormat, LogSettings, ManifestSettings, WorkerSettings,
+    self, ApiSettings, EnqueueSettings, Exit, LogFormat, LogSettings, ManifestSettings,
+    WorkerSettings,
 };
 use crate::domain::JobId;
 use crate::rate::Rate;
 use crate::secret::Secret;
 use crate::visibuild::{Credentials, Region};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
+
+/// Where the credentials come from: the environment only, never a flag (a flag shows in
+/// `ps` and in shell history). Named in the help of the commands that call Visibuild.
+macro_rules! credentials_help {
+    () => {
+        "\
+Credentials (environment variables only, never flags):
+  VISIBUILD_TOKEN            a long-lived bearer token; or
+  VISIBUILD_CLIENT_ID        OAuth client credentials, together with
+  VISIBUILD_CLIENT_SECRET    (exchanged at POST /oauth/token, refreshed every hour)
+  With --sandbox none are needed.
+"
+    };
+}
+
+const TOP_HELP: &str = concat!(
+    credentials_help!(),
+    "
+Examples:
+  visibuild-import check defects.csv
+  visibuild-import import defects.csv --sandbox          # rehearse; touches nothing real
+  VISIBUILD_CLIENT_ID=… VISIBUILD_CLIENT_SECRET=… visibuild-import import defects.csv --region au
+  visibuild-import status
+  visibuild-import report --failed-only --out failed.csv
+
+Exit codes: 0 all tickets created; 1 some failed or need review; 2 usage, manifest or
+credential error; 3 the database or Visibuild unreachable for longer than the outage limit;
+130 interrupted (a later `run` resumes)."
+);
+
+const IMPORT_HELP: &str = concat!(
+    credentials_help!(),
+    "
+Examples:
+  visibuild-import import defects.csv --sandbox
+  VISIBUILD_CLIENT_ID=… VISIBUILD_CLIENT_SECRET=… visibuild-import import defects.csv \\
+      --region au --api-rate 10/s --upload-rate 20/s --summary-json last-run.json"
+);
+
+const RUN_HELP: &str = concat!(
+    credentials_help!(),
+    "
+Examples:
+  VISIBUILD_TOKEN=… visibuild-import run --region au             # until the queue is empty
+  VISIBUILD_TOKEN=… visibuild-import run --region au --watch     # keep serving
+  VISIBUILD_TOKEN=… visibuild-import run --region au --batch defects.csv --summary-json run.json"
+);
 
 /// Bulk-import defect tickets with their photos and documents into Visibuild.
 #[derive(Debug, Parser)]
-#[command(name = "visibuild-import", version, about, long_about = None)]
+#[command(name = "visibuild-import", version, about, long_about = None, after_help = TOP_HELP)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -25,52 +74,118 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// Postgres holding the queue; created and migrated on first use.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        global = true,
-        default_value = "postgres://localhost/visibuild_import",
-        hide_env_values = true
-    )]
-    database_url: String,
-    /// Log format: human (default) or json (for schedulers).
+    /// Log format: human (default) or json (for schedulers: every stderr line is JSON).
     #[arg(
         long,
         value_enum,
         global = true,
         default_value = "human",
-        env = "VISIBUILD_LOG_FORMAT"
+        env = "VISIBUILD_LOG_FORMAT",
+        help_heading = "Output"
     )]
     log_format: LogFormat,
     /// More logs (-v debug, -vv trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Output")]
     verbose: u8,
     /// Only warnings and errors; no progress.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Output"
+    )]
     quiet: bool,
+}
+
+/// The queue's database: only on the commands that use it.
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Postgres holding the queue; created and migrated on first use.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://localhost/visibuild_import",
+        hide_env_values = true,
+        help_heading = "Store"
+    )]
+    database_url: String,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Enqueue a manifest, run until its batch is finished, print the summary.
+    #[command(after_help = IMPORT_HELP)]
     Import(ImportArgs),
     /// Validate a manifest and load it into the queue as a batch (idempotent).
+    #[command(after_help = "\
+Examples:
+  visibuild-import enqueue defects.csv
+  visibuild-import enqueue defects.csv --batch nightly-2026-12-01 --skip-invalid")]
     Enqueue(EnqueueArgs),
     /// Validate a manifest only: columns, values, files. Touches nothing.
+    #[command(after_help = "\
+Example:
+  visibuild-import check defects.csv --files-root /srv/defect-photos")]
     Check(CheckArgs),
     /// Run the worker pool on whatever is queued.
+    #[command(after_help = RUN_HELP)]
     Run(RunArgs),
     /// Per batch: tickets, files and jobs by state, failures with reasons.
+    #[command(after_help = "\
+Examples:
+  visibuild-import status
+  visibuild-import status --batch defects.csv --json | jq '.[0].tickets'")]
     Status(StatusArgs),
     /// Put failed work back in the queue.
+    #[command(after_help = "\
+Examples:
+  visibuild-import retry --ref HV-0101
+  visibuild-import retry --batch defects.csv --error-contains '503'
+  visibuild-import retry --force        # also re-send tickets needing review, once checked")]
     Retry(RetryArgs),
-    /// Write a results CSV, one row per ticket.
+    /// Write a results CSV: one row per ticket, or per file with --files.
+    #[command(after_help = "\
+Examples:
+  visibuild-import report --out results.csv
+  visibuild-import report --failed-only --out failed.csv
+  visibuild-import report --files --batch defects.csv --out files.csv")]
     Report(ReportArgs),
     /// Serve the local Visibuild-compatible API and S3 endpoint.
+    #[command(after_help = "\
+Example:
+  visibuild-import sandbox --listen 127.0.0.1:8080 --client demo:s3cret --drop-rate 0.1")]
     Sandbox(sandbox_args::SandboxArgs),
     /// Create the database if needed and apply migrations.
-    Migrate,
+    #[command(after_help = "\
+Example:
+  DATABASE_URL=postgres://importer@db.internal/visibuild_import visibuild-import migrate")]
+    Migrate(MigrateArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = "\
+Examples:
+  visibuild-import completions bash > ~/.local/share/bash-completion/completions/visibuild-import
+  visibuild-import completions zsh > ~/.zfunc/_visibuild-import
+  visibuild-import completions fish > ~/.config/fish/completions/visibuild-import.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout.
+    #[command(after_help = "\
+Example:
+  visibuild-import man > ~/.local/share/man/man1/visibuild-import.1 && man visibuild-import")]
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -78,30 +193,47 @@ struct ManifestArgs {
     /// The CSV manifest.
     manifest: PathBuf,
     /// Folder the attachment paths are relative to (default: the manifest's folder).
-    #[arg(long, env = "VISIBUILD_FILES_ROOT")]
+    #[arg(long, env = "VISIBUILD_FILES_ROOT", help_heading = "Manifest")]
     files_root: Option<PathBuf>,
     /// Allow absolute paths and paths outside the files root.
-    #[arg(long)]
+    #[arg(long, help_heading = "Manifest")]
     allow_outside_root: bool,
+}
+
+/// What `enqueue` and `import` load.
+#[derive(Debug, Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    manifest: ManifestArgs,
+    /// Batch name (default: the manifest's file name).
+    #[arg(long, help_heading = "Manifest")]
+    batch: Option<String>,
+    /// Load the valid tickets of a manifest with errors, and list the skipped ones.
+    #[arg(long, help_heading = "Manifest")]
+    skip_invalid: bool,
+    /// Give each ticket without files a small `import-receipt.txt`, so a lost create answer
+    /// can be proven and no ticket needs review (one more presign and PUT per such ticket).
+    #[arg(long, help_heading = "Manifest")]
+    receipts: bool,
+}
+
+/// Attempts of the jobs a load creates; apart from [`LoadArgs`] so that its heading comes
+/// after Visibuild's in `import --help` (clap orders headings by first use).
+#[derive(Debug, Args)]
+struct AttemptsArgs {
+    /// Attempts per job before it fails.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100), help_heading = "Throughput")]
+    max_attempts: i32,
 }
 
 #[derive(Debug, Args)]
 struct EnqueueArgs {
     #[command(flatten)]
-    manifest: ManifestArgs,
-    /// Batch name (default: the manifest's file name).
-    #[arg(long)]
-    batch: Option<String>,
-    /// Load the valid tickets of a manifest with errors, and list the skipped ones.
-    #[arg(long)]
-    skip_invalid: bool,
-    /// Attempts per job before it fails.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
-    max_attempts: i32,
-    /// Give each ticket without files a small `import-receipt.txt`, so a lost create answer
-    /// can be proven and no ticket needs review (one more presign and PUT per such ticket).
-    #[arg(long)]
-    receipts: bool,
+    load: LoadArgs,
+    #[command(flatten)]
+    attempts: AttemptsArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -113,11 +245,18 @@ struct CheckArgs {
 #[derive(Debug, Args)]
 struct ImportArgs {
     #[command(flatten)]
-    enqueue: EnqueueArgs,
+    load: LoadArgs,
     #[command(flatten)]
     api: ApiArgs,
     #[command(flatten)]
     workers: WorkerArgs,
+    #[command(flatten)]
+    attempts: AttemptsArgs,
+    /// Write the final summary to this file as one JSON object ("-" for stdout).
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -132,40 +271,60 @@ struct RunArgs {
     /// Only this batch's jobs.
     #[arg(long)]
     batch: Option<String>,
+    /// Write the final summary to this file as one JSON object ("-" for stdout).
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 struct ApiArgs {
     /// Visibuild origin, e.g. https://app.visibuild.com.au (the paths are appended).
-    #[arg(long, env = "VISIBUILD_API_URL", conflicts_with = "region")]
+    #[arg(
+        long,
+        env = "VISIBUILD_API_URL",
+        conflicts_with = "region",
+        help_heading = "Visibuild"
+    )]
     api_url: Option<String>,
     /// Visibuild region, instead of --api-url.
-    #[arg(long, value_enum, env = "VISIBUILD_REGION")]
+    #[arg(long, value_enum, env = "VISIBUILD_REGION", help_heading = "Visibuild")]
     region: Option<Region>,
-    /// Rehearse against an in-process sandbox instead of Visibuild.
-    #[arg(long, conflicts_with_all = ["api_url", "region"])]
+    /// Rehearse against an in-process sandbox instead of Visibuild (no credentials needed).
+    #[arg(long, conflicts_with_all = ["api_url", "region"], help_heading = "Visibuild")]
     sandbox: bool,
     /// Rate of Visibuild API calls (presign and ticket create), e.g. 10/s or 600/min.
-    #[arg(long, env = "VISIBUILD_API_RATE", default_value = "10/s")]
+    #[arg(
+        long,
+        env = "VISIBUILD_API_RATE",
+        default_value = "10/s",
+        help_heading = "Throughput"
+    )]
     api_rate: Rate,
     /// Rate of S3 uploads (PUTs).
-    #[arg(long, env = "VISIBUILD_UPLOAD_RATE", default_value = "20/s")]
+    #[arg(
+        long,
+        env = "VISIBUILD_UPLOAD_RATE",
+        default_value = "20/s",
+        help_heading = "Throughput"
+    )]
     upload_rate: Rate,
 }
 
 #[derive(Debug, Args)]
 struct WorkerArgs {
     /// Jobs in flight at once.
-    #[arg(long, env = "VISIBUILD_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "VISIBUILD_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
     workers: u16,
     /// Uploads in flight at once (presigning happens just before each).
-    #[arg(long, env = "VISIBUILD_UPLOAD_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "VISIBUILD_UPLOAD_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
     upload_concurrency: u16,
     /// Seconds a claimed job is held before another worker may take it over.
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(3..=86_400))]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(3..=86_400), help_heading = "Throughput")]
     lease_secs: u64,
     /// Seconds the database or Visibuild may stay unreachable before the run exits 3.
-    #[arg(long, env = "VISIBUILD_OUTAGE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, env = "VISIBUILD_OUTAGE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400), help_heading = "Throughput")]
     outage_secs: u64,
     /// Seconds between plain progress lines when stderr is not a terminal.
     #[arg(long, hide = true, env = "VISIBUILD_PROGRESS_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -178,8 +337,10 @@ struct StatusArgs {
     #[arg(long)]
     batch: Option<String>,
     /// Machine-readable output.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +360,8 @@ struct RetryArgs {
     /// Also re-send tickets marked for review (a create whose outcome was unknown).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -206,15 +369,57 @@ struct ReportArgs {
     /// Only this batch.
     #[arg(long)]
     batch: Option<String>,
+    /// Only tickets that failed or need review (with --files: their files).
+    #[arg(long)]
+    failed_only: bool,
+    /// One row per file instead of per ticket: path, size, MD5, key, state, error.
+    #[arg(long)]
+    files: bool,
     /// Where to write the CSV ("-" for stdout).
-    #[arg(long, default_value = "-")]
+    #[arg(long, default_value = "-", help_heading = "Output")]
     out: PathBuf,
     /// Replace the --out file if it exists.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     force: bool,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 impl Cli {
+    /// Parse the command line, or exit as clap does (help and version on stdout, exit 0;
+    /// a usage error exit 2), the usage error as one JSON line when JSON logs were asked
+    /// for, so that a scheduler never reads a line that is not JSON.
+    pub fn parse_or_exit() -> Self {
+        let e = match Cli::try_parse() {
+            Ok(cli) => return cli,
+            Err(e) => e,
+        };
+        if !e.use_stderr() || !json_logs_asked(std::env::args()) {
+            e.exit();
+        }
+        let text = e.render().to_string();
+        // The error itself, on one line: what comes before the usage.
+        let message = text
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Logging is not set up yet: say it in JSON directly.
+        crate::app::init_logging(&LogSettings {
+            format: LogFormat::Json,
+            verbose: 0,
+            quiet: true,
+        });
+        crate::app::say(
+            crate::app::Level::Error,
+            &message,
+            serde_json::json!({ "exit_code": e.exit_code(), "usage": text.trim_end() }),
+        );
+        std::process::exit(e.exit_code());
+    }
+
     pub fn log_settings(&self) -> LogSettings {
         LogSettings {
             format: self.global.log_format,
@@ -225,31 +430,43 @@ impl Cli {
 
     /// Turn the parsed flags into settings and run the command.
     pub async fn run(self) -> Result<Exit, anyhow::Error> {
-        let db = self.global.database_url;
         let quiet = self.global.quiet;
         match self.command {
             Command::Check(a) => app::check(&a.manifest.into_settings()).await,
             Command::Enqueue(a) => {
-                let (manifest, load) = a.into_settings();
-                app::enqueue(&db, &manifest, &load)
+                let enqueue = a.load.into_settings(&a.attempts);
+                app::enqueue(&a.store.database_url, &enqueue)
                     .await
                     .map(|_| Exit::Success)
             }
             Command::Import(a) => {
-                let (manifest, load) = a.enqueue.into_settings();
+                let db = a.store.database_url;
+                let enqueue = a.load.into_settings(&a.attempts);
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
-                app::import(&db, &manifest, &load, api, workers).await
+                let summary = a.summary_json.map(app::SummaryOut::from_arg);
+                app::import(&db, &enqueue, api, workers, summary).await
             }
             Command::Run(a) => {
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
-                app::run(&db, api, workers, a.watch, a.batch.as_deref()).await
+                let summary = a.summary_json.map(app::SummaryOut::from_arg);
+                app::run(
+                    &a.store.database_url,
+                    api,
+                    workers,
+                    a.watch,
+                    a.batch.as_deref(),
+                    summary,
+                )
+                .await
             }
-            Command::Status(a) => app::status(&db, a.batch.as_deref(), a.json).await,
+            Command::Status(a) => {
+                app::status(&a.store.database_url, a.batch.as_deref(), a.json).await
+            }
             Command::Retry(a) => {
                 app::retry(
-                    &db,
+                    &a.store.database_url,
                     app::RetrySettings {
                         batch: a.batch,
                         reference: a.reference,
@@ -260,12 +477,26 @@ impl Cli {
                 )
                 .await
             }
-            Command::Report(a) => app::report(&db, a.into_settings()).await,
+            Command::Report(a) => {
+                let db = a.store.database_url.clone();
+                app::report(&db, a.into_settings()).await
+            }
             Command::Sandbox(a) => {
                 crate::sandbox::serve_forever(a.into_config()?).await?;
                 Ok(Exit::Success)
             }
-            Command::Migrate => app::migrate(&db).await,
+            Command::Migrate(a) => app::migrate(&a.store.database_url).await,
+            Command::Completions(a) => {
+                let mut script = Vec::new();
+                clap_complete::generate(
+                    a.shell,
+                    &mut Cli::command(),
+                    "visibuild-import",
+                    &mut script,
+                );
+                print_all(&script)
+            }
+            Command::Man => print_all(&man::render(Cli::command())?),
         }
     }
 }
@@ -280,17 +511,37 @@ impl ManifestArgs {
     }
 }
 
-impl EnqueueArgs {
-    fn into_settings(self) -> (ManifestSettings, app::LoadSettings) {
-        (
-            self.manifest.into_settings(),
-            app::LoadSettings {
-                batch: self.batch,
-                skip_invalid: self.skip_invalid,
-                max_attempts: self.max_attempts,
-                receipts: self.receipts,
-            },
-        )
+/// `--log-format json` (or `=json`, or `VISIBUILD_LOG_FORMAT=json`) among arguments that
+/// clap could not parse.
+fn json_logs_asked(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.windows(2)
+        .any(|w| w[0] == "--log-format" && w[1].eq_ignore_ascii_case("json"))
+        || args
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case("--log-format=json"))
+        || std::env::var("VISIBUILD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
+}
+
+/// Text on stdout; a reader that stops early (`| head`) is not an error.
+fn print_all(text: &[u8]) -> Result<Exit, anyhow::Error> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(Exit::Success),
+    }
+}
+
+impl LoadArgs {
+    fn into_settings(self, attempts: &AttemptsArgs) -> EnqueueSettings {
+        EnqueueSettings {
+            manifest: self.manifest.into_settings(),
+            batch: self.batch,
+            skip_invalid: self.skip_invalid,
+            max_attempts: attempts.max_attempts,
+            receipts: self.receipts,
+        }
     }
 }
 
@@ -307,6 +558,12 @@ impl ReportArgs {
         app::ReportSettings {
             batch: self.batch,
             out,
+            failed_only: self.failed_only,
+            rows: if self.files {
+                app::ReportRows::Files
+            } else {
+                app::ReportRows::Tickets
+            },
         }
     }
 }
@@ -356,6 +613,26 @@ impl WorkerArgs {
             progress_every: std::time::Duration::from_secs(self.progress_secs),
             quiet,
             outage_limit: std::time::Duration::from_secs(self.outage_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_the_commands_that_use_the_store_take_database_url() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            let has = sub.get_arguments().any(|a| a.get_id() == "database_url");
+            let uses_store = !matches!(sub.get_name(), "check" | "sandbox" | "completions" | "man");
+            assert_eq!(has, uses_store, "{}", sub.get_name());
         }
     }
 }

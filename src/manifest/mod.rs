@@ -156,13 +156,26 @@ impl Checked {
     }
 
     /// `"12 tickets, 30 files, 4096 bytes; 0 problems"`.
+    /// `3 tickets, 5 files, 78 B; 0 problems`; with tickets left out for problems,
+    /// `2 tickets (1 valid, 1 with problems), 1 file, 4.0 KiB; 1 problem` (files and bytes
+    /// are the valid tickets').
     pub fn summary(&self) -> String {
+        use crate::human::count;
+        let valid = self.tickets.len() as u64;
+        let skipped = self.skipped_refs.len() as u64;
+        let tickets = if skipped == 0 {
+            count(valid, "ticket")
+        } else {
+            format!(
+                "{} ({valid} valid, {skipped} with problems)",
+                count(valid + skipped, "ticket")
+            )
+        };
         format!(
-            "{} tickets, {} files, {} bytes; {} problems",
-            self.tickets.len(),
-            self.files(),
-            self.bytes(),
-            self.problems.len()
+            "{tickets}, {}, {}; {}",
+            count(self.files() as u64, "file"),
+            crate::human::bytes(self.bytes()),
+            count(self.problems.len() as u64, "problem")
         )
     }
 }

@@ -555,6 +555,7 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             };
             match outcome {
                 FailOutcome::Retrying { at } => {
+                    shared.progress.retried();
                     tracing::warn!(error = reason, retry_at = %at, "will retry")
                 }
                 FailOutcome::Failed => {

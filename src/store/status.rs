@@ -109,6 +109,10 @@ pub struct BatchStatus {
     pub top_errors: Vec<ErrorCount>,
     /// Why jobs waiting to run again failed last time (an outage, 5xx, 429s), commonest first.
     pub retry_reasons: Vec<ErrorCount>,
+    /// Refs whose manifest fields changed since they were loaded (kept as first loaded).
+    pub changed_since_load: i64,
+    /// A few of them: `ref: fields (manifest:line)`.
+    pub changed_examples: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize, sqlx::FromRow)]
@@ -182,6 +186,19 @@ pub async fn batch_status(
         .into_iter()
         .map(|(reason, count)| ErrorCount { reason, count })
         .collect();
+    let changed_examples: Vec<String> = sqlx::query_scalar(
+        "SELECT ref || ': ' || changed_since_load FROM tickets
+          WHERE batch_id = $1 AND changed_since_load IS NOT NULL ORDER BY line LIMIT 5",
+    )
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    let changed_since_load: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tickets WHERE batch_id = $1 AND changed_since_load IS NOT NULL",
+    )
+    .bind(batch)
+    .fetch_one(pool)
+    .await?;
     let retry_reasons: Vec<(String, i64)> = sqlx::query_as(
         "SELECT last_error, count(*) AS n FROM jobs
           WHERE batch_id = $1 AND state = 'available' AND last_error IS NOT NULL
@@ -208,6 +225,8 @@ pub async fn batch_status(
             .into_iter()
             .map(|(reason, count)| ErrorCount { reason, count })
             .collect(),
+        changed_since_load,
+        changed_examples,
     })
 }
 
@@ -217,6 +236,8 @@ pub struct TicketResult {
     pub batch: String,
     #[sqlx(rename = "ref")]
     pub reference: String,
+    /// The ticket's first line in its manifest (continuation rows are not stored).
+    pub line: i64,
     pub project_id: uuid::Uuid,
     pub state: TicketState,
     pub visibuild_id: Option<String>,
@@ -225,14 +246,24 @@ pub struct TicketResult {
     pub last_error: Option<String>,
     /// Files that changed between loading and upload: `path: what changed`, `;`-separated.
     pub file_changes: Option<String>,
+    /// Manifest fields that differ from what was loaded, on a later load of the same ref.
+    pub changed_fields: Option<String>,
+}
+
+/// Which tickets a report covers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResultFilter {
+    pub batch: Option<BatchId>,
+    /// Only failed tickets and those needing review.
+    pub failed_only: bool,
 }
 
 pub async fn ticket_results<'e, E: PgExecutor<'e>>(
     ex: E,
-    batch: Option<BatchId>,
+    filter: ResultFilter,
 ) -> Result<Vec<TicketResult>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT b.name AS batch, t.ref, t.project_id, t.state, t.visibuild_id,
+        "SELECT b.name AS batch, t.ref, t.line, t.project_id, t.state, t.visibuild_id,
                 (SELECT string_agg(a.key, ';' ORDER BY a.position) FROM attachments a
                   WHERE a.ticket_id = t.id AND a.state = 'uploaded') AS attachment_keys,
                 (SELECT max(j.attempt) FROM jobs j WHERE j.ticket_id = t.id
@@ -240,12 +271,53 @@ pub async fn ticket_results<'e, E: PgExecutor<'e>>(
                 t.last_error,
                 (SELECT string_agg(a.path || ': ' || a.change_note, '; ' ORDER BY a.position)
                    FROM attachments a
-                  WHERE a.ticket_id = t.id AND a.change_note IS NOT NULL) AS file_changes
+                  WHERE a.ticket_id = t.id AND a.change_note IS NOT NULL) AS file_changes,
+                t.changed_since_load AS changed_fields
            FROM tickets t JOIN batches b ON b.id = t.batch_id
           WHERE ($1::uuid IS NULL OR t.batch_id = $1)
+            AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
           ORDER BY b.created_at, t.line",
     )
-    .bind(batch)
+    .bind(filter.batch)
+    .bind(filter.failed_only)
+    .fetch_all(ex)
+    .await?)
+}
+
+/// One row of the per-file results CSV.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FileResult {
+    pub batch: String,
+    #[sqlx(rename = "ref")]
+    pub reference: String,
+    /// The ticket's first line in its manifest: attachments carry no line of their own.
+    pub line: i64,
+    pub path: String,
+    pub size: i64,
+    pub md5: Option<String>,
+    pub key: Option<String>,
+    pub state: crate::domain::AttachmentState,
+    pub error: Option<String>,
+    pub file_changes: Option<String>,
+}
+
+/// A row per file, in manifest order; `failed_only` keeps the files of failed tickets and
+/// tickets needing review.
+pub async fn file_results<'e, E: PgExecutor<'e>>(
+    ex: E,
+    filter: ResultFilter,
+) -> Result<Vec<FileResult>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT b.name AS batch, t.ref, t.line, a.path, a.size, a.md5, a.key, a.state,
+                a.last_error AS error, a.change_note AS file_changes
+           FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+           JOIN batches b ON b.id = t.batch_id
+          WHERE ($1::uuid IS NULL OR t.batch_id = $1)
+            AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
+          ORDER BY b.created_at, t.line, a.position",
+    )
+    .bind(filter.batch)
+    .bind(filter.failed_only)
     .fetch_all(ex)
     .await?)
 }

@@ -70,6 +70,8 @@ pub struct ChangedRef {
     pub project_id: ProjectId,
     pub reference: String,
     pub line: u64,
+    /// The manifest fields that differ from what was loaded: `title`, `attachments`, ….
+    pub fields: Vec<&'static str>,
 }
 
 /// What a load did.
@@ -118,13 +120,16 @@ pub struct ReceiptSource {
 }
 
 /// Load checked tickets into `batch`, with their attachments and jobs, inside the caller's
-/// transaction. Tickets whose (project_id, ref) exist keep their state. With `receipts`,
-/// each new ticket without files gets an `import-receipt.txt` attachment (bytes stored).
+/// transaction. Tickets whose (project_id, ref) exist keep their state; one whose fields
+/// changed is noted (`changed_since_load`, naming the fields and `source`'s line), one
+/// loaded again unchanged loses that note. With `receipts`, each new ticket without files
+/// gets an `import-receipt.txt` attachment (bytes stored).
 pub async fn load_tickets(
     conn: &mut PgConnection,
     batch: BatchId,
     tickets: &[TicketSpec],
     max_attempts: i32,
+    source: &str,
     receipts: Option<&ReceiptSource>,
 ) -> Result<LoadReport, StoreError> {
     let mut report = LoadReport::default();
@@ -133,6 +138,7 @@ pub async fn load_tickets(
         let load = Load {
             batch,
             max_attempts,
+            source,
             receipts,
             loaded_at,
         };
@@ -208,8 +214,118 @@ fn upload_job(load: &Load<'_>, ticket: TicketId, attachment: AttachmentId) -> Ne
 struct Load<'a> {
     batch: BatchId,
     max_attempts: i32,
+    /// The manifest, for the notes of refs that changed since they were loaded.
+    source: &'a str,
     receipts: Option<&'a ReceiptSource>,
     loaded_at: OffsetDateTime,
+}
+
+/// The loaded fields of a ticket, to name what a re-load changed.
+#[derive(Debug, sqlx::FromRow)]
+struct LoadedFields {
+    title: String,
+    address: Option<String>,
+    priority: Option<String>,
+    contact_name: Option<String>,
+    contact_email: Option<String>,
+    paths: Vec<String>,
+}
+
+/// The manifest fields of `spec` that differ from what was loaded.
+fn changed_fields(loaded: &LoadedFields, spec: &TicketSpec) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if loaded.title != spec.title {
+        fields.push("title");
+    }
+    if loaded.address != spec.address {
+        fields.push("address");
+    }
+    if loaded.priority.as_deref() != spec.priority.map(Priority::as_str) {
+        fields.push("priority");
+    }
+    if loaded.contact_name != spec.contact_name {
+        fields.push("contact_name");
+    }
+    if loaded.contact_email != spec.contact_email {
+        fields.push("contact_email");
+    }
+    if !loaded
+        .paths
+        .iter()
+        .map(String::as_str)
+        .eq(spec.attachments.iter().map(|a| &*a.path))
+    {
+        fields.push("attachments");
+    }
+    fields
+}
+
+/// Note the refs of `chunk` that changed since they were loaded, and clear the note of the
+/// ones loaded again unchanged.
+async fn note_changes(
+    conn: &mut PgConnection,
+    chunk: &[TicketSpec],
+    changed: &[usize],
+    unchanged: &[usize],
+    source: &str,
+    report: &mut LoadReport,
+) -> Result<(), StoreError> {
+    if !unchanged.is_empty() {
+        sqlx::query(
+            "UPDATE tickets t SET changed_since_load = NULL
+               FROM UNNEST($1::uuid[], $2::text[]) AS k (project_id, ref)
+              WHERE t.project_id = k.project_id AND t.ref = k.ref
+                AND t.changed_since_load IS NOT NULL",
+        )
+        .bind(
+            unchanged
+                .iter()
+                .map(|&i| chunk[i].project_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            unchanged
+                .iter()
+                .map(|&i| chunk[i].reference.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    for &i in changed {
+        let spec = &chunk[i];
+        let loaded: LoadedFields = sqlx::query_as(
+            "SELECT t.title, t.address, t.priority, t.contact_name, t.contact_email,
+                    ARRAY(SELECT a.path FROM attachments a WHERE a.ticket_id = t.id
+                           ORDER BY a.position) AS paths
+               FROM tickets t WHERE t.project_id = $1 AND t.ref = $2",
+        )
+        .bind(spec.project_id)
+        .bind(&spec.reference)
+        .fetch_one(&mut *conn)
+        .await?;
+        let mut fields = changed_fields(&loaded, spec);
+        if fields.is_empty() {
+            // The digest differs but no field we keep does (a project's spelling, say).
+            fields.push("fields");
+        }
+        sqlx::query(
+            "UPDATE tickets SET changed_since_load = $3, updated_at = now()
+              WHERE project_id = $1 AND ref = $2",
+        )
+        .bind(spec.project_id)
+        .bind(&spec.reference)
+        .bind(format!("{} ({source}:{})", fields.join(", "), spec.line))
+        .execute(&mut *conn)
+        .await?;
+        report.changed.push(ChangedRef {
+            project_id: spec.project_id,
+            reference: spec.reference.clone(),
+            line: spec.line,
+            fields,
+        });
+    }
+    Ok(())
 }
 
 async fn load_chunk(
@@ -237,17 +353,18 @@ async fn load_chunk(
         .collect();
 
     let mut fresh: Vec<(TicketId, &TicketSpec, String)> = Vec::new();
-    for spec in chunk {
+    let (mut changed, mut unchanged) = (Vec::new(), Vec::new());
+    for (i, spec) in chunk.iter().enumerate() {
         let digest = spec.fields_digest();
         match existing.get(&(spec.project_id, spec.reference.as_str())) {
-            Some(old) if *old == digest => report.unchanged += 1,
-            Some(_) => report.changed.push(ChangedRef {
-                project_id: spec.project_id,
-                reference: spec.reference.clone(),
-                line: spec.line,
-            }),
+            Some(old) if *old == digest => unchanged.push(i),
+            Some(_) => changed.push(i),
             None => fresh.push((TicketId::new(), spec, digest)),
         }
+    }
+    report.unchanged += unchanged.len() as u64;
+    if !(changed.is_empty() && unchanged.is_empty()) {
+        note_changes(conn, chunk, &changed, &unchanged, load.source, report).await?;
     }
     if fresh.is_empty() {
         return Ok(());
