@@ -11,4 +11,5 @@ pub mod rate;
 pub mod sandbox;
 pub mod secret;
 pub mod store;
+pub mod ui;
 pub mod visibuild;

@@ -69,6 +69,8 @@ enum Command {
     Report(ReportArgs),
     /// Serve the local Visibuild-compatible API and S3 endpoint.
     Sandbox(sandbox_args::SandboxArgs),
+    /// Serve the operations dashboard, /metrics and /healthz.
+    Ui(UiArgs),
     /// Create the database if needed and apply migrations.
     Migrate,
 }
@@ -128,6 +130,32 @@ struct RunArgs {
     /// Only this batch's jobs.
     #[arg(long)]
     batch: Option<String>,
+    /// Serve the dashboard, /metrics and /healthz from this worker while it runs, e.g.
+    /// 127.0.0.1:8080 (any other address needs --ui-token).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    #[command(flatten)]
+    ui_token: UiTokenArgs,
+}
+
+#[derive(Debug, Args)]
+struct UiArgs {
+    /// Address to listen on; any but a loopback address needs --ui-token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    ui_token: UiTokenArgs,
+    /// Show the rehearsal's queue (the one `import --sandbox` uses).
+    #[arg(long)]
+    sandbox: bool,
+}
+
+#[derive(Debug, Args)]
+struct UiTokenArgs {
+    /// Secret (16+ characters) every dashboard page asks for: a sign-in form, or
+    /// `Authorization: Bearer` for /metrics.
+    #[arg(long, env = "VISIBUILD_UI_TOKEN", hide_env_values = true)]
+    ui_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -249,7 +277,8 @@ impl Cli {
             Command::Run(a) => {
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
-                app::run(&db, api, workers, a.watch, a.batch.as_deref()).await
+                let ui = a.listen.map(|listen| a.ui_token.settings(listen));
+                app::run(&db, api, workers, a.watch, a.batch.as_deref(), ui).await
             }
             Command::Status(a) => app::status(&db, a.batch.as_deref(), a.json).await,
             Command::Retry(a) => {
@@ -270,7 +299,20 @@ impl Cli {
                 crate::sandbox::serve_forever(a.into_config()?).await?;
                 Ok(Exit::Success)
             }
+            Command::Ui(a) => app::ui(&db, a.ui_token.settings(a.listen), a.sandbox).await,
             Command::Migrate => app::migrate(&db).await,
+        }
+    }
+}
+
+impl UiTokenArgs {
+    fn settings(self, listen: String) -> app::UiSettings {
+        app::UiSettings {
+            listen,
+            token: self
+                .ui_token
+                .filter(|t| !t.trim().is_empty())
+                .map(Secret::new),
         }
     }
 }

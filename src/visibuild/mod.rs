@@ -11,6 +11,7 @@ pub use auth::{Credentials, TokenSource};
 pub use error::ApiError;
 use error::{classify_ticket_422, parse_retry_after, s3_error_code, snippet};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub struct ClientConfig {
     pub timeout: Duration,
 }
 
-/// Request counters, for the summary.
+/// Request counters, for the summary and (flushed per minute to the store) the dashboard.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub presigns: AtomicU64,
@@ -55,6 +56,54 @@ pub struct Counters {
     pub creates: AtomicU64,
     pub rate_limited: AtomicU64,
     pub bytes_uploaded: AtomicU64,
+    /// Answers by endpoint and HTTP status (0: no answer), with the bytes uploaded.
+    answers: std::sync::Mutex<BTreeMap<(Endpoint, u16), Answered>>,
+}
+
+/// What a counted request was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// `POST /api/core/v1/attachments`.
+    Presign,
+    /// The `PUT` to S3.
+    Upload,
+    /// `POST /api/core/v1/tickets`.
+    Create,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Presign => "presign",
+            Endpoint::Upload => "upload",
+            Endpoint::Create => "create",
+        }
+    }
+}
+
+/// Requests that got one answer, and the bytes they carried (successful uploads only).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+impl Counters {
+    /// Count a request to `endpoint` that got `status` (0: no answer came).
+    pub fn answered(&self, endpoint: Endpoint, status: u16, bytes: u64) {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = answers.entry((endpoint, status)).or_default();
+        entry.requests += 1;
+        entry.bytes += bytes;
+    }
+
+    /// Every request counted so far, by endpoint and status; totals since the client began.
+    pub fn answers(&self) -> BTreeMap<(Endpoint, u16), Answered> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// What to presign.
@@ -163,7 +212,12 @@ impl Client {
     pub async fn presign(&self, request: &PresignRequest) -> Result<Upload, ApiError> {
         self.counters.presigns.fetch_add(1, Ordering::Relaxed);
         let (status, body) = self
-            .api_post("/api/core/v1/attachments", request, false, None)
+            .api_post(
+                (Endpoint::Presign, "/api/core/v1/attachments"),
+                request,
+                false,
+                None,
+            )
             .await?;
         if !status.is_success() {
             return Err(api_failure(status, &body));
@@ -224,6 +278,7 @@ impl Client {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
+                self.counters.answered(Endpoint::Upload, 0, 0);
                 let reason = format!(
                     "upload to {} failed: {}",
                     upload.url,
@@ -243,6 +298,9 @@ impl Client {
         };
         self.note(None);
         let status = response.status();
+        let sent = if status.is_success() { size } else { 0 };
+        self.counters
+            .answered(Endpoint::Upload, status.as_u16(), sent);
         if status.is_success() {
             self.counters
                 .bytes_uploaded
@@ -322,7 +380,12 @@ impl Client {
     ) -> Result<Option<String>, ApiError> {
         self.counters.creates.fetch_add(1, Ordering::Relaxed);
         let (status, body) = self
-            .api_post("/api/core/v1/tickets", ticket, true, turn)
+            .api_post(
+                (Endpoint::Create, "/api/core/v1/tickets"),
+                ticket,
+                true,
+                turn,
+            )
             .await?;
         if status.is_success() {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -348,7 +411,7 @@ impl Client {
     /// credentials allow it.
     async fn api_post<T: Serialize>(
         &self,
-        path: &str,
+        (endpoint, path): (Endpoint, &str),
         body: &T,
         outcome_matters: bool,
         mut turn: Option<CreateTurn>,
@@ -375,6 +438,7 @@ impl Client {
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
+                    self.counters.answered(endpoint, 0, 0);
                     let error = transport_failure(path, e, outcome_matters);
                     self.note(Some(&error));
                     return Err(error);
@@ -382,6 +446,7 @@ impl Client {
             };
             self.note(None);
             let status = response.status();
+            self.counters.answered(endpoint, status.as_u16(), 0);
             let retry_after = retry_after_of(&response);
             // A 2xx whose body was cut off still says it worked (the id is then unknown).
             let text = response.text().await.unwrap_or_default();
