@@ -194,7 +194,27 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
     let out = output(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
     assert_eq!(out.code, 1, "{out:?}");
 
+    // The work is over: move it two minutes back, so that the page does not reload itself
+    // (it does while work is going on) under the clicks below.
     let pool = db.pool().await;
+    sqlx::query(
+        "UPDATE attachments SET uploaded_at = uploaded_at - interval '2 minutes'
+          WHERE uploaded_at IS NOT NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE tickets SET finished_at = finished_at - interval '2 minutes'
+          WHERE finished_at IS NOT NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE minute_counters SET minute = minute - interval '2 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (base, stop) = serve(pool.clone(), config(&db)).await;
     let driver = driver().await;
     let client = browser(&driver).await;
@@ -217,6 +237,7 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
     assert!(text.contains("Failures by reason (2)"), "{text}");
     assert!(text.contains("‹file›: no longer exists"), "{text}");
     assert!(text.contains("3 jobs · 3 tickets"), "{text}");
+    assert!(text.contains("1 job · 1 ticket "), "{text}");
     assert!(
         text.contains("‹file›: the file is empty (0 bytes)"),
         "{text}"
@@ -674,5 +695,35 @@ async fn without_a_token_only_loopback_host_names_are_answered() {
         .await
         .unwrap();
     assert_eq!(r.status(), 421, "a DNS-rebound name is refused");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_page_reloads_itself_only_while_work_is_going_on() {
+    let db = Db::new("live");
+    let manifest = Manifest::new(1, |_| 1);
+    let out = output(bin(&db, &["enqueue", manifest.arg(), "--batch", "b"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let pool = db.pool().await;
+    let (base, stop) = serve(pool.clone(), config(&db)).await;
+    let refreshes = |page: &str| page.contains("http-equiv=\"refresh\"");
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!refreshes(&page), "queued work alone is not work going on");
+    sqlx::query("UPDATE jobs SET state = 'running', locked_until = now() + interval '1 minute' WHERE kind = 'upload'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refreshes(&page), "a job held by a worker is");
     stop.cancel();
 }

@@ -34,6 +34,15 @@ fn when(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// `1 job`, `3 jobs`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn footer(state: &Inner) -> String {
     let budget = state
         .config
@@ -183,7 +192,7 @@ pub async fn batch(
         flash.html()
     );
     let ticket_total: i64 = status.tickets.values().sum();
-    let count =
+    let in_state =
         |m: &std::collections::BTreeMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
     let j = &status.jobs;
     body.push_str(&format!(
@@ -197,17 +206,17 @@ pub async fn batch(
         tbar = bar(
             ticket_total,
             &[
-                (count(&status.tickets, "created"), "ok"),
-                (count(&status.tickets, "failed"), "bad"),
-                (count(&status.tickets, "needs_review"), "warn"),
+                (in_state(&status.tickets, "created"), "ok"),
+                (in_state(&status.tickets, "failed"), "bad"),
+                (in_state(&status.tickets, "needs_review"), "warn"),
             ]
         ),
         tickets = pills(status.tickets.iter().map(|(k, v)| (k.as_str(), *v))),
         fbar = bar(
             status.files.values().sum(),
             &[
-                (count(&status.files, "uploaded"), "ok"),
-                (count(&status.files, "failed"), "bad")
+                (in_state(&status.files, "uploaded"), "ok"),
+                (in_state(&status.files, "failed"), "bad")
             ]
         ),
         files = pills(status.files.iter().map(|(k, v)| (k.as_str(), *v))),
@@ -265,15 +274,16 @@ fn failures_section(state: &Inner, batch: BatchId, groups: &[FailureGroup], read
     for g in groups {
         let tickets: BTreeSet<TicketId> = g.tickets.iter().map(|t| t.ticket_id).collect();
         out.push_str(&format!(
-            "<section class=group><p><span class=\"pill bad\">{jobs} jobs · {n} tickets</span> \
+            "<section class=group><p><span class=\"pill bad\">{} · {}</span> \
              <span class=reason>{key}</span></p>\
              <form class=inline method=post action=\"/batches/{batch}/retry\">{csrf}\
              <input type=hidden name=group value=\"{key}\">\
              <button class=primary type=submit>Retry these {jobs}</button></form>\
              <p class=muted>e.g. <span class=reason>{example}</span></p>\
              <table><tr><th>ref</th><th>title</th><th>reason</th><th></th></tr>",
+            count(g.jobs.len(), "job"),
+            count(tickets.len(), "ticket"),
             jobs = g.jobs.len(),
-            n = tickets.len(),
             key = esc(&g.key),
             example = esc(&g.example),
         ));
