@@ -157,6 +157,17 @@ fn save_screenshot(png: &[u8]) {
     }
 }
 
+/// Wait for the page that says, in its flash line, what the last action did.
+async fn flash(client: &fantoccini::Client, says: &str) {
+    let xpath = format!("//p[@class='flash' and contains(., '{says}')]");
+    if let Err(e) = client.wait().for_element(Locator::XPath(&xpath)).await {
+        panic!(
+            "no flash saying {says:?} ({e}): {}",
+            page_text(client).await
+        );
+    }
+}
+
 async fn page_text(client: &fantoccini::Client) -> String {
     client
         .find(Locator::Css("body"))
@@ -262,14 +273,7 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
         .click()
         .await
         .unwrap();
-    let flash = match client.wait().for_element(Locator::Css("p.flash")).await {
-        Ok(flash) => flash.text().await.unwrap(),
-        Err(e) => panic!("{e}: {}", client.source().await.unwrap()),
-    };
-    assert!(
-        flash.contains("3 failed jobs of 3 tickets are back in the queue"),
-        "{flash}"
-    );
+    flash(&client, "3 failed jobs of 3 tickets back in the queue").await;
     let text = page_text(&client).await;
     assert!(text.contains("Failures by reason (1)"), "{text}");
     assert!(!text.contains("‹file›: no longer exists"), "{text}");
@@ -288,6 +292,27 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
         )
         .await,
         1
+    );
+
+    // Retry one ticket: the emptied file's.
+    client
+        .find(Locator::XPath(
+            "//tr[td[text()='DEF-0003']]//button[text()='Retry ticket']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    flash(&client, "1 failed job of 1 ticket back in the queue").await;
+    assert!(page_text(&client).await.contains("Failures by reason (0)"));
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM jobs WHERE kind = 'upload' AND state = 'failed'"
+        )
+        .await,
+        0
     );
 
     // Re-send the ticket needing review, through its confirm step.
@@ -317,15 +342,7 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
         .click()
         .await
         .unwrap();
-    let flash = client
-        .wait()
-        .for_element(Locator::Css("p.flash"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(flash.contains("REV-0000 is back in the queue"), "{flash}");
+    flash(&client, "REV-0000 is back in the queue").await;
     assert_eq!(
         count(
             &pool,
@@ -726,4 +743,37 @@ async fn the_page_reloads_itself_only_while_work_is_going_on() {
         .unwrap();
     assert!(refreshes(&page), "a job held by a worker is");
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_serves_the_dashboard_until_a_signal() {
+    let db = Db::new("uibin");
+    let manifest = Manifest::new(1, |_| 1);
+    let out = output(bin(&db, &["enqueue", manifest.arg(), "--batch", "night-1"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let server = spawn(bin(&db, &["ui", "--listen", "127.0.0.1:0"]));
+    let base = until("ui says where it listens", || async {
+        let stdout = std::fs::read_to_string(&server.stdout).unwrap_or_default();
+        let at = stdout.find("dashboard listening on ")? + "dashboard listening on ".len();
+        Some(
+            stdout[at..]
+                .split('/')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("/"),
+        )
+    })
+    .await;
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("night-1"), "{page}");
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    server.terminate();
+    let out = server.wait().await;
+    assert_eq!(out.code, 0, "{out:?}");
 }

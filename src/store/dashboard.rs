@@ -23,7 +23,7 @@ pub struct BatchOverview {
     pub bytes_uploaded: i64,
     /// Jobs held by a worker now.
     pub running: i64,
-    /// Jobs waiting (to run, to retry, or for their uploads).
+    /// Jobs waiting to run or to run again (not those blocked on their ticket's uploads).
     pub queued: i64,
 }
 
@@ -48,8 +48,8 @@ pub async fn batch_overviews<'e, E: PgExecutor<'e>>(
                FROM attachments a JOIN tickets t ON t.id = a.ticket_id GROUP BY t.batch_id),
          j AS (
              SELECT batch_id, count(*) FILTER (WHERE state = 'running') AS running,
-                    count(*) FILTER (WHERE state IN ('available', 'blocked')) AS queued
-               FROM jobs WHERE state IN ('running', 'available', 'blocked') GROUP BY batch_id)
+                    count(*) FILTER (WHERE state = 'available') AS queued
+               FROM jobs WHERE state IN ('running', 'available') GROUP BY batch_id)
          SELECT b.id, b.name, b.created_at,
                 COALESCE(t.tickets, 0) AS tickets, COALESCE(t.created, 0) AS created,
                 COALESCE(t.failed, 0) AS failed, COALESCE(t.needs_review, 0) AS needs_review,

@@ -162,8 +162,12 @@ impl Flash {
                 "Nothing to retry: that work is no longer failed (another operator or a worker got there first).".to_string()
             }
             (Some(jobs), None) => format!(
-                "{jobs} failed jobs of {} tickets are back in the queue; a running worker picks them up (or start <code>visibuild-import run</code>).",
-                self.tickets.unwrap_or(0)
+                "{} of {} back in the queue; a running worker picks them up (or start <code>visibuild-import run</code>).",
+                count(usize::try_from(jobs).unwrap_or(usize::MAX), "failed job"),
+                count(
+                    usize::try_from(self.tickets.unwrap_or(0)).unwrap_or(usize::MAX),
+                    "ticket"
+                ),
             ),
             (None, None) => return String::new(),
         };
