@@ -57,7 +57,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, UiError>
         last_created: dashboard::last_ticket_created_at(&state.db).await?,
         budget: state.config.budget,
     };
-    let text = render(&snapshot).map_err(|e| UiError::Chart(e.to_string()))?;
+    let text = render(&snapshot).map_err(UiError::Metrics)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 

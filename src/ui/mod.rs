@@ -79,6 +79,8 @@ pub enum UiError {
     Serve(#[source] std::io::Error),
     #[error("cannot draw a chart: {0}")]
     Chart(String),
+    #[error("cannot write the metrics")]
+    Metrics(#[source] std::fmt::Error),
 }
 
 impl UiError {
