@@ -13,4 +13,5 @@ pub mod receipt;
 pub mod sandbox;
 pub mod secret;
 pub mod store;
+pub mod ui;
 pub mod visibuild;

@@ -6,7 +6,9 @@ mod operator;
 mod summary;
 
 pub use logging::{Level, LogFormat, LogSettings, init_logging, say};
-pub use operator::{ReportOut, ReportRows, ReportSettings, RetrySettings, report, retry, status};
+pub use operator::{
+    RETRY_ATTEMPTS, ReportOut, ReportRows, ReportSettings, RetrySettings, report, retry, status,
+};
 pub use summary::{Summary, SummaryOut};
 
 use crate::domain::BatchId;
@@ -167,6 +169,49 @@ pub struct WorkerSettings {
     pub quiet: bool,
     /// How long the database or Visibuild may stay unreachable before the run exits 3.
     pub outage_limit: Duration,
+}
+
+/// Where the dashboard listens, and the token it asks for (required off loopback).
+#[derive(Debug, Clone)]
+pub struct UiSettings {
+    pub listen: String,
+    pub token: Option<Secret>,
+}
+
+/// Check the listen address against the token and bind it: a refusal is the operator's to
+/// fix (exit 2), found before anything else is done.
+async fn bind_ui(settings: &UiSettings) -> Result<tokio::net::TcpListener, anyhow::Error> {
+    crate::ui::bind(&settings.listen, settings.token.as_ref())
+        .await
+        .map_err(|e| UsageError(one_line(&anyhow::Error::from(e))).into())
+}
+
+/// `visibuild-import ui`: serve the dashboard, `/metrics` and `/healthz` until a signal.
+pub async fn ui(
+    database_url: &str,
+    settings: UiSettings,
+    sandbox: bool,
+) -> Result<Exit, anyhow::Error> {
+    let listener = bind_ui(&settings).await?;
+    let database_url = if sandbox {
+        rehearsal_database_url(database_url)
+    } else {
+        database_url.to_string()
+    };
+    let db = store::connect(&database_url).await?;
+    let addr = listener.local_addr()?;
+    println!("dashboard listening on http://{addr}/ (also /metrics and /healthz)");
+    let router = crate::ui::router(
+        db,
+        crate::ui::UiConfig {
+            token: settings.token,
+            budget: None,
+            retry_attempts: RETRY_ATTEMPTS,
+            database_url,
+        },
+    );
+    crate::ui::serve(listener, router, stop_on_signals()).await?;
+    Ok(Exit::Success)
 }
 
 pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
@@ -508,6 +553,7 @@ async fn import_batch(
         batch: Some((batch_id, name)),
         watch: false,
         summary,
+        dashboard: None,
     };
     work(db, (client, sandbox), workers, run).await
 }
@@ -521,7 +567,8 @@ fn queue_url(database_url: &str, api: &ApiSettings) -> String {
     }
 }
 
-/// Run the pool on what is queued (one batch, or all).
+/// Run the pool on what is queued (one batch, or all); with `ui`, serve the dashboard from
+/// this worker while it runs.
 pub async fn run(
     database_url: &str,
     api: ApiSettings,
@@ -529,16 +576,35 @@ pub async fn run(
     watch: bool,
     batch: Option<&str>,
     summary: Option<SummaryOut>,
+    ui: Option<UiSettings>,
 ) -> Result<Exit, anyhow::Error> {
     let result = async {
+        let listener = match &ui {
+            Some(settings) => Some(bind_ui(settings).await?),
+            None => None,
+        };
         let (client, sandbox) = connect_api(&api).await?;
-        let db = store::connect(&queue_url(database_url, &api)).await?;
+        let database_url = queue_url(database_url, &api);
+        let db = store::connect(&database_url).await?;
         let batch_id = operator::batch_id(&db, batch).await?;
         authenticate(&client, workers.outage_limit).await?;
+        let dashboard = listener.zip(ui).map(|(listener, settings)| {
+            let config = crate::ui::UiConfig {
+                token: settings.token,
+                budget: Some(crate::ui::Budget {
+                    api_per_sec: api.api_rate.per_sec_f64(),
+                    upload_per_sec: api.upload_rate.per_sec_f64(),
+                }),
+                retry_attempts: RETRY_ATTEMPTS,
+                database_url,
+            };
+            (listener, config)
+        });
         let run = RunTarget {
             batch: batch_id.zip(batch.map(str::to_string)),
             watch,
             summary: summary.as_ref(),
+            dashboard,
         };
         work(db, (client, sandbox), workers, run).await
     }
@@ -546,21 +612,43 @@ pub async fn run(
     summary::write_on_error(summary.as_ref(), result)
 }
 
-/// What a pool works on and where its summary goes.
+/// What a pool works on, where its summary goes, and the dashboard it serves meanwhile.
 struct RunTarget<'a> {
     /// One batch (id and name), or every batch.
     batch: Option<(BatchId, String)>,
     watch: bool,
     summary: Option<&'a SummaryOut>,
+    dashboard: Option<(tokio::net::TcpListener, crate::ui::UiConfig)>,
+}
+
+/// Serve the dashboard while the pool runs; stopped (and waited for, briefly) by the guard.
+fn serve_dashboard(
+    db: &PgPool,
+    dashboard: Option<(tokio::net::TcpListener, crate::ui::UiConfig)>,
+) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let (listener, config) = dashboard?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("dashboard listening on http://{addr}/ (also /metrics and /healthz)");
+    }
+    let stop = CancellationToken::new();
+    let router = crate::ui::router(db.clone(), config);
+    let serving = stop.clone();
+    let handle = tokio::spawn(async move {
+        if let Err(e) = crate::ui::serve(listener, router, serving).await {
+            tracing::warn!(error = %e, "the dashboard stopped");
+        }
+    });
+    Some((stop, handle))
 }
 
 async fn work(
     db: PgPool,
     (client, sandbox): (Arc<Client>, Option<crate::sandbox::Sandbox>),
     workers: WorkerSettings,
-    target: RunTarget<'_>,
+    mut target: RunTarget<'_>,
 ) -> Result<Exit, anyhow::Error> {
     let batch = target.batch.as_ref().map(|b| b.0);
+    let dashboard = serve_dashboard(&db, target.dashboard.take());
     let progress = Arc::new(Progress::default());
     let remaining = stats::remaining(&db, batch).await?;
     progress
@@ -591,7 +679,12 @@ async fn work(
         ..PoolConfig::default()
     };
     let stop = stop_on_signals();
-    let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await?;
+    let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await;
+    if let Some((stop, handle)) = dashboard {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    }
+    let end = end?;
     if let Some(r) = reporter {
         r.finish().await;
     }

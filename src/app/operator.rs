@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Attempts a retried job gets.
-const RETRY_ATTEMPTS: i32 = 8;
+/// Attempts a retried job gets (by `retry`, and by the dashboard's retry buttons).
+pub const RETRY_ATTEMPTS: i32 = 8;
 
 pub(super) async fn batch_id(
     db: &sqlx::PgPool,

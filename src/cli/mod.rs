@@ -156,6 +156,8 @@ Examples:
 Example:
   visibuild-import sandbox --listen 127.0.0.1:8080 --client demo:s3cret --drop-rate 0.1")]
     Sandbox(sandbox_args::SandboxArgs),
+    /// Serve the operations dashboard, /metrics and /healthz.
+    Ui(UiArgs),
     /// Create the database if needed and apply migrations.
     #[command(after_help = "\
 Example:
@@ -274,8 +276,41 @@ struct RunArgs {
     /// Write the final summary to this file as one JSON object ("-" for stdout).
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     summary_json: Option<PathBuf>,
+    /// Serve the dashboard, /metrics and /healthz from this worker while it runs, e.g.
+    /// 127.0.0.1:8080 (any other address needs --ui-token).
+    #[arg(long, value_name = "ADDR", help_heading = "Output")]
+    listen: Option<String>,
+    #[command(flatten)]
+    ui_token: UiTokenArgs,
     #[command(flatten)]
     store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct UiArgs {
+    /// Address to listen on; any but a loopback address needs --ui-token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    ui_token: UiTokenArgs,
+    /// Show the rehearsal's queue (the one `import --sandbox` uses).
+    #[arg(long)]
+    sandbox: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct UiTokenArgs {
+    /// Secret (16+ characters) every dashboard page asks for: a sign-in form, or
+    /// `Authorization: Bearer` for /metrics.
+    #[arg(
+        long,
+        env = "VISIBUILD_UI_TOKEN",
+        hide_env_values = true,
+        help_heading = "Output"
+    )]
+    ui_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -451,6 +486,7 @@ impl Cli {
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
                 let summary = a.summary_json.map(app::SummaryOut::from_arg);
+                let ui = a.listen.map(|listen| a.ui_token.settings(listen));
                 app::run(
                     &a.store.database_url,
                     api,
@@ -458,6 +494,7 @@ impl Cli {
                     a.watch,
                     a.batch.as_deref(),
                     summary,
+                    ui,
                 )
                 .await
             }
@@ -485,6 +522,14 @@ impl Cli {
                 crate::sandbox::serve_forever(a.into_config()?).await?;
                 Ok(Exit::Success)
             }
+            Command::Ui(a) => {
+                app::ui(
+                    &a.store.database_url,
+                    a.ui_token.settings(a.listen),
+                    a.sandbox,
+                )
+                .await
+            }
             Command::Migrate(a) => app::migrate(&a.store.database_url).await,
             Command::Completions(a) => {
                 let mut script = Vec::new();
@@ -497,6 +542,18 @@ impl Cli {
                 print_all(&script)
             }
             Command::Man => print_all(&man::render(Cli::command())?),
+        }
+    }
+}
+
+impl UiTokenArgs {
+    fn settings(self, listen: String) -> app::UiSettings {
+        app::UiSettings {
+            listen,
+            token: self
+                .ui_token
+                .filter(|t| !t.trim().is_empty())
+                .map(Secret::new),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The worker pool: claims jobs under a lease, runs them within the configured concurrency,
 //! keeps their leases alive, settles every outcome, and stops cleanly when asked.
 
+pub mod counters;
 pub mod decide;
 pub mod hash;
 pub mod identity;
@@ -86,6 +87,8 @@ pub struct PoolConfig {
     pub shutdown_grace: Duration,
     /// How long the database or Visibuild may stay unreachable before the run gives up.
     pub outage_limit: Duration,
+    /// How often the request counters are written to the store (for the dashboard).
+    pub counters_every: Duration,
 }
 
 impl Default for PoolConfig {
@@ -104,6 +107,7 @@ impl Default for PoolConfig {
             idle_poll: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
             outage_limit: DEFAULT_OUTAGE_LIMIT,
+            counters_every: counters::DEFAULT_FLUSH_EVERY,
         }
     }
 }
@@ -159,6 +163,13 @@ pub async fn run(
     let uploads = Arc::new(Semaphore::new(config.upload_concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let heartbeat = tokio::spawn(heartbeat(db.clone(), in_flight.clone(), config.lease));
+    let flusher_stop = CancellationToken::new();
+    let flusher = counters::spawn(
+        db.clone(),
+        shared.client.clone(),
+        config.counters_every,
+        flusher_stop.clone(),
+    );
     let mut listener = queue::listen(&db).await.ok();
 
     let mut outage: Option<std::time::Instant> = None;
@@ -326,6 +337,14 @@ pub async fn run(
                 tracing::warn!(error = %e, "could not release jobs; their leases will expire")
             }
         }
+    }
+    // The last counts, after the work is given back: a slow store delays only these.
+    flusher_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), flusher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last request counters were not written in time");
     }
     end
 }

@@ -2,6 +2,7 @@
 //! migrating the database on first use) and, in its submodules, every SQL statement the
 //! program runs, each a named function.
 
+pub mod dashboard;
 pub mod queue;
 pub mod status;
 pub mod tickets;

@@ -11,6 +11,7 @@ pub use auth::{Credentials, TokenSource};
 pub use error::ApiError;
 use error::{classify_ticket_422, parse_retry_after, s3_error_code, snippet};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub struct ClientConfig {
     pub timeout: Duration,
 }
 
-/// Request counters, for the summary.
+/// Request counters, for the summary and (flushed per minute to the store) the dashboard.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub presigns: AtomicU64,
@@ -55,6 +56,54 @@ pub struct Counters {
     pub creates: AtomicU64,
     pub rate_limited: AtomicU64,
     pub bytes_uploaded: AtomicU64,
+    /// Answers by endpoint and HTTP status (0: no answer), with the bytes uploaded.
+    answers: std::sync::Mutex<BTreeMap<(Endpoint, u16), Answered>>,
+}
+
+/// What a counted request was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// `POST /api/core/v1/attachments`.
+    Presign,
+    /// The `PUT` to S3.
+    Upload,
+    /// `POST /api/core/v1/tickets`.
+    Create,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Presign => "presign",
+            Endpoint::Upload => "upload",
+            Endpoint::Create => "create",
+        }
+    }
+}
+
+/// Requests that got one answer, and the bytes they carried (successful uploads only).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+impl Counters {
+    /// Count a request to `endpoint` that got `status` (0: no answer came).
+    pub fn answered(&self, endpoint: Endpoint, status: u16, bytes: u64) {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = answers.entry((endpoint, status)).or_default();
+        entry.requests += 1;
+        entry.bytes += bytes;
+    }
+
+    /// Every request counted so far, by endpoint and status; totals since the client began.
+    pub fn answers(&self) -> BTreeMap<(Endpoint, u16), Answered> {
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// What to presign.
@@ -144,7 +193,7 @@ pub struct Client {
 
 /// The two services a run talks to, each with its own outage.
 #[derive(Debug, Clone, Copy)]
-enum Endpoint {
+enum Service {
     Api = 0,
     Uploads = 1,
 }
@@ -178,7 +227,12 @@ impl Client {
     pub async fn presign(&self, request: &PresignRequest) -> Result<Upload, ApiError> {
         self.counters.presigns.fetch_add(1, Ordering::Relaxed);
         let (status, body) = self
-            .api_post("/api/core/v1/attachments", request, false, None)
+            .api_post(
+                (Endpoint::Presign, "/api/core/v1/attachments"),
+                request,
+                false,
+                None,
+            )
             .await?;
         if !status.is_success() {
             return Err(api_failure(status, &body));
@@ -240,6 +294,7 @@ impl Client {
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
+                self.counters.answered(Endpoint::Upload, 0, 0);
                 let reason = format!(
                     "upload to {} failed: {}",
                     upload.url,
@@ -253,12 +308,15 @@ impl Client {
                         retry_after: None,
                     }
                 };
-                self.note(Endpoint::Uploads, Some(&error));
+                self.note(Service::Uploads, Some(&error));
                 return Err(error);
             }
         };
-        self.note(Endpoint::Uploads, None);
+        self.note(Service::Uploads, None);
         let status = response.status();
+        let sent = if status.is_success() { size } else { 0 };
+        self.counters
+            .answered(Endpoint::Upload, status.as_u16(), sent);
         if status.is_success() {
             self.counters
                 .bytes_uploaded
@@ -338,7 +396,12 @@ impl Client {
     ) -> Result<Option<String>, ApiError> {
         self.counters.creates.fetch_add(1, Ordering::Relaxed);
         let (status, body) = self
-            .api_post("/api/core/v1/tickets", ticket, true, turn)
+            .api_post(
+                (Endpoint::Create, "/api/core/v1/tickets"),
+                ticket,
+                true,
+                turn,
+            )
             .await?;
         if status.is_success() {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -364,7 +427,7 @@ impl Client {
     /// credentials allow it.
     async fn api_post<T: Serialize>(
         &self,
-        path: &str,
+        (endpoint, path): (Endpoint, &str),
         body: &T,
         outcome_matters: bool,
         mut turn: Option<CreateTurn>,
@@ -391,13 +454,15 @@ impl Client {
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
+                    self.counters.answered(endpoint, 0, 0);
                     let error = transport_failure(path, e, outcome_matters);
-                    self.note(Endpoint::Api, Some(&error));
+                    self.note(Service::Api, Some(&error));
                     return Err(error);
                 }
             };
-            self.note(Endpoint::Api, None);
+            self.note(Service::Api, None);
             let status = response.status();
+            self.counters.answered(endpoint, status.as_u16(), 0);
             let retry_after = retry_after_of(&response);
             // A 2xx whose body was cut off still says it worked (the id is then unknown).
             let text = response.text().await.unwrap_or_default();
@@ -443,7 +508,7 @@ impl Client {
     pub async fn authenticate(&self) -> Result<(), ApiError> {
         self.token().await?;
         // A token fetched (or one we hold) after a failed try: the API is back.
-        self.note(Endpoint::Api, None);
+        self.note(Service::Api, None);
         Ok(())
     }
 
@@ -452,7 +517,7 @@ impl Client {
         // A token fetch that could not connect is an outage; a cached token says nothing
         // about whether Visibuild answers.
         if let Err(e @ ApiError::Unreachable { .. }) = &token {
-            self.note(Endpoint::Api, Some(e));
+            self.note(Service::Api, Some(e));
         }
         token
     }
@@ -469,11 +534,11 @@ impl Client {
         *self.unreachable.lock().unwrap_or_else(|e| e.into_inner()) = [None, None];
     }
 
-    /// Note how a call to `endpoint` ended: a connection failure starts (or continues) its
+    /// Note how a call to `service` ended: a connection failure starts (or continues) its
     /// outage, any answer ends it.
-    fn note(&self, endpoint: Endpoint, error: Option<&ApiError>) {
+    fn note(&self, service: Service, error: Option<&ApiError>) {
         let mut state = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = &mut state[endpoint as usize];
+        let slot = &mut state[service as usize];
         match error {
             Some(ApiError::Unreachable { reason }) => {
                 let since = slot.as_ref().map(|(at, _)| *at);

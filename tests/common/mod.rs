@@ -189,6 +189,7 @@ pub fn bin_on(database_url: &str, args: &[&str]) -> tokio::process::Command {
         "VISIBUILD_PROGRESS_SECS",
         "VISIBUILD_FILES_ROOT",
         "VISIBUILD_OUTAGE_SECS",
+        "VISIBUILD_UI_TOKEN",
     ] {
         cmd.env_remove(var);
     }
