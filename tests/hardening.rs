@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
+use visibuild_import::pipeline::hash::md5_bytes;
 use visibuild_import::sandbox::SandboxConfig;
 
 /// MD5 (base64) of the bytes, as the sandbox records it.
@@ -39,7 +40,7 @@ async fn a_file_swapped_for_a_symlink_out_of_the_root_after_loading_is_refused_n
     assert!(error.contains("outside the files root"), "{error}");
     let passwd = std::fs::read("/etc/passwd").unwrap();
     assert!(
-        sb.objects().iter().all(|o| o.md5 != md5_b64(&passwd)),
+        sb.objects().iter().all(|o| o.md5 != md5_bytes(&passwd)),
         "/etc/passwd went up"
     );
     assert_eq!(created_by_title(&sb).get("Defect 0"), None);
@@ -93,7 +94,7 @@ async fn a_file_changed_since_loading_is_uploaded_as_it_is_now_and_the_change_is
     assert!(
         sb.objects()
             .iter()
-            .any(|o| o.md5 == md5_b64(&now) && o.size == now.len() as u64),
+            .any(|o| o.md5 == md5_bytes(&now) && o.size == now.len() as u64),
         "the file went up as it is now"
     );
     let rows = report(&db).await;

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use visibuild_import::pipeline::hash::md5_bytes;
 use visibuild_import::sandbox::SandboxConfig;
 
 const FAST: [&str; 4] = ["--api-rate", "1000/s", "--upload-rate", "1000/s"];
@@ -64,7 +65,7 @@ async fn with_receipts_lost_and_5xx_create_answers_leave_every_ticket_created_on
             assert_eq!(named.len(), 1, "{ticket:?}");
             assert_eq!(ticket.attachments.len(), 1, "{ticket:?}");
             // The bytes that went up are the ones stored at load: a retry sends the same.
-            assert_eq!(named[0].md5, md5_b64(&receipts[&ticket.title]));
+            assert_eq!(named[0].md5, md5_bytes(&receipts[&ticket.title]));
             assert_eq!(named[0].content_type, "text/plain");
             let text = String::from_utf8(receipts[&ticket.title].clone()).unwrap();
             assert!(text.contains(&format!("ref: DEF-{t:04}")), "{text}");

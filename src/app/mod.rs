@@ -148,6 +148,15 @@ pub struct EnqueueSettings {
     pub receipts: bool,
 }
 
+impl EnqueueSettings {
+    /// The batch's name: the one given, else the manifest's file name.
+    pub fn batch_name(&self) -> String {
+        self.batch
+            .clone()
+            .unwrap_or_else(|| default_batch_name(&self.manifest.manifest))
+    }
+}
+
 /// Where Visibuild is and how to call it.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -284,10 +293,7 @@ pub async fn enqueue(
         );
     }
     let db = store::connect(database_url).await?;
-    let name = settings
-        .batch
-        .clone()
-        .unwrap_or_else(|| default_batch_name(&manifest.manifest));
+    let name = settings.batch_name();
     // The canonical folder the paths were checked against (for information: each file
     // records the folder it is opened inside).
     let root = checked.files_root.clone();
@@ -545,10 +551,7 @@ async fn import_batch(
         );
     }
     let (batch_id, db) = enqueue(&database_url, settings).await?;
-    let name = settings
-        .batch
-        .clone()
-        .unwrap_or_else(|| default_batch_name(&settings.manifest.manifest));
+    let name = settings.batch_name();
     let run = RunTarget {
         batch: Some((batch_id, name)),
         watch: false,

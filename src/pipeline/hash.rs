@@ -32,11 +32,18 @@ pub fn md5_file(file: &mut File) -> std::io::Result<(u64, String)> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    let digest = hasher.finalize();
-    Ok((
-        size,
-        base64::engine::general_purpose::STANDARD.encode(digest),
-    ))
+    Ok((size, base64_md5(hasher)))
+}
+
+/// Base64 MD5 of bytes held in memory (a receipt).
+pub fn md5_bytes(bytes: &[u8]) -> String {
+    let mut hasher = Md5::new();
+    hasher.update(bytes);
+    base64_md5(hasher)
+}
+
+fn base64_md5(hasher: Md5) -> String {
+    base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
 }
 
 #[cfg(test)]

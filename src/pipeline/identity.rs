@@ -41,7 +41,7 @@ impl Me {
 }
 
 /// The host name (the kernel's, as `gethostname` gives it; the environment's as a fallback).
-pub fn host() -> String {
+fn host() -> String {
     read_trimmed("/proc/sys/kernel/hostname")
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().replace(':', "_"))

@@ -4,8 +4,7 @@
 use super::Shared;
 use super::decide::{self, Context, Next};
 use super::{hash, source};
-use crate::domain::FileStamp;
-use crate::domain::{AttachmentState, JobKind, Priority, TicketState};
+use crate::domain::{AttachmentState, FileStamp, JobKind, Priority, TicketState};
 use crate::store::queue::ClaimedJob;
 use crate::store::{StoreError, tickets};
 use crate::visibuild::{ApiError, Body, Contact, NewTicket, PresignRequest};
@@ -158,9 +157,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
 
 /// Bytes stored in the queue (a receipt): their stamp and MD5.
 fn inline_body(bytes: bytes::Bytes) -> (Body, FileStamp, String) {
-    use base64::Engine as _;
-    use md5::Digest as _;
-    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&bytes));
+    let md5 = hash::md5_bytes(&bytes);
     let stamp = FileStamp {
         size: bytes.len() as u64,
         mtime_ns: 0,

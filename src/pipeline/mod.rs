@@ -101,7 +101,7 @@ impl Default for PoolConfig {
                 base: Duration::from_millis(500),
                 cap: Duration::from_secs(60),
             },
-            worker_name: default_worker_name(),
+            worker_name: identity::worker_name(),
             batch: None,
             watch: false,
             idle_poll: Duration::from_secs(2),
@@ -110,10 +110,6 @@ impl Default for PoolConfig {
             counters_every: counters::DEFAULT_FLUSH_EVERY,
         }
     }
-}
-
-pub fn default_worker_name() -> String {
-    identity::worker_name()
 }
 
 /// What the handlers share.
@@ -223,12 +219,10 @@ pub async fn run(
             tracing::info!("Visibuild answers again; resuming");
         }
         // Creates first (they finish tickets), each batch spawned as soon as it is claimed:
-        // a failing second claim must not strand jobs the first one already holds.
-        let free = if api_down.is_some() {
-            1
-        } else {
-            workers.available_permits()
-        };
+        // a failing second claim must not strand jobs the first one already holds. While
+        // Visibuild is unreachable, one job in all: the probe.
+        let mut budget = if api_down.is_some() { 1 } else { usize::MAX };
+        let free = workers.available_permits().min(budget);
         let mut got_work = false;
         if free > 0 {
             let creates = or_retry!(
@@ -238,6 +232,7 @@ pub async fn run(
                 limit
             );
             got_work |= !creates.is_empty();
+            budget -= creates.len();
             for job in creates {
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
             }
@@ -245,11 +240,7 @@ pub async fn run(
         let free_uploads = uploads
             .available_permits()
             .min(workers.available_permits())
-            .min(if api_down.is_some() && got_work {
-                0
-            } else {
-                free
-            });
+            .min(budget);
         if free_uploads > 0 {
             let claimed = or_retry!(
                 claim(&db, &config, &[JobKind::Upload], free_uploads).await,

@@ -43,7 +43,7 @@ pub enum SourceError {
 /// recorded) confines to the file's own folder. Symlinks are followed only while they stay
 /// inside. A FIFO or device is opened without blocking and refused by its true type.
 pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
-    let (dir, relative) = if root.as_os_str().is_empty() {
+    let (folder, relative) = if root.as_os_str().is_empty() {
         match (resolved.parent(), resolved.file_name()) {
             (Some(parent), Some(name)) => (parent, Path::new(name)),
             _ => {
@@ -74,8 +74,7 @@ pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
             source,
         },
     };
-    let dir_path = dir;
-    let dir = Dir::open_ambient_dir(dir, ambient_authority()).map_err(io_error)?;
+    let dir = Dir::open_ambient_dir(folder, ambient_authority()).map_err(io_error)?;
     let mut options = OpenOptions::new();
     options.read(true);
     // Non-blocking, so that opening a FIFO does not wait for a writer; no effect on files.
@@ -85,7 +84,7 @@ pub fn open(root: &Path, resolved: &Path) -> Result<Source, SourceError> {
         Err(e) if is_escape(&e) => {
             return Err(SourceError::Escapes {
                 path: resolved.to_owned(),
-                root: dir_path.to_owned(),
+                root: folder.to_owned(),
             });
         }
         Err(e) => return Err(io_error(e)),

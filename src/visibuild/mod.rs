@@ -295,19 +295,8 @@ impl Client {
             Ok(response) => response,
             Err(e) => {
                 self.counters.answered(Endpoint::Upload, 0, 0);
-                let reason = format!(
-                    "upload to {} failed: {}",
-                    upload.url,
-                    describe_reqwest_ref(&e)
-                );
-                let error = if e.is_connect() {
-                    ApiError::Unreachable { reason }
-                } else {
-                    ApiError::Transient {
-                        reason,
-                        retry_after: None,
-                    }
-                };
+                let error =
+                    transport_failure(&format!("upload to {} failed", upload.url), e, false);
                 self.note(Service::Uploads, Some(&error));
                 return Err(error);
             }
@@ -595,11 +584,12 @@ fn api_failure(status: reqwest::StatusCode, body: &str) -> ApiError {
 /// never "outcome unknown". When the request may have reached the server and its outcome
 /// matters (ticket create), the outcome is unknown; otherwise it is transient.
 pub(crate) fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: bool) -> ApiError {
-    let reason = format!("{path}: {}", describe_reqwest_ref(&e));
-    if e.is_connect() {
+    let (connect, builder) = (e.is_connect(), e.is_builder());
+    let reason = format!("{path}: {}", describe_reqwest(e));
+    if connect {
         return ApiError::Unreachable { reason };
     }
-    if e.is_builder() {
+    if builder {
         return ApiError::Permanent {
             status: 0,
             reason: format!("the request could not be built: {reason}"),
@@ -617,13 +607,11 @@ pub(crate) fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: 
 
 /// A reqwest error with its cause chain, without the URL (which may carry a signature).
 /// A cause whose text the previous one already says is left out.
-pub(crate) fn describe_reqwest_ref(e: &reqwest::Error) -> String {
-    let mut text = match e.url() {
-        Some(url) => e.to_string().replace(&format!(" for url ({url})"), ""),
-        None => e.to_string(),
-    };
+fn describe_reqwest(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
     let mut last = text.clone();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         let next = s.to_string();
         if !last.contains(&next) {

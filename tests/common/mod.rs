@@ -311,10 +311,3 @@ pub async fn report(db: &Db) -> BTreeMap<String, HashMap<String, String>> {
     }
     rows
 }
-
-/// MD5 (base64) of the bytes, as the sandbox records it.
-pub fn md5_b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    use md5::{Digest, Md5};
-    base64::engine::general_purpose::STANDARD.encode(Md5::digest(bytes))
-}
