@@ -26,18 +26,23 @@ pub fn plural(n: u64, noun: &str) -> String {
 /// A size in IEC units with one decimal: `512 B`, `549.8 KiB`, `77.4 MiB`. The one function
 /// every byte count a person reads goes through (progress bar, status, summary, check).
 pub fn bytes(n: u64) -> String {
+    match byte_unit(n) {
+        ("B", _) => format!("{n} B"),
+        (unit, scale) => format!("{:.1} {unit}", n as f64 / scale),
+    }
+}
+
+/// The IEC unit `n` bytes read best in, and its size in bytes: `("MiB", 1048576.0)`. Also
+/// what a chart of byte counts is scaled by, so it speaks the same units.
+pub fn byte_unit(n: u64) -> (&'static str, f64) {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
+    let mut scale = 1.0;
     let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
+    while n as f64 >= scale * 1024.0 && unit < UNITS.len() - 1 {
+        scale *= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    (UNITS[unit], scale)
 }
 
 /// A rate rounded to one decimal: `19.9/s`.

@@ -113,7 +113,7 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     let scope = stats::RetryScope {
         batch: batch_id(&db, settings.batch.as_deref()).await?,
         reference: settings.reference,
-        job: settings.job,
+        jobs: settings.job.map(|job| vec![job]),
         error_contains: settings.error_contains,
         force: settings.force,
     };
@@ -133,7 +133,7 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
             states => Some(states),
         },
     };
-    let job_state = match scope.job {
+    let job_state = match settings.job {
         None => None,
         Some(job) => Some(
             stats::job_state(&mut *tx, scope.batch, job)
@@ -143,7 +143,12 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     };
     let done = stats::retry(&mut tx, &scope, RETRY_ATTEMPTS).await?;
     tx.commit().await?;
-    match nothing_to_retry(done, &scope, job_state, ref_states.as_deref()) {
+    match nothing_to_retry(
+        done,
+        &scope,
+        settings.job.zip(job_state),
+        ref_states.as_deref(),
+    ) {
         Some(why) => println!("nothing to retry: {why}"),
         None => println!(
             "{} of {} back in the queue; run `visibuild-import run` to process them",
@@ -176,13 +181,13 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
 fn nothing_to_retry(
     done: stats::Retried,
     scope: &stats::RetryScope,
-    job_state: Option<JobState>,
+    job_state: Option<(JobId, JobState)>,
     ref_states: Option<&[TicketState]>,
 ) -> Option<String> {
     if done.jobs > 0 {
         return None;
     }
-    if let (Some(job), Some(state)) = (scope.job, job_state) {
+    if let Some((job, state)) = job_state {
         if state != JobState::Failed {
             return Some(format!("job {job} has not failed (it is {state})"));
         }
@@ -326,8 +331,8 @@ pub(super) fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile, U
     // tempfile's own error names its random file; a missing folder is said plainly.
     std::fs::metadata(dir).map_err(|e| cannot_write(&e))?;
     tempfile::Builder::new()
-        .prefix(".visibuild-report-")
-        .suffix(".csv.tmp")
+        .prefix(".visibuild-import-")
+        .suffix(".tmp")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| cannot_write(&e))

@@ -2,7 +2,7 @@
 //! tickets needing review, throughput per minute, and the per-minute request counters.
 
 use super::StoreError;
-use crate::domain::{BatchId, JobId, JobKind, JobState, ProjectId, TicketId, TicketState};
+use crate::domain::{BatchId, JobId, JobKind, ProjectId, TicketId, TicketState};
 use sqlx::PgExecutor;
 use time::OffsetDateTime;
 
@@ -312,17 +312,6 @@ pub async fn request_totals<'e, E: PgExecutor<'e>>(ex: E) -> Result<Vec<RequestT
     )
     .fetch_all(ex)
     .await?)
-}
-
-/// Jobs by kind and state, over every batch.
-pub async fn jobs_by_kind_and_state<'e, E: PgExecutor<'e>>(
-    ex: E,
-) -> Result<Vec<(JobKind, JobState, i64)>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT kind, state, count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
-            .fetch_all(ex)
-            .await?,
-    )
 }
 
 /// When the last ticket was created, if one was.

@@ -327,7 +327,8 @@ pub async fn file_results<'e, E: PgExecutor<'e>>(
 pub struct RetryScope {
     pub batch: Option<BatchId>,
     pub reference: Option<String>,
-    pub job: Option<JobId>,
+    /// Only these jobs.
+    pub jobs: Option<Vec<JobId>>,
     pub error_contains: Option<String>,
     /// Also tickets marked for review: their create is sent again.
     pub force: bool,
@@ -390,7 +391,7 @@ pub async fn retry(
               WHERE j.state = 'failed'
                 AND ($1::uuid IS NULL OR j.batch_id = $1)
                 AND ($2::text IS NULL OR t.ref = $2)
-                AND ($3::bigint IS NULL OR j.id = $3)
+                AND ($3::bigint[] IS NULL OR j.id = ANY($3))
                 AND ($4::text IS NULL OR strpos(j.last_error, $4) > 0
                      OR strpos(t.last_error, $4) > 0)
                 AND (t.state <> 'needs_review' OR $5)
@@ -398,7 +399,7 @@ pub async fn retry(
     )
     .bind(scope.batch)
     .bind(scope.reference.as_deref())
-    .bind(scope.job)
+    .bind(scope.jobs.as_deref())
     .bind(scope.error_contains.as_deref())
     .bind(scope.force)
     .fetch_all(&mut *conn)

@@ -46,7 +46,9 @@ pub fn throughput(rows: &[MinuteThroughput]) -> Result<String, UiError> {
             },
         ],
     )?;
-    let (unit, scale) = byte_unit(rows.iter().map(|r| r.bytes).max().unwrap_or(0));
+    let largest = rows.iter().map(|r| r.bytes).max().unwrap_or(0);
+    let (unit, scale) = crate::human::byte_unit(u64::try_from(largest).unwrap_or(0));
+    let unit = if unit == "B" { "bytes" } else { unit };
     let bytes = chart(
         &format!("{unit} uploaded per minute"),
         &minutes,
@@ -73,16 +75,6 @@ pub fn throughput(rows: &[MinuteThroughput]) -> Result<String, UiError> {
         ],
     )?;
     Ok(format!("<div class=charts>{work}{bytes}{requests}</div>"))
-}
-
-/// The unit the largest value reads best in (decimal, as the progress lines use).
-fn byte_unit(largest: i64) -> (&'static str, f64) {
-    match largest {
-        n if n >= 1_000_000_000 => ("GB", 1e9),
-        n if n >= 1_000_000 => ("MB", 1e6),
-        n if n >= 1_000 => ("KB", 1e3),
-        _ => ("bytes", 1.0),
-    }
 }
 
 /// One line chart over the minutes, in a titled box with its key.

@@ -51,7 +51,7 @@ pub struct Snapshot {
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, UiError> {
     let snapshot = Snapshot {
-        jobs: dashboard::jobs_by_kind_and_state(&state.db).await?,
+        jobs: crate::store::queue::counts_by_state(&state.db, None).await?,
         tickets: stats::tickets_by_state(&state.db, None).await?,
         requests: dashboard::request_totals(&state.db).await?,
         last_created: dashboard::last_ticket_created_at(&state.db).await?,

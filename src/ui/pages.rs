@@ -5,7 +5,7 @@ use super::failures::{self, FailureGroup};
 use super::html::{self, bar, csrf_field, esc, pills};
 use super::{AppState, Inner, SESSION_COOKIE, UiError, charts, check_csrf, equal};
 use crate::domain::{BatchId, JobId, TicketId};
-use crate::human::bytes as human_bytes;
+use crate::human::{bytes as human_bytes, count};
 use crate::store::StoreError;
 use crate::store::dashboard::{self, BatchOverview, FailedJob, ReviewTicket};
 use crate::store::status::{self as stats, RetryScope};
@@ -32,15 +32,6 @@ fn when(at: OffsetDateTime) -> String {
         .format(&format)
         .map(|t| format!("{t} UTC"))
         .unwrap_or_default()
-}
-
-/// `1 job`, `3 jobs`.
-fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 fn footer(state: &Inner) -> String {
@@ -163,11 +154,8 @@ impl Flash {
             }
             (Some(jobs), None) => format!(
                 "{} of {} back in the queue; a running worker picks them up (or start <code>visibuild-import run</code>).",
-                count(usize::try_from(jobs).unwrap_or(usize::MAX), "failed job"),
-                count(
-                    usize::try_from(self.tickets.unwrap_or(0)).unwrap_or(usize::MAX),
-                    "ticket"
-                ),
+                count(jobs, "failed job"),
+                count(self.tickets.unwrap_or(0), "ticket"),
             ),
             (None, None) => return String::new(),
         };
@@ -285,8 +273,8 @@ fn failures_section(state: &Inner, batch: BatchId, groups: &[FailureGroup], read
              <button class=primary type=submit>Retry these {jobs}</button></form>\
              <p class=muted>e.g. <span class=reason>{example}</span></p>\
              <table><tr><th>ref</th><th>title</th><th>reason</th><th></th></tr>",
-            count(g.jobs.len(), "job"),
-            count(tickets.len(), "ticket"),
+            count(g.jobs.len() as u64, "job"),
+            count(tickets.len() as u64, "ticket"),
             jobs = g.jobs.len(),
             key = esc(&g.key),
             example = esc(&g.example),
@@ -369,16 +357,8 @@ pub async fn retry(
         (None, None) => Vec::new(),
     };
     let ids: Vec<JobId> = chosen.iter().map(|j| j.job_id).collect();
-    let jobs = retry_jobs(&state, batch, &ids, false).await?;
-    let tickets = if jobs == 0 {
-        0
-    } else {
-        chosen
-            .iter()
-            .map(|j| j.ticket_id)
-            .collect::<BTreeSet<_>>()
-            .len()
-    };
+    let retried = retry_jobs(&state, batch, ids, false).await?;
+    let (jobs, tickets) = (retried.jobs, retried.tickets);
     tracing::info!(%batch, jobs, tickets, "dashboard: failed work put back in the queue");
     Ok(Redirect::to(&format!(
         "/batches/{batch}?retried={jobs}&tickets={tickets}#failures"
@@ -386,27 +366,22 @@ pub async fn retry(
     .into_response())
 }
 
-/// Put these failed jobs back, as `retry --job` would each (and `--force` for a re-send),
-/// in one transaction. Returns how many were put back.
+/// Put these failed jobs back, as `retry --job` would (and `--force` for a re-send), in one
+/// transaction. Returns what was put back.
 async fn retry_jobs(
     state: &Inner,
     batch: BatchId,
-    jobs: &[JobId],
+    jobs: Vec<JobId>,
     force: bool,
-) -> Result<u64, UiError> {
+) -> Result<stats::Retried, UiError> {
+    let scope = RetryScope {
+        batch: Some(batch),
+        jobs: Some(jobs),
+        force,
+        ..RetryScope::default()
+    };
     let mut tx = state.db.begin().await.map_err(StoreError::from)?;
-    let mut done = 0;
-    for job in jobs {
-        let scope = RetryScope {
-            batch: Some(batch),
-            job: Some(*job),
-            force,
-            ..RetryScope::default()
-        };
-        done += stats::retry(&mut tx, &scope, state.config.retry_attempts)
-            .await?
-            .jobs;
-    }
+    let done = stats::retry(&mut tx, &scope, state.config.retry_attempts).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(done)
 }
@@ -479,7 +454,7 @@ pub async fn resend(
     let Some(job) = t.job_id else {
         return Err(UiError::NoTicket);
     };
-    let jobs = retry_jobs(&state, batch, &[job], true).await?;
+    let jobs = retry_jobs(&state, batch, vec![job], true).await?.jobs;
     tracing::info!(%batch, ticket_ref = %t.reference, jobs, "dashboard: create re-sent on an operator's word");
     let reference: String = url::form_urlencoded::byte_serialize(t.reference.as_bytes()).collect();
     Ok(Redirect::to(&format!("/batches/{batch}?resent={reference}#review")).into_response())
