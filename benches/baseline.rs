@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
     let rows = read_manifest(Path::new(manifest))?;
     let tickets = rows.len();
     let api = api.trim_end_matches('/').to_string();
+    visibuild_import::visibuild::use_ring_for_tls();
     let http = reqwest::Client::new();
 
     let started = Instant::now();

@@ -230,9 +230,11 @@ async fn wait_exit(child: &mut Child) -> ExitStatus {
 
 async fn drop_database(master: &str, name: &str) {
     if let Ok(pool) = PgPool::connect(master).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&pool)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
     }
 }
 

@@ -15,6 +15,7 @@ const TOKEN: &str = "sandbox-token";
 const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
 
 async fn sandbox_with(cfg: SandboxConfig) -> Sandbox {
+    visibuild_import::visibuild::use_ring_for_tls();
     sandbox::start(cfg).await.expect("sandbox starts")
 }
 

@@ -187,10 +187,10 @@ fn nothing_to_retry(
     if done.jobs > 0 {
         return None;
     }
-    if let Some((job, state)) = job_state {
-        if state != JobState::Failed {
-            return Some(format!("job {job} has not failed (it is {state})"));
-        }
+    if let Some((job, state)) = job_state
+        && state != JobState::Failed
+    {
+        return Some(format!("job {job} has not failed (it is {state})"));
     }
     let (Some(r), Some(states)) = (&scope.reference, ref_states) else {
         return None;

@@ -158,10 +158,10 @@ pub async fn review_tickets<'e, E: PgExecutor<'e>>(
     batch: BatchId,
     limit: i64,
 ) -> Result<Vec<ReviewTicket>, StoreError> {
-    Ok(sqlx::query_as(&format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {REVIEW_COLUMNS} FROM tickets t
           WHERE t.batch_id = $1 AND t.state = 'needs_review' ORDER BY t.line LIMIT $2"
-    ))
+    )))
     .bind(batch)
     .bind(limit)
     .fetch_all(ex)
@@ -173,9 +173,9 @@ pub async fn review_ticket<'e, E: PgExecutor<'e>>(
     ex: E,
     ticket: TicketId,
 ) -> Result<Option<ReviewTicket>, StoreError> {
-    Ok(sqlx::query_as(&format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {REVIEW_COLUMNS} FROM tickets t WHERE t.id = $1 AND t.state = 'needs_review'"
-    ))
+    )))
     .bind(ticket)
     .fetch_optional(ex)
     .await?)

@@ -198,8 +198,17 @@ enum Service {
     Uploads = 1,
 }
 
+/// Makes ring the process's rustls crypto provider (reqwest is built without one, so that
+/// the tree holds one provider, the one sqlx uses). Idempotent; every `Client` calls it, and
+/// so must code that builds its own `reqwest::Client` (tests, benches).
+pub fn use_ring_for_tls() {
+    // An error only says a provider is already installed: whichever it is, TLS works.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Self, reqwest::Error> {
+        use_ring_for_tls();
         let api_url = config.api_url.trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)

@@ -60,9 +60,11 @@ impl Drop for Db {
                 .unwrap();
             rt.block_on(async {
                 if let Ok(pool) = PgPool::connect(&master).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&pool)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&pool)
+                    .await;
                 }
             });
         })
@@ -124,6 +126,7 @@ pub fn reference(t: usize) -> String {
 }
 
 pub async fn start(config: SandboxConfig) -> Sandbox {
+    visibuild_import::visibuild::use_ring_for_tls();
     sandbox::start(config).await.unwrap()
 }
 
@@ -278,7 +281,7 @@ where
     }
 }
 
-pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 

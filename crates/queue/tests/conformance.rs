@@ -1,0 +1,497 @@
+//! The queue's conformance suite: every test runs against both drivers, on a real store — a
+//! fresh Postgres database (`DATABASE_URL`'s server, default the local one) and a fresh
+//! SQLite file.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+use visibuild_queue::{
+    self as queue, Error, JobId, JobRef, JobState, NewJob, Outcome, Store, Transition,
+};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A store made for one test, removed after it.
+struct Fresh {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    database: Option<String>,
+}
+
+impl Fresh {
+    async fn postgres() -> Fresh {
+        let name = format!("queue_test_{}", Uuid::new_v4().simple());
+        let server = server_url();
+        let mut admin = PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("the conformance suite needs Postgres at {server}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = url_with_database(&server, &name);
+        url.push_str("");
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap();
+        let store = Store::Postgres(pool);
+        store.migrate().await.unwrap();
+        Fresh {
+            store,
+            _dir: None,
+            database: Some(name),
+        }
+    }
+
+    async fn sqlite() -> Fresh {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("queue.db"), 8)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Fresh {
+            store,
+            _dir: Some(dir),
+            database: None,
+        }
+    }
+
+    async fn done(self) {
+        self.store.close().await;
+        if let Some(name) = self.database {
+            let mut admin = PgConnection::connect(&server_url()).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+fn url_with_database(server: &str, name: &str) -> String {
+    let mut url = url::Url::parse(server).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// One test body, run as two tests: on Postgres and on SQLite.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let fresh = super::Fresh::postgres().await;
+                super::$name(&fresh.store).await;
+                fresh.done().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let fresh = super::Fresh::sqlite().await;
+                super::$name(&fresh.store).await;
+                fresh.done().await;
+            }
+        }
+    };
+}
+
+async fn enqueue(store: &Store, jobs: &[NewJob]) -> Vec<JobId> {
+    queue::enqueue(store, jobs).await.unwrap()
+}
+
+async fn claim(store: &Store, kind: &str, limit: i64, worker: &str) -> Vec<queue::ClaimedJob> {
+    queue::claim(store, None, &[kind], limit, worker, LEASE)
+        .await
+        .unwrap()
+}
+
+async fn state(store: &Store, id: JobId) -> JobState {
+    queue::job(store, id).await.unwrap().unwrap().state
+}
+
+on_both!(claims_take_jobs_in_order_and_count_attempts);
+async fn claims_take_jobs_in_order_and_count_attempts(store: &Store) {
+    let target = Uuid::new_v4();
+    let group = Uuid::new_v4();
+    let ids = enqueue(
+        store,
+        &[
+            NewJob {
+                group: Some(group),
+                target: Some(target),
+                ..NewJob::available("a")
+            },
+            NewJob::available("a"),
+            NewJob::available("b"),
+            NewJob::blocked("a"),
+        ],
+    )
+    .await;
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+
+    let got = claim(store, "a", 10, "w1").await;
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
+    assert_eq!(got[0].attempt, 1);
+    assert_eq!(got[0].kind, "a");
+    assert_eq!(got[0].group_id, Some(group));
+    assert_eq!(got[0].target_id, Some(target));
+    // Nothing more of kind a: the third is blocked, the others are held.
+    assert!(claim(store, "a", 10, "w2").await.is_empty());
+    // A group limits the claim.
+    let other = queue::claim(store, Some(Uuid::new_v4()), &["b"], 10, "w", LEASE)
+        .await
+        .unwrap();
+    assert!(other.is_empty());
+    let record = queue::job(store, ids[0]).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Running);
+    assert_eq!(record.locked_by.as_deref(), Some("w1"));
+    assert!(record.locked_until.unwrap() > record.updated_at);
+    let counts = queue::counts_by_state(store, None).await.unwrap();
+    assert!(
+        counts.contains(&("a".into(), JobState::Running, 2)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.contains(&("a".into(), JobState::Blocked, 1)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.contains(&("b".into(), JobState::Available, 1)),
+        "{counts:?}"
+    );
+}
+
+on_both!(new_jobs_must_be_available_or_blocked);
+async fn new_jobs_must_be_available_or_blocked(store: &Store) {
+    let bad = NewJob {
+        state: JobState::Running,
+        ..NewJob::available("a")
+    };
+    assert!(matches!(
+        queue::enqueue(store, &[bad]).await,
+        Err(Error::InvalidJob(_))
+    ));
+    let bad = NewJob {
+        max_attempts: 0,
+        ..NewJob::available("a")
+    };
+    assert!(matches!(
+        queue::enqueue(store, &[bad]).await,
+        Err(Error::InvalidJob(_))
+    ));
+}
+
+on_both!(concurrent_claims_never_overlap);
+async fn concurrent_claims_never_overlap(store: &Store) {
+    let jobs: Vec<_> = (0..400).map(|_| NewJob::available("a")).collect();
+    let ids = enqueue(store, &jobs).await;
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = queue::claim(&store, None, &["a"], 7, &format!("w{w}"), LEASE)
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    break mine;
+                }
+                let done: Vec<_> = got
+                    .iter()
+                    .map(|j| Transition::complete(j.job_ref()))
+                    .collect();
+                let outcomes = queue::apply(&store, &done).await.unwrap();
+                assert!(outcomes.iter().all(|o| *o == Outcome::Done));
+                mine.extend(got.into_iter().map(|j| j.id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(seen.insert(id), "job {id} was claimed twice");
+        }
+    }
+    assert_eq!(seen, ids.into_iter().collect::<HashSet<_>>());
+    assert!(!queue::has_unfinished(store, None).await.unwrap());
+}
+
+on_both!(a_lost_lease_fences_out_the_old_claim);
+async fn a_lost_lease_fences_out_the_old_claim(store: &Store) {
+    let [id] = enqueue(store, &[NewJob::available("a")]).await[..] else {
+        panic!()
+    };
+    let first = claim(store, "a", 1, "dead").await.remove(0);
+    assert_eq!(
+        queue::holders(store).await.unwrap(),
+        vec!["dead".to_string()]
+    );
+    assert_eq!(queue::expire_leases_of(store, "dead").await.unwrap(), 1);
+    let second = claim(store, "a", 1, "alive").await.remove(0);
+    assert_eq!((second.id, second.attempt), (id, 2));
+    // Every write of the first claim is refused now.
+    let err = queue::apply_one(store, Transition::complete(first.job_ref()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Fenced { attempt: 1, .. }), "{err}");
+    assert_eq!(
+        queue::heartbeat(store, &[first.job_ref()], LEASE)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        queue::heartbeat(store, &[second.job_ref()], LEASE)
+            .await
+            .unwrap(),
+        1
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert!(queue::hold(&mut tx, first.job_ref()).await.is_err());
+    queue::hold(&mut tx, second.job_ref()).await.unwrap();
+    tx.commit().await.unwrap();
+    queue::apply_one(store, Transition::complete(second.job_ref()))
+        .await
+        .unwrap();
+    assert_eq!(state(store, id).await, JobState::Completed);
+    // A finished job is not completed twice.
+    let again = queue::apply(store, &[Transition::complete(second.job_ref())])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Outcome::Fenced]);
+}
+
+on_both!(retries_use_attempts_and_then_fail);
+async fn retries_use_attempts_and_then_fail(store: &Store) {
+    let [id] = enqueue(
+        store,
+        &[NewJob {
+            max_attempts: 2,
+            ..NewJob::available("a")
+        }],
+    )
+    .await[..] else {
+        panic!()
+    };
+    let job = claim(store, "a", 1, "w").await.remove(0);
+    let outcome = queue::apply_one(
+        store,
+        Transition::retry_after(job.job_ref(), Duration::ZERO, "boom 1"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Retrying { .. }), "{outcome:?}");
+    let record = queue::job(store, id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.last_error.as_deref()),
+        (JobState::Available, Some("boom 1"))
+    );
+    assert_eq!(record.locked_by, None);
+    let job = claim(store, "a", 1, "w").await.remove(0);
+    assert_eq!(job.attempt, 2);
+    let outcome = queue::apply_one(
+        store,
+        Transition::retry_after(job.job_ref(), Duration::ZERO, "boom 2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Failed);
+    let record = queue::job(store, id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Failed);
+    assert!(record.finished_at.is_some());
+    assert!(claim(store, "a", 1, "w").await.is_empty());
+    // An operator's retry gives it attempts again.
+    queue::apply_one(store, Transition::revive(id, 8, false))
+        .await
+        .unwrap();
+    let job = claim(store, "a", 1, "w").await.remove(0);
+    assert_eq!((job.attempt, job.max_attempts), (3, 10));
+    // A permanent failure fails at once, attempts left or not.
+    let outcome = queue::apply_one(store, Transition::fail(job.job_ref(), "no"))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Failed);
+}
+
+on_both!(snoozes_and_releases_keep_the_attempts);
+async fn snoozes_and_releases_keep_the_attempts(store: &Store) {
+    let [id] = enqueue(
+        store,
+        &[NewJob {
+            max_attempts: 1,
+            ..NewJob::available("a")
+        }],
+    )
+    .await[..] else {
+        panic!()
+    };
+    let job = claim(store, "a", 1, "w").await.remove(0);
+    queue::apply_one(
+        store,
+        Transition::snooze(job.job_ref(), Duration::from_secs(3600), Some("429")),
+    )
+    .await
+    .unwrap();
+    let record = queue::job(store, id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Available);
+    assert_eq!(record.max_attempts, 2);
+    assert_eq!(record.last_error.as_deref(), Some("429"));
+    // Not before its time.
+    assert!(claim(store, "a", 1, "w").await.is_empty());
+    let next = queue::next_run_at(store, None).await.unwrap().unwrap();
+    assert!(next.0 > record.updated_at.0 + Duration::from_secs(3500));
+    assert!(queue::has_runnable(store, None).await.unwrap());
+    assert!(queue::has_available(store, None).await.unwrap());
+}
+
+on_both!(release_gives_jobs_back_at_once);
+async fn release_gives_jobs_back_at_once(store: &Store) {
+    enqueue(store, &[NewJob::available("a"), NewJob::available("a")]).await;
+    let held = claim(store, "a", 2, "w").await;
+    let refs: Vec<_> = held
+        .iter()
+        .map(|j| Transition::release(j.job_ref()))
+        .collect();
+    assert_eq!(
+        queue::apply(store, &refs).await.unwrap(),
+        vec![Outcome::Done; 2]
+    );
+    let again = claim(store, "a", 2, "w").await;
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|j| j.attempt == 2 && j.max_attempts == 9));
+}
+
+on_both!(block_and_unblock_wait_for_something_outside);
+async fn block_and_unblock_wait_for_something_outside(store: &Store) {
+    let [id] = enqueue(store, &[NewJob::blocked("b")]).await[..] else {
+        panic!()
+    };
+    assert!(claim(store, "b", 1, "w").await.is_empty());
+    assert!(!queue::has_runnable(store, None).await.unwrap());
+    assert!(queue::has_unfinished(store, None).await.unwrap());
+    assert_eq!(queue::next_run_at(store, None).await.unwrap(), None);
+    queue::apply_one(store, Transition::unblock(id))
+        .await
+        .unwrap();
+    // Unblocking twice is refused: it is not blocked any more.
+    assert_eq!(
+        queue::apply(store, &[Transition::unblock(id)])
+            .await
+            .unwrap(),
+        vec![Outcome::Fenced]
+    );
+    let job = claim(store, "b", 1, "w").await.remove(0);
+    queue::apply_one(store, Transition::block(job.job_ref(), "waiting again"))
+        .await
+        .unwrap();
+    let record = queue::job(store, id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Blocked);
+    assert_eq!(record.last_error.as_deref(), Some("waiting again"));
+    assert!(record.max_attempts > record.attempt);
+    // Revive can leave it blocked (its wait is not over) with fresh attempts.
+    queue::apply_one(store, Transition::revive(id, 8, true))
+        .await
+        .unwrap();
+    assert_eq!(state(store, id).await, JobState::Blocked);
+}
+
+on_both!(one_apply_settles_many_jobs_each_fenced_on_its_own);
+async fn one_apply_settles_many_jobs_each_fenced_on_its_own(store: &Store) {
+    let ids = enqueue(
+        store,
+        &(0..5).map(|_| NewJob::available("a")).collect::<Vec<_>>(),
+    )
+    .await;
+    let blocked = enqueue(store, &[NewJob::blocked("b")]).await[0];
+    let held = claim(store, "a", 5, "w").await;
+    let stale = JobRef {
+        id: held[4].id,
+        attempt: 99,
+    };
+    let outcomes = queue::apply(
+        store,
+        &[
+            Transition::complete(held[0].job_ref()),
+            Transition::retry_after(held[1].job_ref(), Duration::ZERO, "again"),
+            Transition::fail(held[2].job_ref(), "broken"),
+            Transition::snooze(held[3].job_ref(), Duration::ZERO, None),
+            Transition::complete(stale),
+            Transition::unblock(blocked),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes[0], Outcome::Done);
+    assert!(matches!(outcomes[1], Outcome::Retrying { .. }));
+    assert_eq!(outcomes[2], Outcome::Failed);
+    assert_eq!(outcomes[3], Outcome::Done);
+    assert_eq!(outcomes[4], Outcome::Fenced);
+    assert_eq!(outcomes[5], Outcome::Done);
+    let states = [
+        JobState::Completed,
+        JobState::Available,
+        JobState::Failed,
+        JobState::Available,
+        JobState::Running,
+    ];
+    for (id, want) in ids.iter().zip(states) {
+        assert_eq!(state(store, *id).await, want, "job {id}");
+    }
+    assert_eq!(state(store, blocked).await, JobState::Available);
+    let dup = [
+        Transition::complete(held[0].job_ref()),
+        Transition::release(held[0].job_ref()),
+    ];
+    assert!(matches!(
+        queue::apply(store, &dup).await,
+        Err(Error::InvalidJob(_))
+    ));
+}
+
+on_both!(transitions_share_the_callers_transaction);
+async fn transitions_share_the_callers_transaction(store: &Store) {
+    let [id] = enqueue(store, &[NewJob::available("a")]).await[..] else {
+        panic!()
+    };
+    let job = claim(store, "a", 1, "w").await.remove(0);
+    let mut tx = store.begin().await.unwrap();
+    queue::apply_one(&mut tx, Transition::complete(job.job_ref()))
+        .await
+        .unwrap();
+    drop(tx); // rolled back
+    assert_eq!(state(store, id).await, JobState::Running);
+    let mut tx = store.begin().await.unwrap();
+    queue::apply_one(&mut tx, Transition::complete(job.job_ref()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(state(store, id).await, JobState::Completed);
+}
+
+on_both!(idle_workers_are_woken_by_new_work);
+async fn idle_workers_are_woken_by_new_work(store: &Store) {
+    let mut listener = queue::listen(store).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(10), listener.notified()).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    enqueue(store, &[NewJob::available("a")]).await;
+    assert!(waiting.await.unwrap().is_ok(), "no wake-up within 10 s");
+}
