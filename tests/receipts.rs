@@ -58,7 +58,7 @@ async fn with_receipts_lost_and_5xx_create_answers_leave_every_ticket_created_on
             .iter()
             .filter(|a| a.filename == "import-receipt.txt")
             .collect();
-        if t % 3 == 0 {
+        if t.is_multiple_of(3) {
             assert!(named.is_empty(), "{ticket:?}");
             assert_eq!(ticket.attachments.len(), 1, "{ticket:?}");
         } else {
