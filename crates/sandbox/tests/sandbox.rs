@@ -8,14 +8,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use visibuild_import::sandbox::{self, Sandbox, SandboxConfig};
-use visibuild_import::secret::Secret;
+use visibuild_sandbox::{Sandbox, SandboxConfig, Secret};
 
 const TOKEN: &str = "sandbox-token";
 const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
 
 async fn sandbox_with(cfg: SandboxConfig) -> Sandbox {
-    sandbox::start(cfg).await.expect("sandbox starts")
+    visibuild_sandbox::start(cfg).await.expect("sandbox starts")
 }
 
 async fn default_sandbox() -> Sandbox {

@@ -4,17 +4,21 @@
 //! Start it in-process with [`start`] (tests bind port 0) or from the CLI with
 //! [`serve_forever`]. S3 size mismatches answer `400 EntityTooSmall` / `400 EntityTooLarge`
 //! (the `Content-Length` against the presigned `fileSize`), checked before the body is read.
+//!
+//! It knows nothing of the importer: its priority is the vendor's API model and its secrets
+//! are its own type.
+#![forbid(unsafe_code)]
 
 mod api;
 mod s3;
+mod secret;
 mod server;
 mod state;
 
 pub use api::MAX_FILE_SIZE;
 pub use s3::BUCKET;
+pub use secret::Secret;
 
-use crate::domain::Priority;
-use crate::secret::Secret;
 use serde::Serialize;
 use state::{Behaviour, Shared, SharedParts};
 use std::collections::BTreeMap;
@@ -98,6 +102,17 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot wait for Ctrl-C")]
+    Signal(#[source] std::io::Error),
+}
+
+/// A ticket's priority, as the vendor's API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
 }
 
 /// A ticket the sandbox created.
@@ -181,11 +196,7 @@ pub struct Sandbox {
 }
 
 /// Starts a sandbox on `cfg.listen` and returns once it accepts connections.
-pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
-    Ok(start_sandbox(cfg).await?)
-}
-
-async fn start_sandbox(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
     for (name, value) in [
         ("fail_rate", cfg.fail_rate),
         ("drop_rate", cfg.drop_rate),
@@ -252,11 +263,7 @@ async fn start_sandbox(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
             .into_iter()
             .map(|(token, company)| (token.expose().to_string(), company))
             .collect(),
-        clients: cfg
-            .clients
-            .into_iter()
-            .map(|(id, secret, company)| (id, secret.expose().to_string(), company))
-            .collect(),
+        clients: cfg.clients,
         projects: cfg.projects,
     }));
     let router = api::router(shared.clone());
@@ -319,10 +326,12 @@ impl Drop for Sandbox {
 }
 
 /// Runs a sandbox until Ctrl-C: the `sandbox` subcommand.
-pub async fn serve_forever(cfg: SandboxConfig) -> anyhow::Result<()> {
+pub async fn serve_forever(cfg: SandboxConfig) -> Result<(), SandboxError> {
     let sandbox = start(cfg).await?;
     println!("sandbox listening on http://{}", sandbox.addr());
-    tokio::signal::ctrl_c().await?;
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(SandboxError::Signal)?;
     sandbox.shutdown().await;
     Ok(())
 }

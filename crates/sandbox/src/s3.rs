@@ -1,7 +1,7 @@
 //! The sandbox's S3: presigned-PUT URLs signed and verified with `aws-sigv4` (query-string
 //! SigV4), and a PUT endpoint that checks them like S3 and streams bodies to disk.
 
-use super::state::Shared;
+use crate::state::Shared;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,

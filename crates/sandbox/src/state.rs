@@ -1,8 +1,9 @@
 //! The sandbox's memory: tokens, presigned uploads, stored objects, tickets and counters,
 //! behind one lock so that multi-key checks (a ticket's attachment keys) are atomic.
 
-use super::s3::Signer;
-use super::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
+use crate::Secret;
+use crate::s3::Signer;
+use crate::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
@@ -37,7 +38,7 @@ pub(crate) struct Shared {
     /// Fallback `host[:port]` for presigned URLs when a request carries no `Host`.
     pub authority: String,
     /// `(client id, client secret, company)`.
-    pub clients: Vec<(String, String, String)>,
+    pub clients: Vec<(String, Secret, String)>,
     pub projects: Vec<Uuid>,
     inner: Mutex<Inner>,
 }
@@ -91,7 +92,7 @@ pub(crate) struct SharedParts {
     pub incoming_dir: PathBuf,
     pub authority: String,
     pub tokens: Vec<(String, String)>,
-    pub clients: Vec<(String, String, String)>,
+    pub clients: Vec<(String, Secret, String)>,
     pub projects: Vec<Uuid>,
 }
 

@@ -1,11 +1,10 @@
 //! The sandbox's Visibuild API (OAuth, presign, tickets), its fault-injection middleware
 //! and the unauthenticated `/sandbox/*` views used by tests and rehearsals.
 
-use super::s3::{self, PresignRequest};
-use super::server::ConnectionKill;
-use super::state::{Shared, Upload};
-use super::{SandboxContact, SandboxTicket};
-use crate::domain::Priority;
+use crate::s3::{self, PresignRequest};
+use crate::server::ConnectionKill;
+use crate::state::{Shared, Upload};
+use crate::{Priority, SandboxContact, SandboxTicket};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -214,11 +213,7 @@ async fn oauth_token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
         .clients
         .iter()
         .find_map(|(known_id, known_secret, company)| {
-            let matches = known_id == id
-                && bool::from(subtle::ConstantTimeEq::ct_eq(
-                    known_secret.as_bytes(),
-                    secret.as_bytes(),
-                ));
+            let matches = known_id == id && known_secret.matches(secret);
             matches.then(|| company.clone())
         });
     let Some(company) = company else {
