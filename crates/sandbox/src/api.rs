@@ -1,10 +1,11 @@
 //! The sandbox's Visibuild API (OAuth, presign, tickets), its fault-injection middleware
 //! and the unauthenticated `/sandbox/*` views used by tests and rehearsals.
 
-use crate::s3::{self, PresignRequest};
+use crate::model::{Priority, SandboxContact, SandboxTicket};
+use crate::s3;
 use crate::server::ConnectionKill;
+use crate::sigv4::PresignRequest;
 use crate::state::{Shared, Upload};
-use crate::{Priority, SandboxContact, SandboxTicket};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -361,7 +362,7 @@ async fn presign(
         .signer
         .presign(&PresignRequest {
             authority,
-            key: &key,
+            path: &s3::object_path(&key),
             content_type,
             content_md5: checksum,
             expires_in: shared.behaviour.url_ttl,

@@ -1,9 +1,9 @@
 //! The sandbox's memory: tokens, presigned uploads, stored objects, tickets and counters,
 //! behind one lock so that multi-key checks (a ticket's attachment keys) are atomic.
 
-use crate::Secret;
-use crate::s3::Signer;
-use crate::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
+use crate::model::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
+use crate::secret::Secret;
+use crate::sigv4::Signer;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
