@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
-use visibuild_sandbox::{SandboxConfig, Secret};
+use visibuild_sandbox::{Clock, SandboxConfig, Secret};
 
 const DEFAULT_COMPANY: &str = "sandbox";
 
@@ -117,6 +117,7 @@ impl SandboxArgs {
             latency: Duration::from_millis(self.latency),
             url_ttl: Duration::from_secs(self.url_ttl),
             token_ttl: Duration::from_secs(self.token_ttl),
+            clock: Clock::system(),
             seed: self.seed,
         })
     }

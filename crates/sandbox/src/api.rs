@@ -18,7 +18,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::SystemTime;
 use url::form_urlencoded;
 use uuid::Uuid;
 
@@ -76,9 +75,7 @@ async fn behave(
 fn rate_limited(shared: &Shared) -> Option<Response> {
     let limiter = shared.limiter.as_ref()?;
     let not_until = limiter.check().err()?;
-    let wait = not_until.wait_time_from(governor::clock::Clock::now(
-        &governor::clock::DefaultClock::default(),
-    ));
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
     // Whole seconds, rounded up: a client that honours it is never early.
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     shared.lock().stats.rate_limited += 1;
@@ -366,7 +363,7 @@ async fn presign(
             content_type,
             content_md5: checksum,
             expires_in: shared.behaviour.url_ttl,
-            now: SystemTime::now(),
+            now: shared.clock.now(),
         })
         .map_err(|e| {
             tracing::error!(error = %e, "sandbox could not presign");

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod clock;
 mod model;
 mod s3;
 mod secret;
@@ -18,6 +19,7 @@ mod sigv4;
 mod state;
 
 pub use api::MAX_FILE_SIZE;
+pub use clock::{Clock, ManualClock};
 pub use model::{
     Priority, SandboxAttachment, SandboxContact, SandboxObject, SandboxStats, SandboxTicket,
 };
@@ -60,6 +62,9 @@ pub struct SandboxConfig {
     pub url_ttl: Duration,
     /// Lifetime of OAuth access tokens.
     pub token_ttl: Duration,
+    /// What every expiry (presigned URLs, OAuth tokens) and the rate limit read as "now";
+    /// `latency` is real time whatever the clock.
+    pub clock: Clock,
     /// Seeds keys, ids, tokens and fault dice, for reproducible runs.
     pub seed: Option<u64>,
 }
@@ -79,6 +84,7 @@ impl Default for SandboxConfig {
             latency: Duration::ZERO,
             url_ttl: Duration::from_secs(15 * 60),
             token_ttl: Duration::from_secs(3600),
+            clock: Clock::system(),
             seed: None,
         }
     }
@@ -175,6 +181,7 @@ pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
             url_ttl: cfg.url_ttl,
             token_ttl: cfg.token_ttl,
         },
+        clock: cfg.clock,
         rate: cfg.rate,
         seed: cfg.seed,
         objects_dir,

@@ -13,7 +13,6 @@ use futures::StreamExt;
 use md5::{Digest, Md5};
 use rand::Rng;
 use std::sync::Arc;
-use std::time::SystemTime;
 use tokio::io::AsyncWriteExt;
 
 /// The one bucket the sandbox serves.
@@ -164,7 +163,7 @@ pub(crate) async fn put_object(
         request.uri().path(),
         request.uri().query().unwrap_or_default(),
         headers,
-        SystemTime::now(),
+        shared.clock.now(),
     )?;
 
     let (upload_id, size, md5) = {
