@@ -10,14 +10,17 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # Dependencies first, so that a change to the sources does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY crates/sandbox/Cargo.toml crates/sandbox/
+COPY crates/queue/Cargo.toml crates/queue/
+RUN mkdir -p src benches crates/sandbox/src crates/queue/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/sandbox/src/lib.rs crates/queue/src/lib.rs \
     && for b in queue hash baseline; do echo 'fn main() {}' > benches/$b.rs; done \
     && cargo build --release --locked \
-    && rm -rf src benches
+    && rm -rf src benches crates/sandbox/src crates/queue/src
 COPY . .
 # The placeholder build left newer artefacts: make cargo see the real sources as changed.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin visibuild-import
+RUN touch src/main.rs src/lib.rs crates/sandbox/src/lib.rs crates/queue/src/lib.rs \
+    && cargo build --release --locked --bin visibuild-import
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -10,7 +10,6 @@ pub mod manifest;
 pub mod pipeline;
 pub mod rate;
 pub mod receipt;
-pub mod sandbox;
 pub mod secret;
 pub mod store;
 pub mod ui;

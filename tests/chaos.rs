@@ -15,8 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use visibuild_import::sandbox::{self, Sandbox, SandboxConfig};
-use visibuild_import::secret::Secret;
+use visibuild_sandbox::{Sandbox, SandboxConfig, Secret};
 
 const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
 const TICKETS: usize = 300;
@@ -247,7 +246,7 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
     eprintln!("chaos seed {seed} (CHAOS_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
     let fx = fixture();
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         tokens: Vec::new(),
         clients: vec![(
             CLIENT_ID.into(),

@@ -8,8 +8,7 @@ use common::*;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
-use visibuild_import::sandbox::{Sandbox, SandboxConfig};
-use visibuild_import::secret::Secret;
+use visibuild_sandbox::{Sandbox, SandboxConfig, Secret};
 
 // ---------------------------------------------------------------------------------------
 // check and enqueue

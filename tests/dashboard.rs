@@ -9,9 +9,9 @@ use fantoccini::{ClientBuilder, Locator};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use visibuild_import::sandbox::SandboxConfig;
 use visibuild_import::secret::Secret;
 use visibuild_import::ui::{self, UiConfig};
+use visibuild_sandbox::SandboxConfig;
 
 // ---------------------------------------------------------------------------------------
 // A real browser

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::time::Duration;
 use visibuild_import::pipeline::hash::md5_bytes;
-use visibuild_import::sandbox::SandboxConfig;
+use visibuild_sandbox::SandboxConfig;
 
 /// MD5 (base64) of the bytes, as the sandbox records it.
 async fn ticket_state(pool: &sqlx::PgPool, reference: &str) -> (String, String) {
@@ -155,7 +155,7 @@ async fn missing_or_refused_credentials_exit_2_before_loading() {
     let sb = start(SandboxConfig {
         clients: vec![(
             "demo".into(),
-            visibuild_import::secret::Secret::new("right"),
+            visibuild_sandbox::Secret::new("right"),
             "sandbox".into(),
         )],
         ..Default::default()

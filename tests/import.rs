@@ -13,10 +13,10 @@ use visibuild_import::domain::BatchId;
 use visibuild_import::manifest::{self, ManifestOptions};
 use visibuild_import::pipeline::{self, PoolConfig, Progress, RunEnd};
 use visibuild_import::rate::{Rate, RateGate};
-use visibuild_import::sandbox::{self, Sandbox, SandboxConfig};
 use visibuild_import::secret::Secret;
 use visibuild_import::store::tickets;
 use visibuild_import::visibuild::{Client, ClientConfig, Credentials};
+use visibuild_sandbox::{Sandbox, SandboxConfig};
 
 const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
 
@@ -170,7 +170,9 @@ async fn locked_jobs(db: &PgPool) -> i64 {
 #[sqlx::test]
 async fn fifty_tickets_import_once_each_with_exactly_their_files(db: PgPool) {
     let fx = fixture(50, |t| t % 5 + 1, |t, f| 1_000 + t * 97 + f * 13);
-    let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
+    let sandbox = visibuild_sandbox::start(SandboxConfig::default())
+        .await
+        .unwrap();
     let (batch, report) = enqueue(&db, &fx.manifest).await;
     assert_eq!(report.tickets_added, 50);
     assert_eq!(report.attachments_added, 150);
@@ -186,7 +188,9 @@ async fn fifty_tickets_import_once_each_with_exactly_their_files(db: PgPool) {
 #[sqlx::test]
 async fn reimporting_the_same_manifest_creates_nothing_new(db: PgPool) {
     let fx = fixture(12, |t| t % 3, |_, f| 500 + f);
-    let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
+    let sandbox = visibuild_sandbox::start(SandboxConfig::default())
+        .await
+        .unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
     run(&db, client(&sandbox, None), pool_config(batch)).await;
     let (batch2, report) = enqueue(&db, &fx.manifest).await;
@@ -199,7 +203,7 @@ async fn reimporting_the_same_manifest_creates_nothing_new(db: PgPool) {
 #[sqlx::test]
 async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: PgPool) {
     let fx = fixture(40, |t| t % 4 + 1, |t, f| 700 + t + f);
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         fail_rate: 0.1,
         // 0.2 rather than 0.1: the test asserts that answers were lost, and 40 creates at
         // 0.1 draw none about once in 70 runs.
@@ -232,7 +236,7 @@ async fn expired_upload_urls_are_presigned_again(db: PgPool) {
     // 1 s) and 600 ms of latency before S3 looks at a PUT: a URL made after 0.4 s into a
     // second has expired by the time its PUT is checked, and S3 refuses it with 403.
     let fx = fixture(6, |_| 2, |_, _| 2_000);
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         url_ttl: Duration::from_secs(1),
         latency: Duration::from_millis(600),
         ..SandboxConfig::default()
@@ -264,7 +268,7 @@ async fn expired_upload_urls_are_presigned_again(db: PgPool) {
 #[sqlx::test]
 async fn a_run_cancelled_midway_resumes_and_creates_each_ticket_once(db: PgPool) {
     let fx = fixture(30, |t| t % 3 + 1, |_, _| 4_000);
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         latency: Duration::from_millis(20),
         ..SandboxConfig::default()
     })
@@ -303,7 +307,7 @@ async fn a_run_cancelled_midway_resumes_and_creates_each_ticket_once(db: PgPool)
 #[sqlx::test]
 async fn an_api_rate_equal_to_the_servers_limit_draws_no_429s(db: PgPool) {
     let fx = fixture(20, |_| 1, |_, _| 300);
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         rate: Some(20),
         ..SandboxConfig::default()
     })
@@ -341,7 +345,9 @@ async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
         format!("ref,project_id,title,attachments\nBIG-1,{PROJECT},Defect 0,scan.pdf\n"),
     )
     .unwrap();
-    let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
+    let sandbox = visibuild_sandbox::start(SandboxConfig::default())
+        .await
+        .unwrap();
     let (batch, _) = enqueue(&db, &dir.path().join("manifest.csv")).await;
     assert_eq!(
         run(&db, client(&sandbox, None), pool_config(batch)).await,
@@ -355,7 +361,9 @@ async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
 #[sqlx::test]
 async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: PgPool) {
     let fx = fixture(5, |t| t % 2, |_, _| 100);
-    let sandbox = sandbox::start(SandboxConfig::default()).await.unwrap();
+    let sandbox = visibuild_sandbox::start(SandboxConfig::default())
+        .await
+        .unwrap();
     let (batch, _) = enqueue(&db, &fx.manifest).await;
     let wrong = client_with_token(&sandbox, None, "not-the-token");
     let end = run(&db, wrong, pool_config(batch)).await;
@@ -376,7 +384,7 @@ async fn a_ticket_without_files_whose_create_was_refused_is_sent_again_not_revie
     // A 429 says the request was not taken in: the next attempt may send it again. Only a
     // create whose outcome is unknown puts a ticket without files up for review.
     let fx = fixture(20, |_| 0, |_, _| 0);
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         rate: Some(5),
         ..SandboxConfig::default()
     })
@@ -399,7 +407,7 @@ async fn a_ticket_without_files_whose_create_got_a_5xx_is_created_once_or_held_f
     // A 500 or a gateway's 502 may come after the ticket was made, so a ticket without files
     // is not sent again blindly; a 503 was not taken in, so it is. Either way: never twice.
     let fx = fixture(20, |_| 0, |_, _| 0);
-    let sandbox = sandbox::start(SandboxConfig {
+    let sandbox = visibuild_sandbox::start(SandboxConfig {
         fail_rate: 0.3,
         seed: Some(11),
         ..SandboxConfig::default()

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::collections::BTreeMap;
 use visibuild_import::pipeline::hash::md5_bytes;
-use visibuild_import::sandbox::SandboxConfig;
+use visibuild_sandbox::SandboxConfig;
 
 const FAST: [&str; 4] = ["--api-rate", "1000/s", "--upload-rate", "1000/s"];
 

@@ -383,9 +383,9 @@ fn default_batch_name(manifest: &Path) -> String {
 /// The client, and the in-process sandbox when rehearsing (kept alive by the caller).
 async fn connect_api(
     api: &ApiSettings,
-) -> Result<(Arc<Client>, Option<crate::sandbox::Sandbox>), anyhow::Error> {
+) -> Result<(Arc<Client>, Option<visibuild_sandbox::Sandbox>), anyhow::Error> {
     let (api_url, credentials, sandbox) = if api.sandbox {
-        let sandbox = crate::sandbox::start(crate::sandbox::SandboxConfig::default())
+        let sandbox = visibuild_sandbox::start(visibuild_sandbox::SandboxConfig::default())
             .await
             .context("starting the in-process sandbox")?;
         let credentials = api
@@ -646,7 +646,7 @@ fn serve_dashboard(
 
 async fn work(
     db: PgPool,
-    (client, sandbox): (Arc<Client>, Option<crate::sandbox::Sandbox>),
+    (client, sandbox): (Arc<Client>, Option<visibuild_sandbox::Sandbox>),
     workers: WorkerSettings,
     mut target: RunTarget<'_>,
 ) -> Result<Exit, anyhow::Error> {

@@ -519,7 +519,7 @@ impl Cli {
                 app::report(&db, a.into_settings()).await
             }
             Command::Sandbox(a) => {
-                crate::sandbox::serve_forever(a.into_config()?).await?;
+                visibuild_sandbox::serve_forever(a.into_config()?).await?;
                 Ok(Exit::Success)
             }
             Command::Ui(a) => {

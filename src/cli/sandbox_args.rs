@@ -1,13 +1,12 @@
 //! Flags of `visibuild-import sandbox`, turned once into a [`SandboxConfig`].
 //! Clap stops here: the sandbox itself never sees these types.
 
-use crate::sandbox::SandboxConfig;
-use crate::secret::Secret;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
+use visibuild_sandbox::{Clock, SandboxConfig, Secret};
 
 const DEFAULT_COMPANY: &str = "sandbox";
 
@@ -118,6 +117,7 @@ impl SandboxArgs {
             latency: Duration::from_millis(self.latency),
             url_ttl: Duration::from_secs(self.url_ttl),
             token_ttl: Duration::from_secs(self.token_ttl),
+            clock: Clock::system(),
             seed: self.seed,
         })
     }

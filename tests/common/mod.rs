@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use visibuild_import::sandbox::{self, Sandbox, SandboxConfig};
+use visibuild_sandbox::{Sandbox, SandboxConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_visibuild-import");
 pub const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
@@ -127,7 +127,7 @@ pub fn reference(t: usize) -> String {
 
 pub async fn start(config: SandboxConfig) -> Sandbox {
     visibuild_import::visibuild::use_ring_for_tls();
-    sandbox::start(config).await.unwrap()
+    visibuild_sandbox::start(config).await.unwrap()
 }
 
 /// Created tickets by title: how many times each was created.

@@ -4,20 +4,29 @@
 //! Start it in-process with [`start`] (tests bind port 0) or from the CLI with
 //! [`serve_forever`]. S3 size mismatches answer `400 EntityTooSmall` / `400 EntityTooLarge`
 //! (the `Content-Length` against the presigned `fileSize`), checked before the body is read.
+//!
+//! It knows nothing of the importer: its priority is the vendor's API model and its secrets
+//! are its own type.
+#![forbid(unsafe_code)]
 
 mod api;
+mod clock;
+mod model;
 mod s3;
+mod secret;
 mod server;
+mod sigv4;
 mod state;
 
 pub use api::MAX_FILE_SIZE;
+pub use clock::{Clock, ManualClock};
+pub use model::{
+    Priority, SandboxAttachment, SandboxContact, SandboxObject, SandboxStats, SandboxTicket,
+};
 pub use s3::BUCKET;
+pub use secret::Secret;
 
-use crate::domain::Priority;
-use crate::secret::Secret;
-use serde::Serialize;
 use state::{Behaviour, Shared, SharedParts};
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +62,9 @@ pub struct SandboxConfig {
     pub url_ttl: Duration,
     /// Lifetime of OAuth access tokens.
     pub token_ttl: Duration,
+    /// What every expiry (presigned URLs, OAuth tokens) and the rate limit read as "now";
+    /// `latency` is real time whatever the clock.
+    pub clock: Clock,
     /// Seeds keys, ids, tokens and fault dice, for reproducible runs.
     pub seed: Option<u64>,
 }
@@ -72,6 +84,7 @@ impl Default for SandboxConfig {
             latency: Duration::ZERO,
             url_ttl: Duration::from_secs(15 * 60),
             token_ttl: Duration::from_secs(3600),
+            clock: Clock::system(),
             seed: None,
         }
     }
@@ -98,78 +111,8 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// A ticket the sandbox created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxTicket {
-    pub id: Uuid,
-    pub company: String,
-    pub project_id: Uuid,
-    pub title: String,
-    pub priority: Option<Priority>,
-    pub address: Option<String>,
-    pub contact: Option<SandboxContact>,
-    pub attachments: Vec<SandboxAttachment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SandboxContact {
-    pub name: Option<String>,
-    pub email: Option<String>,
-}
-
-/// One attachment linked to a ticket, as uploaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxAttachment {
-    pub key: String,
-    pub filename: String,
-    pub content_type: String,
-    pub size: u64,
-    /// Base64 MD5 of the stored bytes (equal to the presigned checksum).
-    pub md5: String,
-}
-
-/// One stored object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxObject {
-    pub key: String,
-    pub company: String,
-    pub size: u64,
-    /// Base64 MD5.
-    pub md5: String,
-    pub ticket_id: Option<Uuid>,
-}
-
-/// What the sandbox has served.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxStats {
-    /// `"POST /api/core/v1/tickets"` → status → count. S3 PUTs count as `"PUT /s3"`.
-    /// A dropped response is counted in `responses_dropped` only.
-    pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
-    /// `429`s served.
-    pub rate_limited: u64,
-    /// Random API 5xx served.
-    pub faults_injected: u64,
-    /// Tickets created whose response was never sent.
-    pub responses_dropped: u64,
-    /// Random S3 5xx served.
-    pub s3_faults: u64,
-}
-
-impl SandboxStats {
-    /// How many requests to `endpoint` (e.g. `"PUT /s3"`) were answered with `status`.
-    pub fn count(&self, endpoint: &str, status: u16) -> u64 {
-        self.requests
-            .get(endpoint)
-            .and_then(|by_status| by_status.get(&status))
-            .copied()
-            .unwrap_or_default()
-    }
+    #[error("cannot wait for Ctrl-C")]
+    Signal(#[source] std::io::Error),
 }
 
 /// A running sandbox. Dropping it stops it (and removes its temporary data dir).
@@ -181,11 +124,7 @@ pub struct Sandbox {
 }
 
 /// Starts a sandbox on `cfg.listen` and returns once it accepts connections.
-pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
-    Ok(start_sandbox(cfg).await?)
-}
-
-async fn start_sandbox(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
     for (name, value) in [
         ("fail_rate", cfg.fail_rate),
         ("drop_rate", cfg.drop_rate),
@@ -242,6 +181,7 @@ async fn start_sandbox(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
             url_ttl: cfg.url_ttl,
             token_ttl: cfg.token_ttl,
         },
+        clock: cfg.clock,
         rate: cfg.rate,
         seed: cfg.seed,
         objects_dir,
@@ -252,11 +192,7 @@ async fn start_sandbox(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
             .into_iter()
             .map(|(token, company)| (token.expose().to_string(), company))
             .collect(),
-        clients: cfg
-            .clients
-            .into_iter()
-            .map(|(id, secret, company)| (id, secret.expose().to_string(), company))
-            .collect(),
+        clients: cfg.clients,
         projects: cfg.projects,
     }));
     let router = api::router(shared.clone());
@@ -319,10 +255,12 @@ impl Drop for Sandbox {
 }
 
 /// Runs a sandbox until Ctrl-C: the `sandbox` subcommand.
-pub async fn serve_forever(cfg: SandboxConfig) -> anyhow::Result<()> {
+pub async fn serve_forever(cfg: SandboxConfig) -> Result<(), SandboxError> {
     let sandbox = start(cfg).await?;
     println!("sandbox listening on http://{}", sandbox.addr());
-    tokio::signal::ctrl_c().await?;
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(SandboxError::Signal)?;
     sandbox.shutdown().await;
     Ok(())
 }

@@ -7,16 +7,22 @@ use md5::{Digest, Md5};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
+use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use visibuild_import::sandbox::{self, Sandbox, SandboxConfig};
-use visibuild_import::secret::Secret;
+use visibuild_sandbox::{ManualClock, Sandbox, SandboxConfig, Secret};
 
 const TOKEN: &str = "sandbox-token";
 const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
 
+/// A clock for the tests that move time: it starts on a whole second and stands still.
+fn manual_clock() -> ManualClock {
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+}
+
 async fn sandbox_with(cfg: SandboxConfig) -> Sandbox {
-    visibuild_import::visibuild::use_ring_for_tls();
-    sandbox::start(cfg).await.expect("sandbox starts")
+    // reqwest is built without a crypto provider in this workspace (see the root crate).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    visibuild_sandbox::start(cfg).await.expect("sandbox starts")
 }
 
 async fn default_sandbox() -> Sandbox {
@@ -211,15 +217,23 @@ async fn put_without_content_length_is_411_missing_content_length() {
 
 #[tokio::test]
 async fn put_after_the_url_ttl_is_403_request_has_expired() {
+    let time = manual_clock();
     let sb = sandbox_with(SandboxConfig {
-        url_ttl: Duration::from_secs(1),
+        url_ttl: Duration::from_secs(60),
+        clock: time.clone().into(),
         ..Default::default()
     })
     .await;
     let body = b"late";
     let upload = presign(&sb, body).await;
-    // Waiting out a clock (X-Amz-Date has whole seconds), not waiting for work.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    time.advance(Duration::from_secs(60));
+    let last_moment = put(&upload, body).await;
+    assert_eq!(
+        last_moment.status(),
+        StatusCode::OK,
+        "valid to the end of its TTL"
+    );
+    time.advance(Duration::from_millis(1));
     let response = put(&upload, body).await;
     let status = response.status();
     let text = response.text().await.unwrap();
@@ -654,9 +668,11 @@ async fn oauth(sb: &Sandbox, form: &[(&str, &str)]) -> reqwest::Response {
 
 #[tokio::test]
 async fn oauth_tokens_work_for_their_company_until_token_ttl() {
+    let time = manual_clock();
     let sb = sandbox_with(SandboxConfig {
         clients: vec![("client-1".into(), Secret::new("s3cret"), "acme".into())],
-        token_ttl: Duration::from_secs(1),
+        token_ttl: Duration::from_secs(3600),
+        clock: time.clone().into(),
         ..Default::default()
     })
     .await;
@@ -673,7 +689,7 @@ async fn oauth_tokens_work_for_their_company_until_token_ttl() {
     assert_eq!(response.status(), StatusCode::OK);
     let grant: Value = response.json().await.unwrap();
     assert_eq!(grant["token_type"], "Bearer");
-    assert_eq!(grant["expires_in"], 1);
+    assert_eq!(grant["expires_in"], 3600);
     assert_eq!(grant["scope"], "read write");
     let token = grant["access_token"].as_str().unwrap();
 
@@ -683,8 +699,10 @@ async fn oauth_tokens_work_for_their_company_until_token_ttl() {
     let error = error_of(ticket(&sb, &[&key]).await).await;
     assert_eq!(error["message"], "attachment belongs to another company");
 
-    // Waiting out a clock, not waiting for work.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    time.advance(Duration::from_secs(3600) - Duration::from_millis(1));
+    let last_moment = post_json(&sb, "/api/core/v1/attachments", token, &presign_body(b"x")).await;
+    assert_eq!(last_moment.status(), StatusCode::OK);
+    time.advance(Duration::from_millis(1));
     let expired = post_json(&sb, "/api/core/v1/attachments", token, &presign_body(b"x")).await;
     assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
 }
@@ -727,8 +745,10 @@ async fn oauth_refuses_a_bad_client_with_401_and_a_bad_grant_type_with_400() {
 
 #[tokio::test]
 async fn above_the_rate_the_api_answers_429_with_retry_after() {
+    let time = manual_clock();
     let sb = sandbox_with(SandboxConfig {
         rate: Some(1),
+        clock: time.clone().into(),
         ..Default::default()
     })
     .await;
@@ -741,10 +761,17 @@ async fn above_the_rate_the_api_answers_429_with_retry_after() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(retry_after >= 1);
+    assert_eq!(retry_after, 1);
     let also_oauth = oauth(&sb, &[("grant_type", "client_credentials")]).await;
     assert_eq!(also_oauth.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(sb.stats().rate_limited, 2);
+    time.advance(Duration::from_secs(retry_after));
+    let after = post_json(&sb, "/api/core/v1/attachments", TOKEN, &presign_body(b"c")).await;
+    assert_eq!(
+        after.status(),
+        StatusCode::OK,
+        "a client that honours Retry-After gets in"
+    );
 }
 
 #[tokio::test]

@@ -1,11 +1,11 @@
 //! The sandbox's Visibuild API (OAuth, presign, tickets), its fault-injection middleware
 //! and the unauthenticated `/sandbox/*` views used by tests and rehearsals.
 
-use super::s3::{self, PresignRequest};
-use super::server::ConnectionKill;
-use super::state::{Shared, Upload};
-use super::{SandboxContact, SandboxTicket};
-use crate::domain::Priority;
+use crate::model::{Priority, SandboxContact, SandboxTicket};
+use crate::s3;
+use crate::server::ConnectionKill;
+use crate::sigv4::PresignRequest;
+use crate::state::{Shared, Upload};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -18,7 +18,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::SystemTime;
 use url::form_urlencoded;
 use uuid::Uuid;
 
@@ -76,9 +75,7 @@ async fn behave(
 fn rate_limited(shared: &Shared) -> Option<Response> {
     let limiter = shared.limiter.as_ref()?;
     let not_until = limiter.check().err()?;
-    let wait = not_until.wait_time_from(governor::clock::Clock::now(
-        &governor::clock::DefaultClock::default(),
-    ));
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(limiter.clock()));
     // Whole seconds, rounded up: a client that honours it is never early.
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     shared.lock().stats.rate_limited += 1;
@@ -214,11 +211,7 @@ async fn oauth_token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
         .clients
         .iter()
         .find_map(|(known_id, known_secret, company)| {
-            let matches = known_id == id
-                && bool::from(subtle::ConstantTimeEq::ct_eq(
-                    known_secret.as_bytes(),
-                    secret.as_bytes(),
-                ));
+            let matches = known_id == id && known_secret.matches(secret);
             matches.then(|| company.clone())
         });
     let Some(company) = company else {
@@ -366,11 +359,11 @@ async fn presign(
         .signer
         .presign(&PresignRequest {
             authority,
-            key: &key,
+            path: &s3::object_path(&key),
             content_type,
             content_md5: checksum,
             expires_in: shared.behaviour.url_ttl,
-            now: SystemTime::now(),
+            now: shared.clock.now(),
         })
         .map_err(|e| {
             tracing::error!(error = %e, "sandbox could not presign");

@@ -1,34 +1,21 @@
-//! The sandbox's S3: presigned-PUT URLs signed and verified with `aws-sigv4` (query-string
-//! SigV4), and a PUT endpoint that checks them like S3 and streams bodies to disk.
+//! Query-string SigV4 for presigned S3 PUTs, signed and verified with `aws-sigv4`: what a
+//! presigned URL carries, and the check an incoming PUT's URL and headers must pass.
 
-use super::state::Shared;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
     UriPathNormalizationMode, sign,
 };
 use aws_sigv4::sign::v4;
-use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use futures::StreamExt;
-use md5::{Digest, Md5};
+use axum::http::HeaderMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use rand::Rng;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use subtle::ConstantTimeEq;
 use time::PrimitiveDateTime;
 use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
-use tokio::io::AsyncWriteExt;
 use url::form_urlencoded;
 
-/// The one bucket the sandbox serves.
-pub const BUCKET: &str = "sandbox-bucket";
 const REGION: &str = "us-east-1";
 const SERVICE: &str = "s3";
 const ACCESS_KEY: &str = "SANDBOXACCESSKEY";
@@ -78,7 +65,8 @@ pub(crate) struct Signer {
 /// What a presigned URL is for.
 pub(crate) struct PresignRequest<'a> {
     pub authority: &'a str,
-    pub key: &'a str,
+    /// The object's path, already escaped (see [`escape_segment`]).
+    pub path: &'a str,
     pub content_type: &'a str,
     pub content_md5: &'a str,
     pub expires_in: Duration,
@@ -90,9 +78,8 @@ impl Signer {
         Self { secret }
     }
 
-    /// A full `http://…` presigned PUT URL for `key`.
+    /// A full `http://…` presigned PUT URL for `req.path`.
     pub fn presign(&self, req: &PresignRequest<'_>) -> Result<String, AuthError> {
-        let path = object_path(req.key);
         let headers = [
             ("content-md5", req.content_md5),
             ("content-type", req.content_type),
@@ -100,7 +87,7 @@ impl Signer {
         // Whole seconds: X-Amz-Date has no fraction, and verification starts from it.
         let now = truncate_to_seconds(req.now);
         let params =
-            self.signing_params(req.authority, &path, &[], &headers, now, req.expires_in)?;
+            self.signing_params(req.authority, req.path, &[], &headers, now, req.expires_in)?;
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (name, value) in &params {
             query.append_pair(name, value);
@@ -108,7 +95,7 @@ impl Signer {
         Ok(format!(
             "http://{}{}?{}",
             req.authority,
-            path,
+            req.path,
             query.finish()
         ))
     }
@@ -249,13 +236,9 @@ impl Signer {
     }
 }
 
-/// `/s3/<bucket>/<key>` with every key segment escaped.
-pub(crate) fn object_path(key: &str) -> String {
-    let key: Vec<String> = key
-        .split('/')
-        .map(|segment| utf8_percent_encode(segment, SEGMENT).to_string())
-        .collect();
-    format!("/s3/{BUCKET}/{}", key.join("/"))
+/// One path segment in its canonical escaping (RFC 3986 unreserved characters stay).
+pub(crate) fn escape_segment(segment: &str) -> String {
+    utf8_percent_encode(segment, SEGMENT).to_string()
 }
 
 /// The path in its one canonical escaping, however the client escaped it.
@@ -278,229 +261,63 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// An S3-style XML error.
-pub(crate) struct S3Error {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
 
-impl S3Error {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
+    const MD5: &str = "XUFAKrxLKna5cZ2REBfFkg==";
 
-    fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(%cause, "sandbox S3 failed to store an object");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            "We encountered an internal error. Please try again.",
-        )
-    }
-}
-
-impl From<AuthError> for S3Error {
-    fn from(err: AuthError) -> Self {
-        match err {
-            AuthError::Expired => {
-                Self::new(StatusCode::FORBIDDEN, "AccessDenied", "Request has expired")
-            }
-            AuthError::Mismatch => Self::new(
-                StatusCode::FORBIDDEN,
-                "SignatureDoesNotMatch",
-                err.to_string(),
-            ),
-            AuthError::Missing(_) | AuthError::Malformed(_) => {
-                Self::new(StatusCode::FORBIDDEN, "AccessDenied", err.to_string())
-            }
-            AuthError::Signing(_) => Self::internal(err),
-        }
-    }
-}
-
-impl IntoResponse for S3Error {
-    fn into_response(self) -> Response {
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
-            self.code,
-            xml_escape(&self.message)
-        );
-        let mut response = (self.status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml"),
-        );
-        response
-    }
-}
-
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-/// `PUT /s3/{bucket}/{*key}`: the presigned upload.
-///
-/// Checks, in S3's order: chunked (501), no `Content-Length` (411), expiry (403
-/// AccessDenied), signature incl. `Content-Type`/`Content-MD5` (403 SignatureDoesNotMatch),
-/// length against the presigned `fileSize` (400 EntityTooSmall / EntityTooLarge), then the
-/// streamed body's MD5 (400 BadDigest). Only a fully valid body replaces the stored object.
-pub(crate) async fn put_object(
-    State(shared): State<Arc<Shared>>,
-    Path((bucket, key)): Path<(String, String)>,
-    request: Request,
-) -> Result<Response, S3Error> {
-    if shared.roll(shared.behaviour.s3_fail_rate) {
-        let slow_down = {
-            let mut inner = shared.lock();
-            inner.stats.s3_faults += 1;
-            inner.rng.random_bool(0.5)
-        };
-        return Err(if slow_down {
-            S3Error::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SlowDown",
-                "Please reduce your request rate.",
-            )
-        } else {
-            S3Error::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "We encountered an internal error. Please try again.",
-            )
-        });
-    }
-    let headers = request.headers();
-    let chunked = headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    });
-    if chunked {
-        return Err(S3Error::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotImplemented",
-            "A header you provided implies functionality that is not implemented: Transfer-Encoding",
-        ));
-    }
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| {
-            S3Error::new(
-                StatusCode::LENGTH_REQUIRED,
-                "MissingContentLength",
-                "You must provide the Content-Length HTTP header.",
-            )
-        })?;
-    if bucket != BUCKET {
-        return Err(S3Error::new(
-            StatusCode::NOT_FOUND,
-            "NoSuchBucket",
-            "The specified bucket does not exist",
-        ));
-    }
-    let authority = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    shared.signer.verify(
-        authority,
-        request.uri().path(),
-        request.uri().query().unwrap_or_default(),
-        headers,
-        SystemTime::now(),
-    )?;
-
-    let (upload_id, size, md5) = {
-        let inner = shared.lock();
-        let upload = inner
-            .uploads
-            .get(&key)
-            .ok_or_else(|| S3Error::new(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied"))?;
-        (upload.id.clone(), upload.size, upload.md5.clone())
-    };
-    if length < size {
-        return Err(S3Error::new(
-            StatusCode::BAD_REQUEST,
-            "EntityTooSmall",
-            format!("Your proposed upload is smaller than the presigned size of {size} bytes."),
-        ));
-    }
-    if length > size {
-        return Err(S3Error::new(
-            StatusCode::BAD_REQUEST,
-            "EntityTooLarge",
-            format!("Your proposed upload exceeds the presigned size of {size} bytes."),
-        ));
+    fn presigned(signer: &Signer, now: SystemTime) -> url::Url {
+        let url = signer
+            .presign(&PresignRequest {
+                authority: "127.0.0.1:9000",
+                path: "/s3/b/attachment/x/photo%20one.jpg",
+                content_type: "image/jpeg",
+                content_md5: MD5,
+                expires_in: Duration::from_secs(60),
+                now,
+            })
+            .unwrap();
+        url::Url::parse(&url).unwrap()
     }
 
-    let incoming =
-        tempfile::NamedTempFile::new_in(&shared.incoming_dir).map_err(S3Error::internal)?;
-    let digest = stream_to_file(request.into_body(), &incoming, size).await?;
-    let expected = BASE64.decode(&md5).map_err(S3Error::internal)?;
-    if digest.as_slice() != expected.as_slice() {
-        return Err(S3Error::new(
-            StatusCode::BAD_REQUEST,
-            "BadDigest",
-            "The Content-MD5 you specified did not match what we received.",
-        ));
+    fn headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("image/jpeg"));
+        headers.insert("content-md5", HeaderValue::from_static(MD5));
+        headers
     }
-    let destination = shared.object_path(&upload_id);
-    tokio::task::spawn_blocking(move || incoming.persist(destination))
-        .await
-        .map_err(S3Error::internal)?
-        .map_err(S3Error::internal)?;
-    if let Some(upload) = shared.lock().uploads.get_mut(&key) {
-        upload.stored = true;
-    }
-    tracing::debug!(%key, size, "sandbox S3 stored an object");
-    let etag = format!("\"{}\"", hex::encode(digest));
-    let mut response = StatusCode::OK.into_response();
-    response.headers_mut().insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).map_err(S3Error::internal)?,
-    );
-    Ok(response)
-}
 
-/// Streams `body` into `file` while hashing it; exactly `size` bytes must arrive.
-async fn stream_to_file(
-    body: Body,
-    file: &tempfile::NamedTempFile,
-    size: u64,
-) -> Result<[u8; 16], S3Error> {
-    let incomplete = || {
-        S3Error::new(
-            StatusCode::BAD_REQUEST,
-            "IncompleteBody",
-            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
-        )
-    };
-    let mut out = tokio::fs::File::from_std(file.reopen().map_err(S3Error::internal)?);
-    let mut hasher = Md5::new();
-    let mut received: u64 = 0;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| incomplete())?;
-        received += chunk.len() as u64;
-        if received > size {
-            return Err(incomplete());
-        }
-        hasher.update(&chunk);
-        out.write_all(&chunk).await.map_err(S3Error::internal)?;
+    fn verify_at(signer: &Signer, url: &url::Url, now: SystemTime) -> Result<(), AuthError> {
+        let query = url.query().unwrap_or_default();
+        signer.verify("127.0.0.1:9000", url.path(), query, &headers(), now)
     }
-    out.flush().await.map_err(S3Error::internal)?;
-    if received != size {
-        return Err(incomplete());
+
+    #[test]
+    fn a_presigned_url_verifies_until_its_expiry_and_not_a_second_after() {
+        let signer = Signer::new("secret".into());
+        let signed_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let url = presigned(&signer, signed_at + Duration::from_millis(900));
+        assert!(url.query().unwrap().contains("X-Amz-Date=20231114T221320Z"));
+        assert_eq!(verify_at(&signer, &url, signed_at), Ok(()));
+        let last = signed_at + Duration::from_secs(60);
+        assert_eq!(verify_at(&signer, &url, last), Ok(()));
+        let late = last + Duration::from_millis(1);
+        assert_eq!(verify_at(&signer, &url, late), Err(AuthError::Expired));
     }
-    Ok(hasher.finalize().into())
+
+    #[test]
+    fn another_secret_or_escaping_of_the_path_is_judged_as_s3_would() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let url = presigned(&Signer::new("secret".into()), now);
+        let other = Signer::new("other".into());
+        assert_eq!(verify_at(&other, &url, now), Err(AuthError::Mismatch));
+        // The same path escaped differently by the client is the same object.
+        let signer = Signer::new("secret".into());
+        let query = url.query().unwrap();
+        let path = "/s3/b/attachment/x/photo%20one%2Ejpg";
+        let result = signer.verify("127.0.0.1:9000", path, query, &headers(), now);
+        assert_eq!(result, Ok(()));
+    }
 }

@@ -1,9 +1,13 @@
 //! The sandbox's memory: tokens, presigned uploads, stored objects, tickets and counters,
 //! behind one lock so that multi-key checks (a ticket's attachment keys) are atomic.
 
-use super::s3::Signer;
-use super::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use crate::clock::Clock;
+use crate::model::{SandboxAttachment, SandboxObject, SandboxStats, SandboxTicket};
+use crate::secret::Secret;
+use crate::sigv4::Signer;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -11,7 +15,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
 /// The knobs that shape every response, fixed at start.
@@ -25,11 +29,32 @@ pub(crate) struct Behaviour {
     pub token_ttl: Duration,
 }
 
+/// The API's rate limiter, on the sandbox's clock.
+pub(crate) type Limiter =
+    RateLimiter<NotKeyed, InMemoryState, LimiterClock, NoOpMiddleware<Duration>>;
+
+/// The sandbox's clock as `governor` reads it: time since the Unix epoch.
+#[derive(Debug, Clone)]
+pub(crate) struct LimiterClock(Clock);
+
+impl governor::clock::Clock for LimiterClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        // Before 1970 only on a broken clock; governor then sees time stand still.
+        let now = self.0.now();
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
 /// Everything the handlers share.
 pub(crate) struct Shared {
     pub behaviour: Behaviour,
+    /// Every expiry and the rate limit read it.
+    pub clock: Clock,
     pub signer: Signer,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub limiter: Option<Limiter>,
     /// Where finished objects live, one file per upload id.
     pub objects_dir: PathBuf,
     /// Where bodies stream while they are hashed, before they are known to be valid.
@@ -37,7 +62,7 @@ pub(crate) struct Shared {
     /// Fallback `host[:port]` for presigned URLs when a request carries no `Host`.
     pub authority: String,
     /// `(client id, client secret, company)`.
-    pub clients: Vec<(String, String, String)>,
+    pub clients: Vec<(String, Secret, String)>,
     pub projects: Vec<Uuid>,
     inner: Mutex<Inner>,
 }
@@ -46,7 +71,7 @@ pub(crate) struct Shared {
 pub(crate) struct TokenGrant {
     pub company: String,
     /// `None` for configured long-lived tokens.
-    pub expires_at: Option<Instant>,
+    pub expires_at: Option<SystemTime>,
 }
 
 /// One presigned upload: what the client promised, and what it delivered.
@@ -85,13 +110,14 @@ pub(crate) enum KeyRefusal {
 
 pub(crate) struct SharedParts {
     pub behaviour: Behaviour,
+    pub clock: Clock,
     pub rate: Option<u32>,
     pub seed: Option<u64>,
     pub objects_dir: PathBuf,
     pub incoming_dir: PathBuf,
     pub authority: String,
     pub tokens: Vec<(String, String)>,
-    pub clients: Vec<(String, String, String)>,
+    pub clients: Vec<(String, Secret, String)>,
     pub projects: Vec<Uuid>,
 }
 
@@ -102,10 +128,10 @@ impl Shared {
             None => StdRng::from_os_rng(),
         };
         let signer = Signer::new(Alphanumeric.sample_string(&mut rng, 40));
-        let limiter = parts
-            .rate
-            .and_then(NonZeroU32::new)
-            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let limiter = parts.rate.and_then(NonZeroU32::new).map(|n| {
+            let clock = LimiterClock(parts.clock.clone());
+            RateLimiter::direct_with_clock(Quota::per_second(n), clock)
+        });
         let tokens = parts
             .tokens
             .into_iter()
@@ -119,6 +145,7 @@ impl Shared {
             .collect();
         Self {
             behaviour: parts.behaviour,
+            clock: parts.clock,
             signer,
             limiter,
             objects_dir: parts.objects_dir,
@@ -165,7 +192,7 @@ impl Shared {
         let inner = self.lock();
         let grant = inner.tokens.get(token)?;
         match grant.expires_at {
-            Some(at) if Instant::now() >= at => None,
+            Some(at) if self.clock.now() >= at => None,
             _ => Some(grant.company.clone()),
         }
     }
@@ -175,7 +202,7 @@ impl Shared {
         let token = format!("sbx_{}", Alphanumeric.sample_string(&mut inner.rng, 40));
         let grant = TokenGrant {
             company: company.to_string(),
-            expires_at: Some(Instant::now() + self.behaviour.token_ttl),
+            expires_at: Some(self.clock.now() + self.behaviour.token_ttl),
         };
         inner.tokens.insert(token.clone(), grant);
         token
