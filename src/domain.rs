@@ -53,19 +53,7 @@ uuid_id!(
     ProjectId
 );
 
-/// A queue job.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
-)]
-#[sqlx(transparent)]
-#[serde(transparent)]
-pub struct JobId(pub i64);
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use visibuild_queue::{JobId, JobState};
 
 /// Visibuild's ticket priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -157,24 +145,36 @@ pg_enum!(
     }
 );
 
-pg_enum!(
-    /// Where a queue job stands. `Blocked` jobs wait for a fan-in (a ticket's uploads).
-    JobState, "job_state" {
-        Blocked => "blocked",
-        Available => "available",
-        Running => "running",
-        Completed => "completed",
-        Failed => "failed",
-    }
-);
+/// What a job does: upload one attachment (hash, presign, PUT) or create one ticket. The
+/// queue keeps it as text; its target is the attachment, or the ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Upload,
+    CreateTicket,
+}
 
-pg_enum!(
-    /// What a job does: upload one attachment (hash, presign, PUT) or create one ticket.
-    JobKind, "job_kind" {
-        Upload => "upload",
-        CreateTicket => "create_ticket",
+impl JobKind {
+    pub const ALL: &'static [JobKind] = &[JobKind::Upload, JobKind::CreateTicket];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Upload => "upload",
+            JobKind::CreateTicket => "create_ticket",
+        }
     }
-);
+
+    /// The kind a job of the queue has, if it is one of ours.
+    pub fn parse(kind: &str) -> Option<JobKind> {
+        JobKind::ALL.iter().copied().find(|k| k.as_str() == kind)
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[cfg(test)]
 mod tests {

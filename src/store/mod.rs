@@ -1,23 +1,31 @@
-//! The Postgres store: connecting (over TLS as the URL's `sslmode` asks; creating and
-//! migrating the database on first use) and, in its submodules, every SQL statement the
-//! program runs, each a named function.
+//! The store: an embedded SQLite file or Postgres (over TLS as the URL's `sslmode` asks),
+//! created and migrated on first use; in its submodules, every SQL statement the importer
+//! runs on its own tables, each a named function that works on either store. The jobs table
+//! is the queue crate's: the importer reads it, and changes it only through the queue.
 
 pub mod dashboard;
-pub mod queue;
 pub mod status;
 pub mod tickets;
+
+pub use visibuild_queue::{Conn, Ex, Store, Timestamp, Tx};
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::domain::JobId;
 
-/// The schema, embedded from `migrations/` at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!();
+/// The importer's tables, per store, embedded from `migrations/` at build time.
+pub static POSTGRES_SCHEMA: Migrator = sqlx::migrate!("migrations/postgres");
+pub static SQLITE_SCHEMA: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The scheme of an embedded store's URL: `sqlite:PATH`.
+const SQLITE_SCHEME: &str = "sqlite:";
 
 /// Pool size of [`connect`]: enough for a worker pool plus its heartbeats and listener.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
@@ -51,6 +59,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot open the embedded store {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("cannot connect to {url}")]
     Connect {
         url: String,
@@ -67,6 +81,17 @@ pub enum StoreError {
     InvalidJob(&'static str),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
+}
+
+impl From<visibuild_queue::Error> for StoreError {
+    fn from(e: visibuild_queue::Error) -> Self {
+        match e {
+            visibuild_queue::Error::Fenced { job, attempt } => StoreError::Fenced { job, attempt },
+            visibuild_queue::Error::InvalidJob(why) => StoreError::InvalidJob(why),
+            visibuild_queue::Error::Migrate(e) => StoreError::Migrate(e),
+            visibuild_queue::Error::Sqlx(e) => StoreError::Sqlx(e),
+        }
+    }
 }
 
 /// SQLSTATE class `28`, invalid authorization: wrong password, unknown role, no `pg_hba`
@@ -103,8 +128,38 @@ impl StoreError {
     }
 }
 
-/// Drops the database of `database_url` if it exists (a rehearsal's fresh start).
+/// The file of an embedded store's URL (`sqlite:PATH`), or `None` for Postgres.
+pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
+    let path = database_url.strip_prefix(SQLITE_SCHEME)?;
+    let path = path.strip_prefix("//").unwrap_or(path);
+    Some(PathBuf::from(path))
+}
+
+/// The URL of the embedded store at `path`.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("{SQLITE_SCHEME}{}", path.display())
+}
+
+/// Drops the database of `database_url` if it exists (a rehearsal's fresh start): the
+/// SQLite file with its journal, or the Postgres database.
 pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
+    if let Some(path) = sqlite_path(database_url) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: path.display().to_string(),
+                        source: sqlx::Error::Io(e),
+                    });
+                }
+            }
+        }
+        return Ok(());
+    }
     parse_url(database_url)?;
     let exists = Postgres::database_exists(database_url)
         .await
@@ -124,13 +179,34 @@ pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
 }
 
 /// Connects with [`DEFAULT_MAX_CONNECTIONS`]; see [`connect_with`].
-pub async fn connect(database_url: &str) -> Result<PgPool, StoreError> {
+pub async fn connect(database_url: &str) -> Result<Store, StoreError> {
     connect_with(database_url, DEFAULT_MAX_CONNECTIONS).await
 }
 
-/// Opens a pool of `max_connections`, creating the database first if the server says it
-/// does not exist, and brings the schema up to date.
-pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+/// Opens the store of `database_url` — `sqlite:PATH` or `postgres://…` — with a pool of
+/// `max_connections`, creating it first if it does not exist, and brings both schemas (the
+/// queue's and the importer's) up to date.
+pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    if let Some(path) = sqlite_path(database_url) {
+        let store = Store::open_sqlite(&path, max_connections)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        migrate(&store).await?;
+        return Ok(store);
+    }
+    let pool = connect_postgres(database_url, max_connections).await?;
+    let store = Store::Postgres(pool);
+    migrate(&store).await?;
+    Ok(store)
+}
+
+async fn connect_postgres(
+    database_url: &str,
+    max_connections: u32,
+) -> Result<sqlx::PgPool, StoreError> {
     let url = redact_url(database_url);
     let options = parse_url(database_url)?;
     // Probe with one connection first: it fails fast (no pool retries) on a wrong host,
@@ -148,7 +224,6 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Connect { url, source })?;
-    migrate(&pool).await?;
     Ok(pool)
 }
 
@@ -189,9 +264,20 @@ fn check_root_cert(database_url: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Applies the embedded migrations that have not run yet.
-pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
+/// Applies the embedded migrations that have not run yet. In Postgres the importer's come
+/// first: a database made before the queue was its own crate has its jobs table from them
+/// (and the queue's own migration then finds it there).
+pub async fn migrate(store: &Store) -> Result<(), StoreError> {
+    match store {
+        Store::Postgres(pool) => {
+            POSTGRES_SCHEMA.run(pool).await?;
+            store.migrate().await?;
+        }
+        Store::Sqlite(pool) => {
+            store.migrate().await?;
+            SQLITE_SCHEMA.run(pool).await?;
+        }
+    }
     Ok(())
 }
 
@@ -209,6 +295,9 @@ async fn create_database(database_url: &str, redacted: &str) -> Result<(), Store
 
 /// The URL with any password (userinfo or `password=` parameter) replaced by `***`.
 pub fn redact_url(database_url: &str) -> String {
+    if sqlite_path(database_url).is_some() {
+        return database_url.to_string();
+    }
     let Ok(mut url) = url::Url::parse(database_url) else {
         return "<unparseable database URL>".to_string();
     };
