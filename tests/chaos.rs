@@ -1,10 +1,12 @@
 //! Chaos: the real binary imports 300 tickets from a faulty sandbox (5xx, dropped create
-//! answers, S3 SlowDown, 429s, 2 s URLs, 3 s tokens) while it is SIGKILLed three times and
-//! Postgres is restarted once; afterwards every ticket exists once, with exactly its files.
+//! answers, S3 SlowDown, 429s, 2 s URLs, 3 s tokens) while it is SIGKILLed three times;
+//! afterwards every ticket exists once, with exactly its files. On both stores: an embedded
+//! SQLite file and Postgres.
 //!
-//! This is its own test binary because it restarts the shared Postgres server (cargo runs
-//! test binaries one after another, so no other suite sees the restart). Set `CHAOS_SEED`
-//! to replay a run; the seed picks the faults and the moments of the kills.
+//! The variant that also restarts the machine's Postgres is `#[ignore]`d in the default
+//! `cargo test`: `.ci/run` runs it as a step of its own (`--ignored`), after every other
+//! suite, so that no other test sees the restart. Set `CHAOS_SEED` to replay a run; the
+//! seed picks the faults and the moments of the kills.
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -238,7 +240,28 @@ async fn drop_database(master: &str, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_leave_every_ticket_created_once_with_its_files_on_sqlite() {
+    chaos(Store::Sqlite, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_leave_every_ticket_created_once_with_its_files_on_postgres() {
+    chaos(Store::Postgres, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts the machine's Postgres: .ci/run runs it as its own step (--ignored)"]
 async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_files() {
+    chaos(Store::Postgres, true).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Postgres,
+    Sqlite,
+}
+
+async fn chaos(store: Store, restart: bool) {
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -264,9 +287,17 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
     })
     .await
     .unwrap();
-    let name = format!("vi_chaos_{}_{}", std::process::id(), seed);
-    let (master, db_url) = database_urls(&name);
-    drop_database(&master, &name).await;
+    let name = format!("vi_chaos_{}_{}_{}", std::process::id(), seed, restart);
+    let (master, db_url) = match store {
+        Store::Postgres => database_urls(&name),
+        Store::Sqlite => (
+            String::new(),
+            format!("sqlite:{}", fx.dir.path().join("queue.db").display()),
+        ),
+    };
+    if store == Store::Postgres {
+        drop_database(&master, &name).await;
+    }
     let importer = Importer {
         db_url: db_url.clone(),
         api_url: sandbox.base_url(),
@@ -280,17 +311,20 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
     );
 
     // About 1,500 requests make a clean run (600 presigns and PUTs, 300 creates): three
-    // kills and a Postgres restart spread over the first two thirds, at seeded moments.
-    let moments = [
+    // kills (and a Postgres restart) spread over the first two thirds, at seeded moments.
+    let mut moments = vec![
         rng.random_range(60..300),
         rng.random_range(350..600),
         rng.random_range(650..850),
         rng.random_range(900..1_050),
     ];
+    if !restart {
+        moments.pop();
+    }
     eprintln!(
-        "kills at {:?} requests, Postgres restart at {}",
+        "{store:?}: kills at {:?} requests, Postgres restart at {:?}",
         &moments[..3],
-        moments[3]
+        moments.get(3)
     );
     let mut child = importer.spawn_run();
     for (i, &at) in moments.iter().enumerate() {
@@ -352,13 +386,14 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
     }
 
     // The queue agrees: created, or (no attachments, create outcome unknown) needs review.
-    let db = PgPool::connect(&db_url).await.unwrap();
-    let states: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT t.title, t.state::text, (SELECT count(*) FROM attachments a WHERE a.ticket_id = t.id)
-           FROM tickets t",
-    )
-    .fetch_all(&db)
-    .await
+    let db = visibuild_import::store::connect(&db_url).await.unwrap();
+    let q = "SELECT t.title, CAST(t.state AS TEXT),
+                    (SELECT count(*) FROM attachments a WHERE a.ticket_id = t.id)
+               FROM tickets t";
+    let states: Vec<(String, String, i64)> = match &db {
+        visibuild_queue::Store::Postgres(p) => sqlx::query_as(q).fetch_all(p).await,
+        visibuild_queue::Store::Sqlite(p) => sqlx::query_as(q).fetch_all(p).await,
+    }
     .unwrap();
     assert_eq!(states.len(), TICKETS);
     let review: Vec<&str> = states
@@ -385,10 +420,12 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         unexplained.is_empty(),
         "never created and not held for review: {unexplained:?}"
     );
-    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let q = "SELECT count(*) FROM jobs WHERE state = 'running'";
+    let running: i64 = match &db {
+        visibuild_queue::Store::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await,
+        visibuild_queue::Store::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await,
+    }
+    .unwrap();
     assert_eq!(running, 0, "jobs left running (locked)");
     db.close().await;
 
@@ -437,5 +474,7 @@ async fn kills_and_a_postgres_restart_leave_every_ticket_created_once_with_its_f
         log.lines().filter(outage).count()
     );
 
-    drop_database(&master, &name).await;
+    if store == Store::Postgres {
+        drop_database(&master, &name).await;
+    }
 }

@@ -1,9 +1,12 @@
 //! End to end: manifest → queue → presign → upload → ticket, against the real sandbox over
-//! real HTTP and a real Postgres (a fresh database per test).
+//! real HTTP, each test on both stores: a fresh Postgres database and a fresh SQLite file.
+
+#[macro_use]
+mod common;
 
 use base64::Engine;
 use md5::{Digest, Md5};
-use sqlx::PgPool;
+use common::Db;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +17,9 @@ use visibuild_import::manifest::{self, ManifestOptions};
 use visibuild_import::pipeline::{self, PoolConfig, Progress, RunEnd};
 use visibuild_import::rate::{Rate, RateGate};
 use visibuild_import::secret::Secret;
+use visibuild_import::domain::TicketState;
 use visibuild_import::store::tickets;
+use visibuild_queue::Store;
 use visibuild_import::visibuild::{Client, ClientConfig, Credentials};
 use visibuild_sandbox::{Sandbox, SandboxConfig};
 
@@ -68,19 +73,20 @@ fn fixture(
     }
 }
 
-async fn enqueue(db: &PgPool, manifest: &Path) -> (BatchId, tickets::LoadReport) {
+async fn enqueue(db: &Store, manifest: &Path) -> (BatchId, tickets::LoadReport) {
     let checked = manifest::check(manifest, &ManifestOptions::default()).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
     let mut tx = db.begin().await.unwrap();
+    let mut conn = tx.conn();
     let batch = tickets::upsert_batch(
-        &mut *tx,
+        &mut conn,
         "test",
         &manifest.to_string_lossy(),
         &checked.files_root.to_string_lossy(),
     )
     .await
     .unwrap();
-    let report = tickets::load_tickets(&mut tx, batch, &checked.tickets, 8, "manifest.csv", None)
+    let report = tickets::load_tickets(&mut conn, batch, &checked.tickets, 8, "manifest.csv", None)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -109,7 +115,7 @@ fn pool_config(batch: BatchId) -> PoolConfig {
         workers: 16,
         upload_concurrency: 8,
         batch: Some(batch),
-        backoff: visibuild_import::store::queue::Backoff {
+        backoff: visibuild_queue::Backoff {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(200),
         },
@@ -117,7 +123,7 @@ fn pool_config(batch: BatchId) -> PoolConfig {
     }
 }
 
-async fn run(db: &PgPool, client: Arc<Client>, config: PoolConfig) -> RunEnd {
+async fn run(db: &Store, client: Arc<Client>, config: PoolConfig) -> RunEnd {
     pipeline::run(
         db.clone(),
         client,
@@ -151,24 +157,25 @@ fn assert_exactly_once(sandbox: &Sandbox, fixture: &Fixture) {
     }
 }
 
-async fn ticket_states(db: &PgPool) -> HashMap<String, i64> {
-    sqlx::query_as::<_, (String, i64)>("SELECT state::text, count(*) FROM tickets GROUP BY 1")
-        .fetch_all(db)
-        .await
-        .unwrap()
-        .into_iter()
+async fn ticket_states(db: &Store) -> HashMap<String, i64> {
+    let q = "SELECT state, count(*) FROM tickets GROUP BY state";
+    let rows: Vec<(TicketState, i64)> = match db {
+        Store::Postgres(p) => sqlx::query_as(q).fetch_all(p).await,
+        Store::Sqlite(p) => sqlx::query_as(q).fetch_all(p).await,
+    }
+    .unwrap();
+    rows.into_iter()
+        .map(|(state, n)| (state.as_str().to_string(), n))
         .collect()
 }
 
-async fn locked_jobs(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
-        .fetch_one(db)
-        .await
-        .unwrap()
+async fn locked_jobs(db: &Store) -> i64 {
+    common::count_in(db, "SELECT count(*) FROM jobs WHERE state = 'running'").await
 }
 
-#[sqlx::test]
-async fn fifty_tickets_import_once_each_with_exactly_their_files(db: PgPool) {
+on_both!(fifty_tickets_import_once_each_with_exactly_their_files);
+async fn fifty_tickets_import_once_each_with_exactly_their_files(db: Db) {
+    let db = db.store().await;
     let fx = fixture(50, |t| t % 5 + 1, |t, f| 1_000 + t * 97 + f * 13);
     let sandbox = visibuild_sandbox::start(SandboxConfig::default())
         .await
@@ -185,8 +192,9 @@ async fn fifty_tickets_import_once_each_with_exactly_their_files(db: PgPool) {
     assert_eq!(locked_jobs(&db).await, 0);
 }
 
-#[sqlx::test]
-async fn reimporting_the_same_manifest_creates_nothing_new(db: PgPool) {
+on_both!(reimporting_the_same_manifest_creates_nothing_new);
+async fn reimporting_the_same_manifest_creates_nothing_new(db: Db) {
+    let db = db.store().await;
     let fx = fixture(12, |t| t % 3, |_, f| 500 + f);
     let sandbox = visibuild_sandbox::start(SandboxConfig::default())
         .await
@@ -200,8 +208,9 @@ async fn reimporting_the_same_manifest_creates_nothing_new(db: PgPool) {
     assert_exactly_once(&sandbox, &fx);
 }
 
-#[sqlx::test]
-async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: PgPool) {
+on_both!(a_ticket_is_created_once_despite_faults_and_lost_create_responses);
+async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: Db) {
+    let db = db.store().await;
     let fx = fixture(40, |t| t % 4 + 1, |t, f| 700 + t + f);
     let sandbox = visibuild_sandbox::start(SandboxConfig {
         fail_rate: 0.1,
@@ -230,8 +239,9 @@ async fn a_ticket_is_created_once_despite_faults_and_lost_create_responses(db: P
     assert_eq!(ticket_states(&db).await.get("created"), Some(&40));
 }
 
-#[sqlx::test]
-async fn expired_upload_urls_are_presigned_again(db: PgPool) {
+on_both!(expired_upload_urls_are_presigned_again);
+async fn expired_upload_urls_are_presigned_again(db: Db) {
+    let db = db.store().await;
     // 1 s URLs (SigV4 dates are whole seconds, so a URL made late in a second lives well under
     // 1 s) and 600 ms of latency before S3 looks at a PUT: a URL made after 0.4 s into a
     // second has expired by the time its PUT is checked, and S3 refuses it with 403.
@@ -265,8 +275,9 @@ async fn expired_upload_urls_are_presigned_again(db: PgPool) {
     );
 }
 
-#[sqlx::test]
-async fn a_run_cancelled_midway_resumes_and_creates_each_ticket_once(db: PgPool) {
+on_both!(a_run_cancelled_midway_resumes_and_creates_each_ticket_once);
+async fn a_run_cancelled_midway_resumes_and_creates_each_ticket_once(db: Db) {
+    let db = db.store().await;
     let fx = fixture(30, |t| t % 3 + 1, |_, _| 4_000);
     let sandbox = visibuild_sandbox::start(SandboxConfig {
         latency: Duration::from_millis(20),
@@ -304,8 +315,9 @@ async fn a_run_cancelled_midway_resumes_and_creates_each_ticket_once(db: PgPool)
     assert_exactly_once(&sandbox, &fx);
 }
 
-#[sqlx::test]
-async fn an_api_rate_equal_to_the_servers_limit_draws_no_429s(db: PgPool) {
+on_both!(an_api_rate_equal_to_the_servers_limit_draws_no_429s);
+async fn an_api_rate_equal_to_the_servers_limit_draws_no_429s(db: Db) {
+    let db = db.store().await;
     let fx = fixture(20, |_| 1, |_, _| 300);
     let sandbox = visibuild_sandbox::start(SandboxConfig {
         rate: Some(20),
@@ -324,8 +336,9 @@ async fn an_api_rate_equal_to_the_servers_limit_draws_no_429s(db: PgPool) {
     assert_eq!(sandbox.stats().rate_limited, 0);
 }
 
-#[sqlx::test]
-async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
+on_both!(a_300_mb_file_streams_through_with_bounded_buffers);
+async fn a_300_mb_file_streams_through_with_bounded_buffers(db: Db) {
+    let db = db.store().await;
     // Memory is bounded by construction: fixed-size chunks for hashing and uploading
     // (peak RSS is measured by the benchmark, not here).
     const { assert!(pipeline::hash::HASH_CHUNK <= 1 << 20) };
@@ -358,8 +371,9 @@ async fn a_300_mb_file_streams_through_with_bounded_buffers(db: PgPool) {
     assert_eq!(created[0].attachments[0].size, 300 * 1_048_576);
 }
 
-#[sqlx::test]
-async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: PgPool) {
+on_both!(refused_credentials_stop_the_run_without_failing_any_ticket);
+async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: Db) {
+    let db = db.store().await;
     let fx = fixture(5, |t| t % 2, |_, _| 100);
     let sandbox = visibuild_sandbox::start(SandboxConfig::default())
         .await
@@ -379,8 +393,9 @@ async fn refused_credentials_stop_the_run_without_failing_any_ticket(db: PgPool)
     assert_exactly_once(&sandbox, &fx);
 }
 
-#[sqlx::test]
-async fn a_ticket_without_files_whose_create_was_refused_is_sent_again_not_reviewed(db: PgPool) {
+on_both!(a_ticket_without_files_whose_create_was_refused_is_sent_again_not_reviewed);
+async fn a_ticket_without_files_whose_create_was_refused_is_sent_again_not_reviewed(db: Db) {
+    let db = db.store().await;
     // A 429 says the request was not taken in: the next attempt may send it again. Only a
     // create whose outcome is unknown puts a ticket without files up for review.
     let fx = fixture(20, |_| 0, |_, _| 0);
@@ -400,10 +415,9 @@ async fn a_ticket_without_files_whose_create_was_refused_is_sent_again_not_revie
     assert_exactly_once(&sandbox, &fx);
 }
 
-#[sqlx::test]
-async fn a_ticket_without_files_whose_create_got_a_5xx_is_created_once_or_held_for_review(
-    db: PgPool,
-) {
+on_both!(a_ticket_without_files_whose_create_got_a_5xx_is_created_once_or_held_for_review);
+async fn a_ticket_without_files_whose_create_got_a_5xx_is_created_once_or_held_for_review(db: Db) {
+    let db = db.store().await;
     // A 500 or a gateway's 502 may come after the ticket was made, so a ticket without files
     // is not sent again blindly; a 503 was not taken in, so it is. Either way: never twice.
     let fx = fixture(20, |_| 0, |_, _| 0);

@@ -3,9 +3,12 @@
 //! nothing accepted that points outside the files root, and every ticket it accepts loads
 //! into the real store. (The long, coverage-guided run is `fuzz/`, with cargo-fuzz.)
 
+#[macro_use]
+mod common;
+
+use common::Db;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::PgPool;
 use std::path::Path;
 use visibuild_import::manifest::{self, ManifestOptions, TicketSpec};
 use visibuild_import::store::tickets;
@@ -165,26 +168,28 @@ fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
 /// Loads tickets as `app::enqueue` does, in a transaction that is then rolled back, so that
 /// every case starts from an empty store.
 async fn load(
-    pool: &PgPool,
+    store: &visibuild_queue::Store,
     manifest: &Path,
     specs: &[TicketSpec],
 ) -> Result<(), visibuild_import::store::StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = store.begin().await?;
+    let mut conn = tx.conn();
     let name = manifest.to_string_lossy();
-    let batch = tickets::upsert_batch(&mut *tx, "fuzz", &name, "files").await?;
+    let batch = tickets::upsert_batch(&mut conn, "fuzz", &name, "files").await?;
     // With receipts: a receipt carries the ref, so a ref the store takes must make one too.
     let receipts = tickets::ReceiptSource {
         manifest: name.to_string(),
         batch: "fuzz".into(),
     };
-    let loaded = tickets::load_tickets(&mut tx, batch, specs, 3, &name, Some(&receipts)).await?;
+    let loaded = tickets::load_tickets(&mut conn, batch, specs, 3, &name, Some(&receipts)).await?;
     assert_eq!(loaded.tickets_added, specs.len() as u64);
     tx.rollback().await?;
     Ok(())
 }
 
-#[sqlx::test]
-async fn random_and_mangled_manifests_get_an_answer_and_what_check_accepts_loads(pool: PgPool) {
+on_both!(random_and_mangled_manifests_get_an_answer_and_what_check_accepts_loads);
+async fn random_and_mangled_manifests_get_an_answer_and_what_check_accepts_loads(db: Db) {
+    let pool = db.store().await;
     let root = tempfile::tempdir().unwrap();
     let files = root.path().join("files");
     std::fs::create_dir_all(&files).unwrap();

@@ -20,7 +20,6 @@ use crate::secret::Secret;
 use crate::store::{self, status as stats, tickets};
 use crate::visibuild::{Client, ClientConfig, Credentials};
 use anyhow::Context as _;
-use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -199,15 +198,10 @@ async fn bind_ui(settings: &UiSettings) -> Result<tokio::net::TcpListener, anyho
 pub async fn ui(
     database_url: &str,
     settings: UiSettings,
-    sandbox: bool,
 ) -> Result<Exit, anyhow::Error> {
     let listener = bind_ui(&settings).await?;
-    let database_url = if sandbox {
-        rehearsal_database_url(database_url)
-    } else {
-        database_url.to_string()
-    };
-    let db = store::connect(&database_url).await?;
+    let database_url = database_url.to_string();
+    let db = open_store(&database_url).await?;
     let addr = listener.local_addr()?;
     println!("dashboard listening on http://{addr}/ (also /metrics and /healthz)");
     let router = crate::ui::router(
@@ -224,7 +218,7 @@ pub async fn ui(
 }
 
 pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
-    store::connect(database_url).await?;
+    open_store(database_url).await?;
     logging::result("database ready: migrations applied", serde_json::json!({}));
     Ok(Exit::Success)
 }
@@ -257,7 +251,7 @@ async fn check_manifest(settings: &ManifestSettings) -> Result<Checked, anyhow::
 pub async fn enqueue(
     database_url: &str,
     settings: &EnqueueSettings,
-) -> Result<(BatchId, PgPool), anyhow::Error> {
+) -> Result<(BatchId, store::Store), anyhow::Error> {
     let manifest = &settings.manifest;
     let checked = check_manifest(manifest).await?;
     for problem in &checked.problems {
@@ -292,16 +286,17 @@ pub async fn enqueue(
             serde_json::json!({ "skipped_refs": checked.skipped_refs }),
         );
     }
-    let db = store::connect(database_url).await?;
+    let db = open_store(database_url).await?;
     let name = settings.batch_name();
     // The canonical folder the paths were checked against (for information: each file
     // records the folder it is opened inside).
     let root = checked.files_root.clone();
     let source = manifest.manifest.display().to_string();
     let mut tx = db.begin().await?;
-    let batch_id = tickets::upsert_batch(&mut *tx, &name, &source, &root.to_string_lossy()).await?;
+    let mut conn = tx.conn();
+    let batch_id = tickets::upsert_batch(&mut conn, &name, &source, &root.to_string_lossy()).await?;
     if let Err(loaded_with) =
-        tickets::set_batch_receipts(&mut tx, batch_id, settings.receipts).await?
+        tickets::set_batch_receipts(&mut conn, batch_id, settings.receipts).await?
     {
         let flag = |on: bool| {
             if on {
@@ -324,7 +319,7 @@ pub async fn enqueue(
         batch: name.clone(),
     });
     let loaded = tickets::load_tickets(
-        &mut tx,
+        &mut conn,
         batch_id,
         &checked.tickets,
         settings.max_attempts,
@@ -498,9 +493,55 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// The database a rehearsal uses: the real one's name with `_sandbox`, so that tickets
-/// "created" in a sandbox never count as created in the real queue.
+/// The embedded store's file when `DATABASE_URL` is not set: `visibuild-import/queue.db` in
+/// the user's state directory (`$XDG_STATE_HOME`, else `~/.local/state`).
+pub fn default_store_url() -> Result<String, UsageError> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let state = absolute("XDG_STATE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))
+        .ok_or_else(|| {
+            UsageError(
+                "no state directory for the embedded store ($XDG_STATE_HOME and $HOME are unset \
+                 or relative): set DATABASE_URL to sqlite:PATH or postgres://…"
+                    .into(),
+            )
+        })?;
+    Ok(store::sqlite_url(
+        &state.join("visibuild-import").join("queue.db"),
+    ))
+}
+
+/// Opens the store, saying which embedded file it is (every run prints its path).
+pub async fn open_store(database_url: &str) -> Result<store::Store, store::StoreError> {
+    if let Some(path) = store::sqlite_path(database_url) {
+        say(
+            Level::Info,
+            &format!("store: {}", path.display()),
+            serde_json::json!({ "store": path.display().to_string() }),
+        );
+    }
+    store::connect(database_url).await
+}
+
+/// The store a rehearsal uses, beside the real one: `queue-sandbox.db` next to an embedded
+/// `queue.db`, or the Postgres database's name with `_sandbox` — so that tickets "created"
+/// in a sandbox never count as created in the real queue.
 pub fn rehearsal_database_url(database_url: &str) -> String {
+    if let Some(path) = store::sqlite_path(database_url) {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "queue".into());
+        let ext = path
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        return store::sqlite_url(&path.with_file_name(format!("{stem}-sandbox{ext}")));
+    }
     match url::Url::parse(database_url) {
         Ok(mut url) => {
             let name = url.path().trim_start_matches('/').to_string();
@@ -588,7 +629,7 @@ pub async fn run(
         };
         let (client, sandbox) = connect_api(&api).await?;
         let database_url = queue_url(database_url, &api);
-        let db = store::connect(&database_url).await?;
+        let db = open_store(&database_url).await?;
         let batch_id = operator::batch_id(&db, batch).await?;
         authenticate(&client, workers.outage_limit).await?;
         let dashboard = listener.zip(ui).map(|(listener, settings)| {
@@ -626,7 +667,7 @@ struct RunTarget<'a> {
 
 /// Serve the dashboard while the pool runs; stopped (and waited for, briefly) by the guard.
 fn serve_dashboard(
-    db: &PgPool,
+    db: &store::Store,
     dashboard: Option<(tokio::net::TcpListener, crate::ui::UiConfig)>,
 ) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
     let (listener, config) = dashboard?;
@@ -645,7 +686,7 @@ fn serve_dashboard(
 }
 
 async fn work(
-    db: PgPool,
+    db: store::Store,
     (client, sandbox): (Arc<Client>, Option<visibuild_sandbox::Sandbox>),
     workers: WorkerSettings,
     mut target: RunTarget<'_>,

@@ -98,18 +98,36 @@ struct GlobalArgs {
     quiet: bool,
 }
 
-/// The queue's database: only on the commands that use it.
+/// The queue's store: only on the commands that use it.
 #[derive(Debug, Args)]
 struct StoreArgs {
-    /// Postgres holding the queue; created and migrated on first use.
+    /// The queue's store, created and migrated on first use: `sqlite:PATH` (an embedded
+    /// file) or `postgres://…` (for several worker hosts) [default: an embedded file in the
+    /// state directory, $XDG_STATE_HOME or ~/.local/state, visibuild-import/queue.db]
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://localhost/visibuild_import",
         hide_env_values = true,
+        value_name = "URL",
         help_heading = "Store"
     )]
-    database_url: String,
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The store's URL: the one given, or the embedded file in the state directory; with
+    /// `rehearsal`, the rehearsal's store beside it.
+    fn url(&self, rehearsal: bool) -> Result<String, anyhow::Error> {
+        let url = match &self.database_url {
+            Some(url) if !url.trim().is_empty() => url.clone(),
+            _ => app::default_store_url()?,
+        };
+        Ok(if rehearsal {
+            app::rehearsal_database_url(&url)
+        } else {
+            url
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +386,9 @@ struct WorkerArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
+    /// The rehearsal's store (the one `import --sandbox` uses), not the real one.
+    #[arg(long)]
+    sandbox: bool,
     /// Only this batch.
     #[arg(long)]
     batch: Option<String>,
@@ -380,6 +401,9 @@ struct StatusArgs {
 
 #[derive(Debug, Args)]
 struct RetryArgs {
+    /// The rehearsal's store (the one `import --sandbox` uses), not the real one.
+    #[arg(long)]
+    sandbox: bool,
     /// Only this batch's failed work.
     #[arg(long)]
     batch: Option<String>,
@@ -401,6 +425,9 @@ struct RetryArgs {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
+    /// The rehearsal's store (the one `import --sandbox` uses), not the real one.
+    #[arg(long)]
+    sandbox: bool,
     /// Only this batch.
     #[arg(long)]
     batch: Option<String>,
@@ -470,12 +497,12 @@ impl Cli {
             Command::Check(a) => app::check(&a.manifest.into_settings()).await,
             Command::Enqueue(a) => {
                 let enqueue = a.load.into_settings(&a.attempts);
-                app::enqueue(&a.store.database_url, &enqueue)
+                app::enqueue(&a.store.url(false)?, &enqueue)
                     .await
                     .map(|_| Exit::Success)
             }
             Command::Import(a) => {
-                let db = a.store.database_url;
+                let db = a.store.url(false)?;
                 let enqueue = a.load.into_settings(&a.attempts);
                 let api = a.api.into_settings()?;
                 let workers = a.workers.into_settings(quiet);
@@ -488,7 +515,7 @@ impl Cli {
                 let summary = a.summary_json.map(app::SummaryOut::from_arg);
                 let ui = a.listen.map(|listen| a.ui_token.settings(listen));
                 app::run(
-                    &a.store.database_url,
+                    &a.store.url(false)?,
                     api,
                     workers,
                     a.watch,
@@ -499,11 +526,11 @@ impl Cli {
                 .await
             }
             Command::Status(a) => {
-                app::status(&a.store.database_url, a.batch.as_deref(), a.json).await
+                app::status(&a.store.url(a.sandbox)?, a.batch.as_deref(), a.json).await
             }
             Command::Retry(a) => {
                 app::retry(
-                    &a.store.database_url,
+                    &a.store.url(a.sandbox)?,
                     app::RetrySettings {
                         batch: a.batch,
                         reference: a.reference,
@@ -515,7 +542,7 @@ impl Cli {
                 .await
             }
             Command::Report(a) => {
-                let db = a.store.database_url.clone();
+                let db = a.store.url(a.sandbox)?;
                 app::report(&db, a.into_settings()).await
             }
             Command::Sandbox(a) => {
@@ -523,14 +550,10 @@ impl Cli {
                 Ok(Exit::Success)
             }
             Command::Ui(a) => {
-                app::ui(
-                    &a.store.database_url,
-                    a.ui_token.settings(a.listen),
-                    a.sandbox,
-                )
-                .await
+                let db = a.store.url(a.sandbox)?;
+                app::ui(&db, a.ui_token.settings(a.listen)).await
             }
-            Command::Migrate(a) => app::migrate(&a.store.database_url).await,
+            Command::Migrate(a) => app::migrate(&a.store.url(false)?).await,
             Command::Completions(a) => {
                 let mut script = Vec::new();
                 clap_complete::generate(

@@ -5,7 +5,8 @@ use super::Shared;
 use super::decide::{self, Context, Next};
 use super::{hash, source};
 use crate::domain::{AttachmentState, FileStamp, JobKind, Priority, TicketState};
-use crate::store::queue::ClaimedJob;
+use super::Subject;
+use visibuild_queue::ClaimedJob;
 use crate::store::{StoreError, tickets};
 use crate::visibuild::{ApiError, Body, Contact, NewTicket, PresignRequest};
 use std::path::PathBuf;
@@ -55,13 +56,14 @@ fn api_failure(kind: JobKind, error: ApiError, ctx: Context) -> HandlerError {
 
 pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     let attachment = job
-        .attachment_id
+        .attachment()
         .ok_or_else(|| Failure::fail("upload job without an attachment"))?;
     let work = tickets::upload_work(&shared.db, attachment).await?;
     tracing::Span::current().record("ticket_ref", work.ticket_ref.as_str());
     if work.state == AttachmentState::Uploaded {
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-        tickets::finish_upload(&mut tx, job.job_ref(), attachment, work.ticket_id, None).await?;
+        tickets::finish_upload(&mut tx.conn(), job.job_ref(), attachment, work.ticket_id, None)
+            .await?;
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(());
     }
@@ -117,7 +119,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                 };
                 let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
                 tickets::finish_upload(
-                    &mut tx,
+                    &mut tx.conn(),
                     job.job_ref(),
                     attachment,
                     work.ticket_id,
@@ -261,16 +263,16 @@ async fn open_and_hash(
 
 pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     let ticket = job
-        .ticket_id
+        .ticket()
         .ok_or_else(|| Failure::fail("create job without a ticket"))?;
     let mut conn = shared.db.acquire().await.map_err(StoreError::from)?;
-    let work = tickets::create_work(&mut conn, ticket).await?;
+    let work = tickets::create_work(&mut conn.conn(), ticket).await?;
     drop(conn);
     let t = &work.ticket;
     tracing::Span::current().record("ticket_ref", t.reference.as_str());
     if t.state == TicketState::Created {
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-        tickets::finish_create(&mut tx, job.job_ref(), ticket, None, None).await?;
+        tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, None, None).await?;
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(());
     }
@@ -326,7 +328,7 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         Ok(id) => {
             let finished = async {
                 let mut tx = shared.db.begin().await?;
-                tickets::finish_create(&mut tx, job.job_ref(), ticket, id.as_deref(), None).await?;
+                tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, id.as_deref(), None).await?;
                 tx.commit().await?;
                 Ok::<(), StoreError>(())
             }
@@ -346,7 +348,7 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                 let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
                 let note =
                     "created by an earlier attempt whose answer was lost; Visibuild id unknown";
-                tickets::finish_create(&mut tx, job.job_ref(), ticket, None, Some(note)).await?;
+                tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, None, Some(note)).await?;
                 tx.commit().await.map_err(StoreError::from)?;
                 shared.progress.ticket_done();
                 Ok(())

@@ -9,14 +9,13 @@ pub mod jobs;
 pub mod progress;
 pub mod source;
 
-use crate::domain::{AttachmentState, BatchId, JobId, JobKind, TicketState};
-use crate::store::queue::{self, Backoff, ClaimedJob, FailOutcome, JobRef, RetryDecision};
-use crate::store::{StoreError, tickets};
+use crate::domain::{AttachmentId, AttachmentState, BatchId, JobId, JobKind, TicketId, TicketState};
+use crate::store::{Store, StoreError, tickets};
 use crate::visibuild::Client;
 use decide::Next;
 use jobs::{Failure, HandlerError};
 pub use progress::Progress;
-use sqlx::PgPool;
+use visibuild_queue::{self as queue, Backoff, ClaimedJob, JobRef, Outcome, Transition};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,7 +113,7 @@ impl Default for PoolConfig {
 
 /// What the handlers share.
 pub struct Shared {
-    pub db: PgPool,
+    pub db: Store,
     /// Set when the credentials are refused: the pool stops claiming and ends the run.
     pub halted: Mutex<Option<String>>,
     pub client: Arc<Client>,
@@ -141,7 +140,7 @@ pub enum RunEnd {
 
 /// Run the pool until no runnable work is left (or forever with `watch`), or until `stop`.
 pub async fn run(
-    db: PgPool,
+    db: Store,
     client: Arc<Client>,
     progress: Arc<Progress>,
     config: PoolConfig,
@@ -167,6 +166,7 @@ pub async fn run(
         flusher_stop.clone(),
     );
     let mut listener = queue::listen(&db).await.ok();
+    let group = config.batch.map(|b| b.0);
 
     let mut outage: Option<std::time::Instant> = None;
     let limit = config.outage_limit;
@@ -257,7 +257,7 @@ pub async fn run(
             if !got_work
                 && tasks.is_empty()
                 && !or_retry!(
-                    queue::has_available(&db, config.batch).await,
+                    queue::has_available(&db, group).await.map_err(StoreError::from),
                     outage,
                     stop,
                     limit
@@ -282,7 +282,7 @@ pub async fn run(
             && tasks.is_empty()
             && !config.watch
             && !or_retry!(
-                queue::has_runnable(&db, config.batch).await,
+                queue::has_runnable(&db, group).await.map_err(StoreError::from),
                 outage,
                 stop,
                 limit
@@ -322,8 +322,12 @@ pub async fn run(
     // Whatever is still ours goes back to the queue now, not when its lease runs out.
     let leftover = held_jobs(&in_flight);
     if !leftover.is_empty() {
-        match queue::release(&db, &leftover).await {
-            Ok(n) => tracing::info!(released = n, "released unfinished jobs"),
+        let release: Vec<_> = leftover.into_iter().map(Transition::release).collect();
+        match queue::apply(&db, &release).await {
+            Ok(outcomes) => {
+                let n = outcomes.iter().filter(|o| **o == Outcome::Done).count();
+                tracing::info!(released = n, "released unfinished jobs")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not release jobs; their leases will expire")
             }
@@ -342,7 +346,40 @@ pub async fn run(
 
 /// End the leases of jobs held by processes of this host that are gone (`kill -9`, a crash),
 /// so their work is taken back now rather than when the leases run out.
-async fn take_back_from_dead(db: &PgPool, me: &identity::Me) -> Result<(), StoreError> {
+/// What a claimed job is for, read from the queue's kind and target: an upload's target is
+/// its attachment, a create's its ticket.
+pub trait Subject {
+    fn job_kind(&self) -> Option<JobKind>;
+    fn attachment(&self) -> Option<AttachmentId>;
+    fn ticket(&self) -> Option<TicketId>;
+    fn batch(&self) -> Option<BatchId>;
+}
+
+impl Subject for ClaimedJob {
+    fn job_kind(&self) -> Option<JobKind> {
+        JobKind::parse(&self.kind)
+    }
+
+    fn attachment(&self) -> Option<AttachmentId> {
+        (self.job_kind() == Some(JobKind::Upload))
+            .then_some(self.target_id)
+            .flatten()
+            .map(AttachmentId)
+    }
+
+    fn ticket(&self) -> Option<TicketId> {
+        (self.job_kind() == Some(JobKind::CreateTicket))
+            .then_some(self.target_id)
+            .flatten()
+            .map(TicketId)
+    }
+
+    fn batch(&self) -> Option<BatchId> {
+        self.group_id.map(BatchId)
+    }
+}
+
+async fn take_back_from_dead(db: &Store, me: &identity::Me) -> Result<(), StoreError> {
     for holder in queue::holders(db).await? {
         if identity::is_dead(&holder, me) {
             let jobs = queue::expire_leases_of(db, &holder).await?;
@@ -374,7 +411,7 @@ fn spawn_job(
         .clone()
         .try_acquire_owned()
         .expect("claimed within free slots");
-    let upload = (job.kind == JobKind::Upload).then(|| {
+    let upload = (job.job_kind() == Some(JobKind::Upload)).then(|| {
         uploads
             .clone()
             .try_acquire_owned()
@@ -384,7 +421,7 @@ fn spawn_job(
     let shared = shared.clone();
     let span = tracing::info_span!(
         "job", job_id = %job.id, kind = %job.kind, attempt = job.attempt,
-        batch = %job.batch_id.map(|b| b.to_string()).unwrap_or_default(),
+        batch = %job.batch().map(|b| b.to_string()).unwrap_or_default(),
         ticket_ref = tracing::field::Empty
     );
     tasks.spawn(
@@ -428,39 +465,36 @@ impl Drop for Held {
 }
 
 async fn claim(
-    db: &PgPool,
+    db: &Store,
     config: &PoolConfig,
     kinds: &[JobKind],
     limit: usize,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
-    queue::claim_in(
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    Ok(queue::claim(
         db,
-        config.batch,
-        kinds,
+        config.batch.map(|b| b.0),
+        &kinds,
         limit as i64,
         &config.worker_name,
         config.lease,
     )
-    .await
+    .await?)
 }
 
 /// How long to sleep when idle: until the next scheduled job, at most `idle_poll`.
-async fn next_wake(db: &PgPool, config: &PoolConfig) -> Result<Duration, StoreError> {
-    let next = queue::next_run_at(db, config.batch).await?;
+async fn next_wake(db: &Store, config: &PoolConfig) -> Result<Duration, StoreError> {
+    let next = queue::next_run_at(db, config.batch.map(|b| b.0)).await?;
     let now = time::OffsetDateTime::now_utc();
     let until = next
-        .map(|at| (at - now).try_into().unwrap_or(Duration::ZERO))
+        .map(|at| (at.0 - now).try_into().unwrap_or(Duration::ZERO))
         .unwrap_or(config.idle_poll);
     Ok(until.clamp(Duration::from_millis(10), config.idle_poll))
 }
 
-async fn notified(listener: &mut Option<sqlx::postgres::PgListener>) {
+async fn notified(listener: &mut Option<queue::Listener>) {
     match listener {
-        Some(l) => {
-            if l.recv().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+        Some(l) => l.notified().await,
         None => std::future::pending::<()>().await,
     }
 }
@@ -478,7 +512,7 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
 }
 
 /// Extend the leases of the jobs this process holds, every third of a lease.
-async fn heartbeat(db: PgPool, in_flight: InFlight, lease: Duration) {
+async fn heartbeat(db: Store, in_flight: InFlight, lease: Duration) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.tick().await;
     loop {
@@ -507,9 +541,13 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
         }
         return;
     }
-    let result = match job.kind {
-        JobKind::Upload => jobs::upload(shared, job).await,
-        JobKind::CreateTicket => jobs::create(shared, job).await,
+    let result = match job.job_kind() {
+        Some(JobKind::Upload) => jobs::upload(shared, job).await,
+        Some(JobKind::CreateTicket) => jobs::create(shared, job).await,
+        None => Err(HandlerError::Job(Failure::fail(format!(
+            "unknown job kind {:?}",
+            job.kind
+        )))),
     };
     let failure = match result {
         Ok(()) => return,
@@ -534,44 +572,38 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
     }
 }
 
-/// Write what a failure means: retry, wait, fail (with the ticket), review or re-upload.
+/// Write what a failure means — retry, wait, fail (with the ticket), review or re-upload —
+/// the job's transition and the importer's own writes in one transaction.
 async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<(), StoreError> {
     let job_ref = job.job_ref();
     let reason = failure.reason.as_str();
     let mut tx = shared.db.begin().await?;
+    let mut conn = tx.conn();
     match &failure.next {
         Next::Wait { after } => {
             tracing::info!(wait = ?after, "rate limited; waiting without using an attempt");
-            queue::reschedule(&mut *tx, job_ref, *after, Some(reason)).await?;
+            queue::apply_one(&mut conn, Transition::snooze(job_ref, *after, Some(reason))).await?;
         }
         Next::Outage => {
             // The pool logs the outage once every half minute; not once per job.
             tracing::debug!(error = reason, "Visibuild unreachable; back in the queue");
-            queue::reschedule(&mut *tx, job_ref, OUTAGE_PROBE_EVERY, Some(reason)).await?;
+            let snooze = Transition::snooze(job_ref, OUTAGE_PROBE_EVERY, Some(reason));
+            queue::apply_one(&mut conn, snooze).await?;
         }
         Next::Retry { after } => {
-            let outcome = match after {
-                Some(after) => queue::fail_after(&mut *tx, job_ref, reason, *after).await?,
-                None => {
-                    queue::fail(
-                        &mut *tx,
-                        job_ref,
-                        reason,
-                        RetryDecision::Retry,
-                        &shared.backoff,
-                    )
-                    .await?
-                }
+            let retry = match after {
+                Some(after) => Transition::retry_after(job_ref, *after, reason),
+                None => Transition::retry(job_ref, &shared.backoff, reason),
             };
-            match outcome {
-                FailOutcome::Retrying { at } => {
+            match queue::apply_one(&mut conn, retry).await? {
+                Outcome::Retrying { at } => {
                     shared.progress.retried();
                     tracing::warn!(error = reason, retry_at = %at, "will retry")
                 }
-                FailOutcome::Failed => {
+                _ => {
                     tracing::error!(error = reason, "out of attempts");
                     fail_subject(
-                        &mut tx,
+                        &mut conn,
                         job,
                         &format!("gave up after {} attempts: {reason}", job.attempt),
                     )
@@ -581,39 +613,26 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
         }
         Next::Fail | Next::Presign | Next::Rehash | Next::AlreadyCreated => {
             tracing::error!(error = reason, "failed");
-            queue::fail(
-                &mut *tx,
-                job_ref,
-                reason,
-                RetryDecision::Permanent,
-                &shared.backoff,
-            )
-            .await?;
-            fail_subject(&mut tx, job, reason).await?;
+            queue::apply_one(&mut conn, Transition::fail(job_ref, reason)).await?;
+            fail_subject(&mut conn, job, reason).await?;
         }
         Next::Halt => {
             tracing::error!(error = reason, "credentials refused; stopping the run");
-            queue::reschedule(&mut *tx, job_ref, Duration::ZERO, Some(reason)).await?;
+            let back = Transition::snooze(job_ref, Duration::ZERO, Some(reason));
+            queue::apply_one(&mut conn, back).await?;
             lock(&shared.halted).get_or_insert_with(|| reason.to_string());
         }
         Next::Review => {
             tracing::warn!(error = reason, "needs review");
-            queue::fail(
-                &mut *tx,
-                job_ref,
-                reason,
-                RetryDecision::Permanent,
-                &shared.backoff,
-            )
-            .await?;
-            if let Some(ticket) = job.ticket_id {
-                tickets::set_ticket_state(&mut tx, ticket, TicketState::NeedsReview, Some(reason))
+            queue::apply_one(&mut conn, Transition::fail(job_ref, reason)).await?;
+            if let Some(ticket) = job.ticket() {
+                tickets::set_ticket_state(&mut conn, ticket, TicketState::NeedsReview, Some(reason))
                     .await?;
             }
         }
         Next::Reupload { keys } => {
-            let ticket = job.ticket_id.expect("create jobs name their ticket");
-            let work = tickets::create_work(&mut tx, ticket).await?;
+            let ticket = job.ticket().expect("create jobs name their ticket");
+            let work = tickets::create_work(&mut conn, ticket).await?;
             let named: Vec<_> = work
                 .attachments
                 .iter()
@@ -634,7 +653,7 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
                 work.attachments.iter().map(|(id, _, _)| *id).collect()
             };
             tracing::warn!(error = reason, attachments = again.len(), "uploading again");
-            tickets::reopen_uploads(&mut tx, job_ref, ticket, &again, reason).await?;
+            tickets::reopen_uploads(&mut conn, job_ref, ticket, &again, reason).await?;
         }
     }
     tx.commit().await?;
@@ -643,17 +662,15 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
 
 /// A job that will not run again fails what it was for: its attachment and ticket.
 async fn fail_subject(
-    tx: &mut sqlx::PgConnection,
+    conn: &mut crate::store::Conn<'_>,
     job: &ClaimedJob,
     reason: &str,
 ) -> Result<(), StoreError> {
-    match (job.kind, job.attachment_id, job.ticket_id) {
-        (JobKind::Upload, Some(attachment), Some(ticket)) => {
-            tickets::fail_attachment(tx, attachment, ticket, reason).await
-        }
-        (_, _, Some(ticket)) => {
-            tickets::set_ticket_state(tx, ticket, TicketState::Failed, Some(reason)).await
-        }
-        _ => Ok(()),
+    if let Some(attachment) = job.attachment() {
+        return tickets::fail_attachment(conn, attachment, reason).await;
     }
+    if let Some(ticket) = job.ticket() {
+        return tickets::set_ticket_state(conn, ticket, TicketState::Failed, Some(reason)).await;
+    }
+    Ok(())
 }

@@ -1,16 +1,17 @@
 //! The import's own tables: batches, tickets, attachments and the hash cache, and the
-//! transitions that move them together with their jobs (fan-in, re-upload, outcomes).
+//! settling writes that move them together with their jobs' transitions, in one transaction
+//! (fan-in, re-upload, outcomes). Jobs change only through the queue's `apply`.
 
-use super::StoreError;
-use super::queue::{self, JobRef, NewJob, fenced};
+use super::{Conn, Ex, StoreError, Store, Timestamp};
 use crate::domain::{
-    AttachmentId, AttachmentState, BatchId, FileStamp, JobKind, JobState, Priority, ProjectId,
-    TicketId, TicketState,
+    AttachmentId, AttachmentState, BatchId, FileStamp, JobId, JobKind, JobState, Priority,
+    ProjectId, TicketId, TicketState,
 };
 use crate::manifest::TicketSpec;
-use sqlx::{PgConnection, PgExecutor};
+use serde_json::json;
 use std::collections::HashMap;
 use time::OffsetDateTime;
+use visibuild_queue::{self as queue, JobRef, NewJob, Transition, on, sql};
 
 /// Tickets loaded per statement.
 const LOAD_CHUNK: usize = 2_000;
@@ -22,46 +23,56 @@ pub struct Batch {
     pub name: String,
     pub manifest_path: String,
     pub files_root: String,
-    pub created_at: OffsetDateTime,
+    pub created_at: Timestamp,
 }
 
 /// Find or create the batch named `name`.
-pub async fn upsert_batch<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn upsert_batch<'c>(
+    ex: impl Into<Ex<'c>>,
     name: &str,
     manifest_path: &str,
     files_root: &str,
 ) -> Result<BatchId, StoreError> {
-    let id = sqlx::query_scalar(
-        "INSERT INTO batches (id, name, manifest_path, files_root) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (name) DO UPDATE SET manifest_path = EXCLUDED.manifest_path
-         RETURNING id",
-    )
-    .bind(BatchId::new())
-    .bind(name)
-    .bind(manifest_path)
-    .bind(files_root)
-    .fetch_one(ex)
-    .await?;
-    Ok(id)
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "INSERT INTO batches (id, name, manifest_path, files_root) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET manifest_path = EXCLUDED.manifest_path
+             RETURNING id"
+        ),
+        |c, q| sqlx::query_scalar(q)
+            .bind(BatchId::new())
+            .bind(name)
+            .bind(manifest_path)
+            .bind(files_root)
+            .fetch_one(c)
+            .await
+    )?)
 }
 
-pub async fn batches<'e, E: PgExecutor<'e>>(ex: E) -> Result<Vec<Batch>, StoreError> {
-    Ok(
-        sqlx::query_as("SELECT * FROM batches ORDER BY created_at, name")
-            .fetch_all(ex)
-            .await?,
-    )
+pub async fn batches<'c>(ex: impl Into<Ex<'c>>) -> Result<Vec<Batch>, StoreError> {
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT id, name, manifest_path, files_root, created_at FROM batches
+              ORDER BY created_at, name"
+        ),
+        |c, q| sqlx::query_as(q).fetch_all(c).await
+    )?)
 }
 
-pub async fn batch_by_name<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn batch_by_name<'c>(
+    ex: impl Into<Ex<'c>>,
     name: &str,
 ) -> Result<Option<Batch>, StoreError> {
-    Ok(sqlx::query_as("SELECT * FROM batches WHERE name = $1")
-        .bind(name)
-        .fetch_optional(ex)
-        .await?)
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT id, name, manifest_path, files_root, created_at FROM batches
+              WHERE name = $1"
+        ),
+        |c, q| sqlx::query_as(q).bind(name).fetch_optional(c).await
+    )?)
 }
 
 /// A ref that was loaded before with other fields: reported, never duplicated.
@@ -87,27 +98,32 @@ pub struct LoadReport {
 /// load; a later load that chooses otherwise gets `Err(what the batch has)` and changes
 /// nothing, so a batch never mixes the two.
 pub async fn set_batch_receipts(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     batch: BatchId,
     receipts: bool,
 ) -> Result<Result<(), bool>, StoreError> {
-    let changed = sqlx::query(
-        "UPDATE batches SET receipts = $2
-          WHERE id = $1
-            AND (receipts = $2 OR NOT EXISTS (SELECT 1 FROM tickets WHERE batch_id = $1))",
-    )
-    .bind(batch)
-    .bind(receipts)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let changed = on!(
+        &mut *conn,
+        sql!(
+            "UPDATE batches SET receipts = $2
+              WHERE id = $1
+                AND (receipts = $2 OR NOT EXISTS (SELECT 1 FROM tickets WHERE batch_id = $1))"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(batch)
+            .bind(receipts)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+    )?;
     if changed == 1 {
         return Ok(Ok(()));
     }
-    let chosen: bool = sqlx::query_scalar("SELECT receipts FROM batches WHERE id = $1")
-        .bind(batch)
-        .fetch_one(&mut *conn)
-        .await?;
+    let chosen: bool = on!(
+        &mut *conn,
+        sql!("SELECT receipts FROM batches WHERE id = $1"),
+        |c, q| sqlx::query_scalar(q).bind(batch).fetch_one(c).await
+    )?;
     Ok(Err(chosen))
 }
 
@@ -125,7 +141,7 @@ pub struct ReceiptSource {
 /// loaded again unchanged loses that note. With `receipts`, each new ticket without files
 /// gets an `import-receipt.txt` attachment (bytes stored).
 pub async fn load_tickets(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     batch: BatchId,
     tickets: &[TicketSpec],
     max_attempts: i32,
@@ -198,15 +214,12 @@ impl<'a> AttachmentColumns<'a> {
 }
 
 /// The upload job of a new attachment.
-fn upload_job(load: &Load<'_>, ticket: TicketId, attachment: AttachmentId) -> NewJob {
+fn upload_job(load: &Load<'_>, attachment: AttachmentId) -> NewJob {
     NewJob {
-        kind: JobKind::Upload,
-        state: JobState::Available,
-        batch_id: Some(load.batch),
-        ticket_id: Some(ticket),
-        attachment_id: Some(attachment),
+        group: Some(load.batch.0),
+        target: Some(attachment.0),
         max_attempts: load.max_attempts,
-        run_at: None,
+        ..NewJob::available(JobKind::Upload.as_str())
     }
 }
 
@@ -228,6 +241,7 @@ struct LoadedFields {
     priority: Option<String>,
     contact_name: Option<String>,
     contact_email: Option<String>,
+    #[sqlx(skip)]
     paths: Vec<String>,
 }
 
@@ -263,7 +277,7 @@ fn changed_fields(loaded: &LoadedFields, spec: &TicketSpec) -> Vec<&'static str>
 /// Note the refs of `chunk` that changed since they were loaded, and clear the note of the
 /// ones loaded again unchanged.
 async fn note_changes(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     chunk: &[TicketSpec],
     changed: &[usize],
     unchanged: &[usize],
@@ -271,53 +285,80 @@ async fn note_changes(
     report: &mut LoadReport,
 ) -> Result<(), StoreError> {
     if !unchanged.is_empty() {
-        sqlx::query(
-            "UPDATE tickets t SET changed_since_load = NULL
-               FROM UNNEST($1::uuid[], $2::text[]) AS k (project_id, ref)
-              WHERE t.project_id = k.project_id AND t.ref = k.ref
-                AND t.changed_since_load IS NOT NULL",
-        )
-        .bind(
-            unchanged
-                .iter()
-                .map(|&i| chunk[i].project_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            unchanged
-                .iter()
-                .map(|&i| chunk[i].reference.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
+        let keys = unchanged.iter().map(|&i| (chunk[i].project_id, chunk[i].reference.as_str()));
+        match conn {
+            Conn::Postgres(c) => {
+                let (projects, refs): (Vec<ProjectId>, Vec<&str>) = keys.unzip();
+                sqlx::query(
+                    "UPDATE tickets t SET changed_since_load = NULL
+                       FROM UNNEST($1::uuid[], $2::text[]) AS k (project_id, ref)
+                      WHERE t.project_id = k.project_id AND t.ref = k.ref
+                        AND t.changed_since_load IS NOT NULL",
+                )
+                .bind(projects)
+                .bind(refs)
+                .execute(&mut **c)
+                .await?;
+            }
+            Conn::Sqlite(c) => {
+                sqlx::query(
+                    "UPDATE tickets SET changed_since_load = NULL
+                      WHERE changed_since_load IS NOT NULL
+                        AND (project_id, ref) IN
+                            (SELECT unhex(value ->> 0), value ->> 1 FROM json_each($1))",
+                )
+                .bind(json_rows(keys.map(|(p, r)| json!([hex(p.0), r]))))
+                .execute(&mut **c)
+                .await?;
+            }
+        }
     }
     for &i in changed {
         let spec = &chunk[i];
-        let loaded: LoadedFields = sqlx::query_as(
-            "SELECT t.title, t.address, t.priority, t.contact_name, t.contact_email,
-                    ARRAY(SELECT a.path FROM attachments a WHERE a.ticket_id = t.id
-                           ORDER BY a.position) AS paths
-               FROM tickets t WHERE t.project_id = $1 AND t.ref = $2",
-        )
-        .bind(spec.project_id)
-        .bind(&spec.reference)
-        .fetch_one(&mut *conn)
-        .await?;
+        let mut loaded: LoadedFields = on!(
+            &mut *conn,
+            sql!(
+                "SELECT title, address, priority, contact_name, contact_email
+                   FROM tickets WHERE project_id = $1 AND ref = $2"
+            ),
+            |c, q| sqlx::query_as(q)
+                .bind(spec.project_id)
+                .bind(&spec.reference)
+                .fetch_one(c)
+                .await
+        )?;
+        loaded.paths = on!(
+            &mut *conn,
+            sql!(
+                "SELECT a.path FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+                  WHERE t.project_id = $1 AND t.ref = $2 ORDER BY a.position"
+            ),
+            |c, q| sqlx::query_scalar(q)
+                .bind(spec.project_id)
+                .bind(&spec.reference)
+                .fetch_all(c)
+                .await
+        )?;
         let mut fields = changed_fields(&loaded, spec);
         if fields.is_empty() {
             // The digest differs but no field we keep does (a project's spelling, say).
             fields.push("fields");
         }
-        sqlx::query(
-            "UPDATE tickets SET changed_since_load = $3, updated_at = now()
-              WHERE project_id = $1 AND ref = $2",
-        )
-        .bind(spec.project_id)
-        .bind(&spec.reference)
-        .bind(format!("{} ({source}:{})", fields.join(", "), spec.line))
-        .execute(&mut *conn)
-        .await?;
+        let note = format!("{} ({source}:{})", fields.join(", "), spec.line);
+        on!(
+            &mut *conn,
+            sql!(
+                "UPDATE tickets SET changed_since_load = $3, updated_at = {now}
+                  WHERE project_id = $1 AND ref = $2"
+            ),
+            |c, q| sqlx::query(q)
+                .bind(spec.project_id)
+                .bind(&spec.reference)
+                .bind(&note)
+                .execute(c)
+                .await
+                .map(drop)
+        )?;
         report.changed.push(ChangedRef {
             project_id: spec.project_id,
             reference: spec.reference.clone(),
@@ -328,25 +369,24 @@ async fn note_changes(
     Ok(())
 }
 
+/// A UUID as SQLite's JSON rows carry it: 32 hex digits, read back with `unhex`.
+fn hex(id: uuid::Uuid) -> String {
+    id.simple().to_string()
+}
+
+/// Rows as one JSON array, SQLite's way of binding many rows as one parameter.
+fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
+    serde_json::Value::Array(rows.collect()).to_string()
+}
+
 async fn load_chunk(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     load: &Load<'_>,
     chunk: &[TicketSpec],
     report: &mut LoadReport,
 ) -> Result<(), StoreError> {
-    let (batch, max_attempts) = (load.batch, load.max_attempts);
-    let projects: Vec<ProjectId> = chunk.iter().map(|t| t.project_id).collect();
-    let refs: Vec<&str> = chunk.iter().map(|t| t.reference.as_str()).collect();
-    let existing: Vec<(ProjectId, String, String)> = sqlx::query_as(
-        "SELECT t.project_id, t.ref, t.fields_digest
-           FROM tickets t
-           JOIN UNNEST($1::uuid[], $2::text[]) AS k (project_id, ref)
-             ON t.project_id = k.project_id AND t.ref = k.ref",
-    )
-    .bind(&projects)
-    .bind(&refs)
-    .fetch_all(&mut *conn)
-    .await?;
+    let batch = load.batch;
+    let existing = existing_digests(conn, chunk).await?;
     let existing: HashMap<(ProjectId, &str), &str> = existing
         .iter()
         .map(|(p, r, d)| ((*p, r.as_str()), d.as_str()))
@@ -370,56 +410,7 @@ async fn load_chunk(
         return Ok(());
     }
 
-    let inserted: Vec<TicketId> = sqlx::query_scalar(
-        "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address, priority,
-                              contact_name, contact_email, fields_digest)
-         SELECT t.id, $1, t.project_id, t.ref, t.line, t.title, t.address, t.priority,
-                t.contact_name, t.contact_email, t.digest
-           FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[], $7::text[],
-                       $8::text[], $9::text[], $10::text[], $11::text[])
-             AS t (id, project_id, ref, line, title, address, priority, contact_name,
-                   contact_email, digest)
-         ON CONFLICT (project_id, ref) DO NOTHING
-         RETURNING id",
-    )
-    .bind(batch)
-    .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
-    .bind(
-        fresh
-            .iter()
-            .map(|f| f.1.reference.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|f| f.1.title.as_str()).collect::<Vec<_>>())
-    .bind(
-        fresh
-            .iter()
-            .map(|f| f.1.address.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        fresh
-            .iter()
-            .map(|f| f.1.priority.map(Priority::as_str))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        fresh
-            .iter()
-            .map(|f| f.1.contact_name.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        fresh
-            .iter()
-            .map(|f| f.1.contact_email.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(fresh.iter().map(|f| f.2.as_str()).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
+    let inserted = insert_tickets(conn, batch, &fresh).await?;
     // A concurrent load of the same refs won the race for any ticket not returned here.
     let inserted: std::collections::HashSet<TicketId> = inserted.into_iter().collect();
     report.unchanged += (fresh.len() - inserted.len()) as u64;
@@ -455,7 +446,7 @@ async fn load_chunk(
                 mtime_ns: None,
                 inline: Some(bytes),
             });
-            jobs.push(upload_job(load, *ticket, id));
+            jobs.push(upload_job(load, id));
         }
         for (pos, a) in spec.attachments.iter().enumerate() {
             let id = rows.push(NewAttachment {
@@ -470,46 +461,189 @@ async fn load_chunk(
                 mtime_ns: Some(a.mtime_ns),
                 inline: None,
             });
-            jobs.push(upload_job(load, *ticket, id));
+            jobs.push(upload_job(load, id));
         }
+        let create = JobKind::CreateTicket.as_str();
         jobs.push(NewJob {
-            kind: JobKind::CreateTicket,
-            state: if has_files {
-                JobState::Blocked
+            group: Some(batch.0),
+            target: Some(ticket.0),
+            max_attempts: load.max_attempts,
+            ..if has_files {
+                NewJob::blocked(create)
             } else {
-                JobState::Available
-            },
-            batch_id: Some(batch),
-            ticket_id: Some(*ticket),
-            attachment_id: None,
-            max_attempts,
-            run_at: None,
+                NewJob::available(create)
+            }
         });
     }
     if !rows.ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
-                                      content_type, size, mtime_ns, inline_content, root)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
-                                  $6::text[], $7::text[], $8::bigint[], $9::bigint[],
-                                  $10::bytea[], $11::text[])",
-        )
-        .bind(&rows.ids)
-        .bind(&rows.tickets)
-        .bind(&rows.positions)
-        .bind(&rows.paths)
-        .bind(&rows.resolved)
-        .bind(&rows.filenames)
-        .bind(&rows.content_types)
-        .bind(&rows.sizes)
-        .bind(&rows.mtimes)
-        .bind(&rows.inline)
-        .bind(&rows.roots)
-        .execute(&mut *conn)
-        .await?;
+        insert_attachments(conn, &rows).await?;
         report.attachments_added += rows.ids.len() as u64;
     }
     queue::enqueue(&mut *conn, &jobs).await?;
+    Ok(())
+}
+
+/// `(project, ref, fields digest)` of the tickets of `chunk` already loaded.
+async fn existing_digests(
+    conn: &mut Conn<'_>,
+    chunk: &[TicketSpec],
+) -> Result<Vec<(ProjectId, String, String)>, StoreError> {
+    Ok(match conn {
+        Conn::Postgres(c) => {
+            let projects: Vec<ProjectId> = chunk.iter().map(|t| t.project_id).collect();
+            let refs: Vec<&str> = chunk.iter().map(|t| t.reference.as_str()).collect();
+            sqlx::query_as(
+                "SELECT t.project_id, t.ref, t.fields_digest
+                   FROM tickets t
+                   JOIN UNNEST($1::uuid[], $2::text[]) AS k (project_id, ref)
+                     ON t.project_id = k.project_id AND t.ref = k.ref",
+            )
+            .bind(projects)
+            .bind(refs)
+            .fetch_all(&mut **c)
+            .await?
+        }
+        Conn::Sqlite(c) => {
+            sqlx::query_as(
+                "SELECT t.project_id, t.ref, t.fields_digest
+                   FROM json_each($1) AS k
+                   JOIN tickets t ON t.project_id = unhex(k.value ->> 0)
+                                 AND t.ref = k.value ->> 1",
+            )
+            .bind(json_rows(
+                chunk
+                    .iter()
+                    .map(|t| json!([hex(t.project_id.0), t.reference])),
+            ))
+            .fetch_all(&mut **c)
+            .await?
+        }
+    })
+}
+
+/// Inserts the new tickets (one statement); the ids of those inserted — a ref a concurrent
+/// load inserted first is skipped.
+async fn insert_tickets(
+    conn: &mut Conn<'_>,
+    batch: BatchId,
+    fresh: &[(TicketId, &TicketSpec, String)],
+) -> Result<Vec<TicketId>, StoreError> {
+    Ok(match conn {
+        Conn::Postgres(c) => {
+            sqlx::query_scalar(
+                "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
+                                      priority, contact_name, contact_email, fields_digest)
+                 SELECT t.id, $1, t.project_id, t.ref, t.line, t.title, t.address, t.priority,
+                        t.contact_name, t.contact_email, t.digest
+                   FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[],
+                               $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+                     AS t (id, project_id, ref, line, title, address, priority, contact_name,
+                           contact_email, digest)
+                 ON CONFLICT (project_id, ref) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(batch)
+            .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| Some(f.1.reference.as_str())).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| Some(f.1.title.as_str())).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| f.1.address.as_deref()).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| f.1.priority.map(Priority::as_str)).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| f.1.contact_name.as_deref()).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| f.1.contact_email.as_deref()).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| Some(f.2.as_str())).collect::<Vec<_>>())
+            .fetch_all(&mut **c)
+            .await?
+        }
+        Conn::Sqlite(c) => {
+            sqlx::query_scalar(
+                "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
+                                      priority, contact_name, contact_email, fields_digest)
+                 SELECT unhex(value ->> 0), $1, unhex(value ->> 1), value ->> 2, value ->> 3,
+                        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
+                        value ->> 9
+                   FROM json_each($2) WHERE true
+                 ON CONFLICT (project_id, ref) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(batch)
+            .bind(json_rows(fresh.iter().map(|(id, t, digest)| {
+                json!([
+                    hex(id.0),
+                    hex(t.project_id.0),
+                    t.reference,
+                    t.line,
+                    t.title,
+                    t.address,
+                    t.priority.map(Priority::as_str),
+                    t.contact_name,
+                    t.contact_email,
+                    digest
+                ])
+            })))
+            .fetch_all(&mut **c)
+            .await?
+        }
+    })
+}
+
+async fn insert_attachments(
+    conn: &mut Conn<'_>,
+    rows: &AttachmentColumns<'_>,
+) -> Result<(), StoreError> {
+    match conn {
+        Conn::Postgres(c) => {
+            sqlx::query(
+                "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
+                                          content_type, size, mtime_ns, inline_content, root)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::text[],
+                                      $6::text[], $7::text[], $8::bigint[], $9::bigint[],
+                                      $10::bytea[], $11::text[])",
+            )
+            .bind(&rows.ids)
+            .bind(&rows.tickets)
+            .bind(&rows.positions)
+            .bind(&rows.paths)
+            .bind(&rows.resolved)
+            .bind(&rows.filenames)
+            .bind(&rows.content_types)
+            .bind(&rows.sizes)
+            .bind(&rows.mtimes)
+            .bind(&rows.inline)
+            .bind(&rows.roots)
+            .execute(&mut **c)
+            .await?;
+        }
+        Conn::Sqlite(c) => {
+            let json = json_rows((0..rows.ids.len()).map(|i| {
+                json!([
+                    hex(rows.ids[i].0),
+                    hex(rows.tickets[i].0),
+                    rows.positions[i],
+                    rows.paths[i],
+                    rows.resolved[i],
+                    rows.filenames[i],
+                    rows.content_types[i],
+                    rows.sizes[i],
+                    rows.mtimes[i],
+                    rows.inline[i].as_deref().map(hex::encode),
+                    rows.roots[i]
+                ])
+            }));
+            sqlx::query(
+                "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
+                                          content_type, size, mtime_ns, inline_content, root)
+                 SELECT unhex(value ->> 0), unhex(value ->> 1), value ->> 2, value ->> 3,
+                        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
+                        unhex(value ->> 9), value ->> 10
+                   FROM json_each($1)",
+            )
+            .bind(json)
+            .execute(&mut **c)
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -558,22 +692,23 @@ impl UploadWork {
     }
 }
 
-pub async fn upload_work<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn upload_work<'c>(
+    ex: impl Into<Ex<'c>>,
     attachment: AttachmentId,
 ) -> Result<UploadWork, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
-                COALESCE(a.root, '') AS files_root, a.filename, a.content_type, a.size, a.mtime_ns, a.inline_content,
-                a.state,
-                h.size AS cached_size, h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
-           FROM attachments a JOIN tickets t ON t.id = a.ticket_id
-           LEFT JOIN file_hashes h ON h.resolved_path = a.resolved_path
-          WHERE a.id = $1",
-    )
-    .bind(attachment)
-    .fetch_one(ex)
-    .await?)
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
+                    COALESCE(a.root, '') AS files_root, a.filename, a.content_type, a.size,
+                    a.mtime_ns, a.inline_content, a.state,
+                    h.size AS cached_size, h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
+               FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+               LEFT JOIN file_hashes h ON h.resolved_path = a.resolved_path
+              WHERE a.id = $1"
+        ),
+        |c, q| sqlx::query_as(q).bind(attachment).fetch_one(c).await
+    )?)
 }
 
 /// What an upload left in S3: its key, and the bytes it carried (also cached by path).
@@ -589,86 +724,106 @@ pub struct Uploaded<'a> {
 }
 
 /// The attachment is in S3: mark it, complete its job, and — if it was the ticket's last —
-/// make the ticket's create job runnable, all in one transaction. The ticket row is locked
-/// first so that two uploads finishing together see each other (neither both nor neither).
+/// make the ticket's create job runnable, all in the caller's transaction. The ticket row is
+/// locked first so that two uploads finishing together see each other (neither both nor
+/// neither); in SQLite the transaction holds the one write lock already.
 pub async fn finish_upload(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     job: JobRef,
     attachment: AttachmentId,
     ticket: TicketId,
     uploaded: Option<Uploaded<'_>>,
 ) -> Result<bool, StoreError> {
-    // Losing this commit in a database crash costs one repeated upload (a new key; the old
-    // object is never linked), never a duplicate ticket: no need to wait for the disk.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT 1 FROM tickets WHERE id = $1 FOR UPDATE")
-        .bind(ticket)
-        .execute(&mut *conn)
-        .await?;
-    queue::complete(&mut *conn, job).await?;
+    if let Conn::Postgres(c) = conn {
+        // Losing this commit in a database crash costs one repeated upload (a new key; the
+        // old object is never linked), never a duplicate ticket: no need to wait for the disk.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut **c)
+            .await?;
+    }
+    on!(
+        &mut *conn,
+        sql!("SELECT 1 FROM tickets WHERE id = $1 {for_update}"),
+        |c, q| sqlx::query(q).bind(ticket).execute(c).await.map(drop)
+    )?;
+    queue::apply_one(&mut *conn, Transition::complete(job)).await?;
     if let Some(u) = uploaded {
-        sqlx::query(
-            "UPDATE attachments SET state = 'uploaded', uploaded_at = now(), last_error = NULL,
-                    key = $2, size = $3, md5 = $4, mtime_ns = $5,
-                    change_note = COALESCE($6, change_note)
-              WHERE id = $1",
-        )
-        .bind(attachment)
-        .bind(u.key)
-        .bind(u.size)
-        .bind(u.md5)
-        .bind(u.mtime_ns)
-        .bind(u.change)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5)
-             SELECT $1, $2, $3, $4 WHERE $1 <> ''
-             ON CONFLICT (resolved_path) DO UPDATE
-                SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5",
-        )
-        .bind(u.resolved_path)
-        .bind(u.size)
-        .bind(u.mtime_ns)
-        .bind(u.md5)
-        .execute(&mut *conn)
-        .await?;
+        on!(
+            &mut *conn,
+            sql!(
+                "UPDATE attachments SET state = 'uploaded', uploaded_at = {now}, last_error = NULL,
+                        key = $2, size = $3, md5 = $4, mtime_ns = $5,
+                        change_note = COALESCE($6, change_note)
+                  WHERE id = $1"
+            ),
+            |c, q| sqlx::query(q)
+                .bind(attachment)
+                .bind(u.key)
+                .bind(u.size)
+                .bind(u.md5)
+                .bind(u.mtime_ns)
+                .bind(u.change)
+                .execute(c)
+                .await
+                .map(drop)
+        )?;
+        on!(
+            &mut *conn,
+            sql!(
+                "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5)
+                 SELECT $1, $2, $3, $4 WHERE $1 <> ''
+                 ON CONFLICT (resolved_path) DO UPDATE
+                    SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5"
+            ),
+            |c, q| sqlx::query(q)
+                .bind(u.resolved_path)
+                .bind(u.size)
+                .bind(u.mtime_ns)
+                .bind(u.md5)
+                .execute(c)
+                .await
+                .map(drop)
+        )?;
     }
-    let unblocked = sqlx::query(
-        "UPDATE jobs SET state = 'available', run_at = now(), updated_at = now()
-          WHERE kind = 'create_ticket' AND ticket_id = $1 AND state = 'blocked'
-            AND NOT EXISTS (SELECT 1 FROM attachments
-                             WHERE ticket_id = $1 AND state <> 'uploaded')",
-    )
-    .bind(ticket)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        > 0;
-    if unblocked {
-        queue::notify(&mut *conn).await?;
-    }
-    Ok(unblocked)
+    // The fan-in: the last upload of a ticket unblocks its create.
+    let ready: Option<JobId> = on!(
+        &mut *conn,
+        sql!(
+            "SELECT id FROM jobs
+              WHERE kind = 'create_ticket' AND target_id = $1 AND state = 'blocked'
+                AND NOT EXISTS (SELECT 1 FROM attachments
+                                 WHERE ticket_id = $1 AND state <> 'uploaded')"
+        ),
+        |c, q| sqlx::query_scalar(q).bind(ticket).fetch_optional(c).await
+    )?;
+    let Some(create) = ready else {
+        return Ok(false);
+    };
+    queue::apply_one(&mut *conn, Transition::unblock(create)).await?;
+    queue::notify(&mut *conn).await?;
+    Ok(true)
 }
 
 /// An attachment that will not upload: it and its ticket are failed, with the reason.
 pub async fn fail_attachment(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     attachment: AttachmentId,
-    ticket: TicketId,
     reason: &str,
 ) -> Result<(), StoreError> {
-    let path: String = sqlx::query_scalar(
-        "UPDATE attachments SET state = 'failed', last_error = $2 WHERE id = $1 RETURNING path",
-    )
-    .bind(attachment)
-    .bind(reason)
-    .fetch_one(&mut *conn)
-    .await?;
-    set_ticket_state(
+    let (path, ticket): (String, TicketId) = on!(
         &mut *conn,
+        sql!(
+            "UPDATE attachments SET state = 'failed', last_error = $2 WHERE id = $1
+             RETURNING path, ticket_id"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(attachment)
+            .bind(reason)
+            .fetch_one(c)
+            .await
+    )?;
+    set_ticket_state(
+        conn,
         ticket,
         TicketState::Failed,
         Some(&format!("attachment {path}: {reason}")),
@@ -699,29 +854,27 @@ pub struct TicketRow {
     pub contact_email: Option<String>,
     pub state: TicketState,
     pub visibuild_id: Option<String>,
-    pub create_sent_at: Option<OffsetDateTime>,
+    pub create_sent_at: Option<Timestamp>,
     pub create_unanswered: bool,
     pub last_error: Option<String>,
 }
 
-pub async fn create_work(
-    conn: &mut PgConnection,
-    ticket: TicketId,
-) -> Result<CreateWork, StoreError> {
-    let ticket: TicketRow = sqlx::query_as(
-        "SELECT id, batch_id, project_id, ref, line, title, address, priority, contact_name,
-                contact_email, state, visibuild_id, create_sent_at, create_unanswered, last_error
-           FROM tickets WHERE id = $1",
-    )
-    .bind(ticket)
-    .fetch_one(&mut *conn)
-    .await?;
-    let attachments = sqlx::query_as(
-        "SELECT id, key, state FROM attachments WHERE ticket_id = $1 ORDER BY position",
-    )
-    .bind(ticket.id)
-    .fetch_all(&mut *conn)
-    .await?;
+pub async fn create_work(conn: &mut Conn<'_>, ticket: TicketId) -> Result<CreateWork, StoreError> {
+    let ticket: TicketRow = on!(
+        &mut *conn,
+        sql!(
+            "SELECT id, batch_id, project_id, ref, line, title, address, priority, contact_name,
+                    contact_email, state, visibuild_id, create_sent_at, create_unanswered,
+                    last_error
+               FROM tickets WHERE id = $1"
+        ),
+        |c, q| sqlx::query_as(q).bind(ticket).fetch_one(c).await
+    )?;
+    let attachments = on!(
+        &mut *conn,
+        sql!("SELECT id, key, state FROM attachments WHERE ticket_id = $1 ORDER BY position"),
+        |c, q| sqlx::query_as(q).bind(ticket.id).fetch_all(c).await
+    )?;
     Ok(CreateWork {
         ticket,
         attachments,
@@ -729,155 +882,174 @@ pub async fn create_work(
 }
 
 /// Durably note that a create request is about to leave, fenced by the job's claim.
-pub async fn mark_create_sent<'e, E: PgExecutor<'e>>(
-    ex: E,
-    job: JobRef,
-    ticket: TicketId,
-) -> Result<(), StoreError> {
-    mark_create(ex, job, ticket, true).await
+pub async fn mark_create_sent(store: &Store, job: JobRef, ticket: TicketId) -> Result<(), StoreError> {
+    mark_create(store, job, ticket, true).await
 }
 
 /// A definite answer came back for this claim's create request: it did not land, so the
 /// next attempt may send again without review. Fenced: a stale claim clears nothing.
-pub async fn mark_create_answered<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn mark_create_answered(
+    store: &Store,
     job: JobRef,
     ticket: TicketId,
 ) -> Result<(), StoreError> {
-    mark_create(ex, job, ticket, false).await
+    mark_create(store, job, ticket, false).await
 }
 
-async fn mark_create<'e, E: PgExecutor<'e>>(
-    ex: E,
+async fn mark_create(
+    store: &Store,
     job: JobRef,
     ticket: TicketId,
     leaving: bool,
 ) -> Result<(), StoreError> {
-    // The job row is *updated* (so locked) rather than merely read: a claim that took the
-    // job over first makes this write nothing, and a claim that comes after waits for (SKIP
-    // LOCKED: skips) the row until this commits — and then sees the mark.
-    let done = sqlx::query(
-        "WITH held AS (
-             UPDATE jobs SET updated_at = now()
-              WHERE id = $1 AND attempt = $2 AND state = 'running' AND locked_until > now()
-             RETURNING id
-         )
-         UPDATE tickets
-            SET create_unanswered = $4,
-                create_sent_at = CASE WHEN $4 THEN now() ELSE create_sent_at END,
-                state = CASE WHEN $4 THEN 'creating'::ticket_state ELSE state END,
-                updated_at = now()
-          WHERE id = $3 AND EXISTS (SELECT 1 FROM held)",
-    )
-    .bind(job.id)
-    .bind(job.attempt)
-    .bind(ticket)
-    .bind(leaving)
-    .execute(ex)
-    .await?;
-    fenced(done.rows_affected(), job)
+    // The claim is checked and held (its row locked) in the transaction that writes the
+    // mark: a claim that took the job over first makes this fail, and one that comes after
+    // waits for (Postgres: skips) the row until this commits — and then sees the mark.
+    let mut tx = store.begin().await?;
+    let mut conn = tx.conn();
+    queue::hold(&mut conn, job).await?;
+    on!(
+        &mut conn,
+        sql!(
+            "UPDATE tickets
+                SET create_unanswered = $2,
+                    create_sent_at = CASE WHEN $2 THEN {now} ELSE create_sent_at END,
+                    state = CASE WHEN $2 THEN 'creating'::ticket_state ELSE state END,
+                    updated_at = {now}
+              WHERE id = $1"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(ticket)
+            .bind(leaving)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Record that Visibuild created the ticket, whoever holds its job now: a fact about
 /// Visibuild, not about a claim. For when [`finish_create`] could not be written.
-pub async fn record_created<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn record_created<'c>(
+    ex: impl Into<Ex<'c>>,
     ticket: TicketId,
     visibuild_id: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE tickets SET state = 'created', visibuild_id = COALESCE($2, visibuild_id),
-                create_unanswered = false, updated_at = now(),
-                finished_at = COALESCE(finished_at, now())
-          WHERE id = $1",
-    )
-    .bind(ticket)
-    .bind(visibuild_id)
-    .execute(ex)
-    .await?;
+    on!(
+        ex.into(),
+        sql!(
+            "UPDATE tickets SET state = 'created', visibuild_id = COALESCE($2, visibuild_id),
+                    create_unanswered = false, updated_at = {now},
+                    finished_at = COALESCE(finished_at, {now})
+              WHERE id = $1"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(ticket)
+            .bind(visibuild_id)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
     Ok(())
 }
 
 /// The ticket exists in Visibuild (its id, when the answer said it): complete the job.
 pub async fn finish_create(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     job: JobRef,
     ticket: TicketId,
     visibuild_id: Option<&str>,
     note: Option<&str>,
 ) -> Result<(), StoreError> {
-    queue::complete(&mut *conn, job).await?;
-    sqlx::query(
-        "UPDATE tickets SET state = 'created', visibuild_id = COALESCE($2, visibuild_id),
-                last_error = $3, updated_at = now(), finished_at = now()
-          WHERE id = $1",
-    )
-    .bind(ticket)
-    .bind(visibuild_id)
-    .bind(note)
-    .execute(&mut *conn)
-    .await?;
+    queue::apply_one(&mut *conn, Transition::complete(job)).await?;
+    on!(
+        &mut *conn,
+        sql!(
+            "UPDATE tickets SET state = 'created', visibuild_id = COALESCE($2, visibuild_id),
+                    last_error = $3, updated_at = {now}, finished_at = {now}
+              WHERE id = $1"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(ticket)
+            .bind(visibuild_id)
+            .bind(note)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
     Ok(())
 }
 
 pub async fn set_ticket_state(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     ticket: TicketId,
     state: TicketState,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE tickets SET state = $2, last_error = COALESCE($3, last_error), updated_at = now(),
-                finished_at = CASE WHEN $2 IN ('created', 'failed', 'needs_review')
-                                   THEN now() ELSE NULL END
-          WHERE id = $1 AND (state <> 'created' OR $2 = 'created')",
-    )
-    .bind(ticket)
-    .bind(state)
-    .bind(error)
-    .execute(&mut *conn)
-    .await?;
+    on!(
+        &mut *conn,
+        sql!(
+            "UPDATE tickets SET state = $2, last_error = COALESCE($3, last_error),
+                    updated_at = {now},
+                    finished_at = CASE WHEN $2 IN ('created', 'failed', 'needs_review')
+                                       THEN {now} ELSE NULL END
+              WHERE id = $1 AND (state <> 'created' OR $2 = 'created')"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(ticket)
+            .bind(state)
+            .bind(error)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
     Ok(())
 }
 
 /// Visibuild does not know some of our keys: those attachments go back to be uploaded
 /// again (new keys), and the create job waits for them (blocked, fenced by its claim).
 pub async fn reopen_uploads(
-    conn: &mut PgConnection,
+    conn: &mut Conn<'_>,
     create_job: JobRef,
     ticket: TicketId,
     attachments: &[AttachmentId],
     reason: &str,
 ) -> Result<(), StoreError> {
-    let blocked = sqlx::query(
-        "UPDATE jobs SET state = 'blocked', locked_until = NULL, locked_by = NULL,
-                max_attempts = GREATEST(max_attempts, attempt + 1),
-                last_error = $3, updated_at = now()
-          WHERE id = $1 AND attempt = $2 AND state = 'running'",
-    )
-    .bind(create_job.id)
-    .bind(create_job.attempt)
-    .bind(reason)
-    .execute(&mut *conn)
-    .await?;
-    fenced(blocked.rows_affected(), create_job)?;
-    sqlx::query(
-        "UPDATE attachments SET state = 'pending', key = NULL, uploaded_at = NULL, last_error = $2
-          WHERE id = ANY($1)",
-    )
-    .bind(attachments)
-    .bind(reason)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE jobs SET state = 'available', run_at = now(), locked_until = NULL,
-                locked_by = NULL, max_attempts = GREATEST(max_attempts, attempt + 1),
-                finished_at = NULL, updated_at = now()
-          WHERE kind = 'upload' AND attachment_id = ANY($1)",
-    )
-    .bind(attachments)
-    .execute(&mut *conn)
-    .await?;
-    set_ticket_state(&mut *conn, ticket, TicketState::Pending, Some(reason)).await?;
-    queue::notify(&mut *conn).await
+    queue::apply_one(&mut *conn, Transition::block(create_job, reason)).await?;
+    let ids: Vec<uuid::Uuid> = attachments.iter().map(|a| a.0).collect();
+    on!(
+        &mut *conn,
+        sql!(
+            "UPDATE attachments SET state = 'pending', key = NULL, uploaded_at = NULL,
+                    last_error = $2
+              WHERE id {in_ids $1}"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(queue::List(&ids))
+            .bind(reason)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
+    // Their upload jobs run again, with at least one attempt left.
+    let uploads: Vec<(JobId, i32, i32)> = on!(
+        &mut *conn,
+        sql!(
+            "SELECT id, attempt, max_attempts FROM jobs
+              WHERE kind = 'upload' AND target_id {in_ids $1}"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(queue::List(&ids))
+            .fetch_all(c)
+            .await
+    )?;
+    let again: Vec<Transition> = uploads
+        .into_iter()
+        .map(|(id, attempt, max)| Transition::revive(id, (max - attempt).max(1), false))
+        .collect();
+    queue::apply(&mut *conn, &again).await?;
+    set_ticket_state(conn, ticket, TicketState::Pending, Some(reason)).await?;
+    queue::notify(&mut *conn).await?;
+    Ok(())
 }

@@ -18,14 +18,74 @@ pub const COLUMNS: &str =
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-/// A database of the test's own, which the binary creates on first use; dropped at the end.
+/// A store of the test's own, which the binary creates on first use; dropped at the end: a
+/// Postgres database ([`Db::new`]) or an embedded SQLite file ([`Db::sqlite`]).
 pub struct Db {
     pub url: String,
     pub name: String,
     pub master: String,
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    Sqlite,
+}
+
+/// One test body, run as two tests: on Postgres and on an embedded SQLite file. The body is
+/// an `async fn(Db)` of the same name as the macro's argument, in the same module.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::common::Db::on($crate::common::Kind::Postgres, "t")).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Db::on($crate::common::Kind::Sqlite, "t")).await;
+            }
+        }
+    };
 }
 
 impl Db {
+    pub fn on(kind: Kind, tag: &str) -> Self {
+        match kind {
+            Kind::Postgres => Self::new(tag),
+            Kind::Sqlite => Self::sqlite(tag),
+        }
+    }
+
+    /// An embedded store in a folder of the test's own.
+    pub fn sqlite(tag: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{tag}.db"));
+        Self {
+            url: format!("sqlite:{}", path.display()),
+            name: String::new(),
+            master: String::new(),
+            dir: Some(dir),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        if self.dir.is_some() {
+            Kind::Sqlite
+        } else {
+            Kind::Postgres
+        }
+    }
+
+    /// The store, created and migrated as the binary would.
+    pub async fn store(&self) -> visibuild_queue::Store {
+        visibuild_import::store::connect(&self.url).await.unwrap()
+    }
+
     pub fn new(tag: &str) -> Self {
         let master = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -40,16 +100,22 @@ impl Db {
             url: url.to_string(),
             name,
             master,
+            dir: None,
         }
     }
 
+    /// The Postgres database (a test that reads it directly is a Postgres test).
     pub async fn pool(&self) -> PgPool {
+        assert_eq!(self.kind(), Kind::Postgres, "pool() is for Postgres tests");
         PgPool::connect(&self.url).await.unwrap()
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
+        if self.dir.is_some() {
+            return; // the folder goes with it
+        }
         // Best effort, on a thread of its own: Drop may run inside the test's runtime.
         let master = self.master.clone();
         let name = self.name.clone();
@@ -283,6 +349,15 @@ where
 
 pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// A count read from either store (`sql` in the SQL both speak).
+pub async fn count_in(store: &visibuild_queue::Store, sql: &'static str) -> i64 {
+    match store {
+        visibuild_queue::Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        visibuild_queue::Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap()
 }
 
 pub async fn status_json(db: &Db) -> serde_json::Value {
