@@ -3,7 +3,7 @@
 use super::{Exit, UsageError};
 use crate::domain::{BatchId, JobId, JobState, TicketState};
 use crate::human::{bytes, count};
-use crate::store::{self, status as stats, tickets};
+use crate::store::{self, Store, status as stats, tickets};
 use anyhow::Context as _;
 use std::borrow::Cow;
 use std::io::Write;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub const RETRY_ATTEMPTS: i32 = 8;
 
 pub(super) async fn batch_id(
-    db: &sqlx::PgPool,
+    db: &Store,
     name: Option<&str>,
 ) -> Result<Option<BatchId>, anyhow::Error> {
     match name {
@@ -34,10 +34,12 @@ pub async fn status(
 ) -> Result<Exit, anyhow::Error> {
     let db = store::connect(database_url).await?;
     let wanted = batch_id(&db, batch).await?;
+    let mut connection = db.acquire().await?;
+    let mut conn = connection.conn();
     let mut all = Vec::new();
-    for b in tickets::batches(&db).await? {
+    for b in tickets::batches(conn.reborrow()).await? {
         if wanted.is_none_or(|w| w == b.id) {
-            all.push(stats::batch_status(&db, b.id, &b.name, b.created_at).await?);
+            all.push(stats::batch_status(&mut conn, b.id, &b.name, b.created_at).await?);
         }
     }
     if json {
@@ -126,7 +128,7 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     // A ref or a job that names nothing is a typo to point out, not "0 retried".
     let ref_states = match &scope.reference {
         None => None,
-        Some(r) => match stats::ticket_states_by_ref(&mut *tx, scope.batch, r).await? {
+        Some(r) => match stats::ticket_states_by_ref(&mut tx, scope.batch, r).await? {
             states if states.is_empty() => {
                 return Err(UsageError(format!("no ticket with ref {r:?}{in_batch}")).into());
             }
@@ -136,12 +138,12 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
     let job_state = match settings.job {
         None => None,
         Some(job) => Some(
-            stats::job_state(&mut *tx, scope.batch, job)
+            stats::job_state(&mut tx, scope.batch, job)
                 .await?
                 .ok_or_else(|| UsageError(format!("no job {job}{in_batch}")))?,
         ),
     };
-    let done = stats::retry(&mut tx, &scope, RETRY_ATTEMPTS).await?;
+    let done = stats::retry(&mut tx.conn(), &scope, RETRY_ATTEMPTS).await?;
     tx.commit().await?;
     match nothing_to_retry(
         done,

@@ -1,9 +1,8 @@
 //! Flushes the client's request counters (by endpoint and status, with bytes) into the
 //! store's per-minute rows every few seconds, so the dashboard sees every process's 429s.
 
-use crate::store::{StoreError, dashboard};
+use crate::store::{Store, StoreError, dashboard};
 use crate::visibuild::{Answered, Client, Endpoint};
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,10 +36,16 @@ impl Flushed {
             .collect()
     }
 
-    /// Write what came since the last flush; nothing is marked written unless it was.
-    pub async fn flush(&mut self, db: &PgPool, client: &Client) -> Result<(), StoreError> {
+    /// Write what came since the last flush, in one transaction; nothing is marked written
+    /// unless it was.
+    pub async fn flush(&mut self, db: &Store, client: &Client) -> Result<(), StoreError> {
         let now = client.counters.answers();
-        dashboard::add_minute_counts(db, &self.since(&now)).await?;
+        let rows = self.since(&now);
+        if !rows.is_empty() {
+            let mut tx = db.begin().await?;
+            dashboard::add_minute_counts(&mut tx.conn(), &rows).await?;
+            tx.commit().await?;
+        }
         self.written = now;
         Ok(())
     }
@@ -49,7 +54,7 @@ impl Flushed {
 /// Flush every `every` until `stop`, then once more. A failed flush is tried again at the
 /// next tick (the counts wait in memory).
 pub fn spawn(
-    db: PgPool,
+    db: Store,
     client: Arc<Client>,
     every: Duration,
     stop: CancellationToken,

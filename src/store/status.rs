@@ -1,10 +1,13 @@
 //! Read-side queries for operators: counts by state, failure reasons, per-ticket results,
 //! and the operator's retry, which puts failed tickets' work back in the queue.
+//!
+//! Every statement is one text for both stores (see [`visibuild_queue::sql`]). The retry
+//! chooses jobs with SELECTs and changes them only through [`visibuild_queue::apply`].
 
-use super::StoreError;
-use crate::domain::{BatchId, JobId, JobState, TicketState};
-use sqlx::PgExecutor;
-use time::OffsetDateTime;
+use super::{Conn, Ex, StoreError, Timestamp};
+use crate::domain::{BatchId, JobId, JobKind, JobState, TicketId, TicketState};
+use uuid::Uuid;
+use visibuild_queue::{List, Outcome, Transition, on, sql};
 
 /// What is left to do (for progress bars).
 #[derive(Debug, Default, Clone, Copy)]
@@ -14,20 +17,22 @@ pub struct Remaining {
     pub bytes: u64,
 }
 
-pub async fn remaining<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn remaining<'c>(
+    ex: impl Into<Ex<'c>>,
     batch: Option<BatchId>,
 ) -> Result<Remaining, StoreError> {
-    let (tickets, files, bytes): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM tickets t
-                  WHERE t.state IN ('pending', 'creating') AND ($1::uuid IS NULL OR t.batch_id = $1)),
-                count(a.id), COALESCE(sum(a.size), 0)::bigint
-           FROM attachments a JOIN tickets t ON t.id = a.ticket_id
-          WHERE a.state = 'pending' AND ($1::uuid IS NULL OR t.batch_id = $1)",
-    )
-    .bind(batch)
-    .fetch_one(ex)
-    .await?;
+    let (tickets, files, bytes): (i64, i64, i64) = on!(
+        ex.into(),
+        sql!(
+            "SELECT (SELECT count(*) FROM tickets t
+                      WHERE t.state IN ('pending', 'creating')
+                        AND ($1::uuid IS NULL OR t.batch_id = $1)),
+                    count(a.id), COALESCE(sum(a.size), 0)::bigint
+               FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+              WHERE a.state = 'pending' AND ($1::uuid IS NULL OR t.batch_id = $1)"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_one(c).await
+    )?;
     Ok(Remaining {
         tickets: tickets as u64,
         files: files as u64,
@@ -45,12 +50,12 @@ pub struct RunSummary {
     pub top_errors: Vec<(String, i64)>,
 }
 
-pub async fn run_summary<'e, E>(ex: E, batch: Option<BatchId>) -> Result<RunSummary, StoreError>
-where
-    E: PgExecutor<'e> + Copy,
-{
+pub async fn run_summary(
+    conn: &mut Conn<'_>,
+    batch: Option<BatchId>,
+) -> Result<RunSummary, StoreError> {
     let mut s = RunSummary::default();
-    for (state, count) in tickets_by_state(ex, batch).await? {
+    for (state, count) in tickets_by_state(conn.reborrow(), batch).await? {
         match state {
             TicketState::Created => s.created = count,
             TicketState::Failed => s.failed = count,
@@ -58,38 +63,53 @@ where
             TicketState::Pending | TicketState::Creating => s.pending += count,
         }
     }
-    s.top_errors = top_errors(ex, batch, 5).await?;
+    s.top_errors = top_errors(conn.reborrow(), batch, 5).await?;
     Ok(s)
 }
 
-pub async fn tickets_by_state<'e, E: PgExecutor<'e>>(
-    ex: E,
+/// How many tickets are in each state (only the states that occur), in the order of
+/// [`TicketState::ALL`].
+pub async fn tickets_by_state<'c>(
+    ex: impl Into<Ex<'c>>,
     batch: Option<BatchId>,
 ) -> Result<Vec<(TicketState, i64)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT state, count(*) FROM tickets WHERE ($1::uuid IS NULL OR batch_id = $1)
-          GROUP BY state ORDER BY state",
-    )
-    .bind(batch)
-    .fetch_all(ex)
-    .await?)
+    let mut counts: Vec<(TicketState, i64)> = on!(
+        ex.into(),
+        sql!(
+            "SELECT state, count(*) FROM tickets WHERE ($1::uuid IS NULL OR batch_id = $1)
+              GROUP BY state"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_all(c).await
+    )?;
+    counts.sort_by_key(|(state, _)| lifecycle_order(*state));
+    Ok(counts)
+}
+
+/// A ticket state's place in [`TicketState::ALL`] (Postgres's enum order; SQLite keeps
+/// states as text, which sorts otherwise).
+fn lifecycle_order(state: TicketState) -> usize {
+    TicketState::ALL
+        .iter()
+        .position(|s| *s == state)
+        .unwrap_or(usize::MAX)
 }
 
 /// The commonest `last_error`s of failed or review tickets.
-pub async fn top_errors<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn top_errors<'c>(
+    ex: impl Into<Ex<'c>>,
     batch: Option<BatchId>,
     limit: i64,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT COALESCE(last_error, '(no reason recorded)'), count(*) AS n FROM tickets
-          WHERE state IN ('failed', 'needs_review') AND ($1::uuid IS NULL OR batch_id = $1)
-          GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2",
-    )
-    .bind(batch)
-    .bind(limit)
-    .fetch_all(ex)
-    .await?)
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT COALESCE(last_error, '(no reason recorded)') AS reason, count(*) AS n
+               FROM tickets
+              WHERE state IN ('failed', 'needs_review') AND ($1::uuid IS NULL OR batch_id = $1)
+              GROUP BY 1 ORDER BY n DESC, 1 LIMIT $2"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).bind(limit).fetch_all(c).await
+    )?)
 }
 
 /// One batch's numbers, for `status`.
@@ -132,84 +152,92 @@ pub struct ErrorCount {
 }
 
 pub async fn batch_status(
-    pool: &sqlx::PgPool,
+    conn: &mut Conn<'_>,
     batch: BatchId,
     name: &str,
-    created_at: OffsetDateTime,
+    created_at: Timestamp,
 ) -> Result<BatchStatus, StoreError> {
-    let tickets = tickets_by_state(pool, Some(batch))
+    let tickets = tickets_by_state(conn.reborrow(), Some(batch))
         .await?
         .into_iter()
         .map(|(s, n)| (s.to_string(), n))
         .collect();
-    let files: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT a.state::text, count(*), COALESCE(sum(a.size), 0)::bigint
-           FROM attachments a JOIN tickets t ON t.id = a.ticket_id
-          WHERE t.batch_id = $1 GROUP BY 1",
-    )
-    .bind(batch)
-    .fetch_all(pool)
-    .await?;
+    let files: Vec<(String, i64, i64)> = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT a.state::text, count(*), COALESCE(sum(a.size), 0)::bigint
+               FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+              WHERE t.batch_id = $1 GROUP BY 1"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_all(c).await
+    )?;
     let bytes_uploaded = files
         .iter()
         .filter(|f| f.0 == "uploaded")
         .map(|f| f.2)
         .sum();
     let bytes_total = files.iter().map(|f| f.2).sum();
-    let jobs: JobCounts = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS waiting,
-                count(*) FILTER (WHERE state = 'blocked') AS blocked,
-                count(*) FILTER (WHERE state = 'running') AS running,
-                count(*) FILTER (WHERE state = 'available' AND run_at > now()) AS retrying,
-                count(*) FILTER (WHERE state = 'failed') AS failed,
-                count(*) FILTER (WHERE state = 'completed') AS completed
-           FROM jobs WHERE batch_id = $1",
-    )
-    .bind(batch)
-    .fetch_one(pool)
-    .await?;
-    let (files_last_minute, tickets_last_minute): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM attachments a JOIN tickets t ON t.id = a.ticket_id
-                  WHERE t.batch_id = $1 AND a.uploaded_at > now() - interval '1 minute'),
-                (SELECT count(*) FROM tickets
-                  WHERE batch_id = $1 AND state = 'created'
-                    AND finished_at > now() - interval '1 minute')",
-    )
-    .bind(batch)
-    .fetch_one(pool)
-    .await?;
+    let jobs: JobCounts = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT count(*) FILTER (WHERE state = 'available' AND run_at <= {now}) AS waiting,
+                    count(*) FILTER (WHERE state = 'blocked') AS blocked,
+                    count(*) FILTER (WHERE state = 'running') AS running,
+                    count(*) FILTER (WHERE state = 'available' AND run_at > {now}) AS retrying,
+                    count(*) FILTER (WHERE state = 'failed') AS failed,
+                    count(*) FILTER (WHERE state = 'completed') AS completed
+               FROM jobs WHERE group_id = $1"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_one(c).await
+    )?;
+    let (files_last_minute, tickets_last_minute): (i64, i64) = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT (SELECT count(*) FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+                      WHERE t.batch_id = $1 AND a.uploaded_at > {after -60000000}),
+                    (SELECT count(*) FROM tickets
+                      WHERE batch_id = $1 AND state = 'created'
+                        AND finished_at > {after -60000000})"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_one(c).await
+    )?;
     let files_pending: i64 = files.iter().filter(|f| f.0 == "pending").map(|f| f.1).sum();
     let eta_seconds = (files_last_minute > 0 && files_pending > 0)
         .then(|| files_pending * 60 / files_last_minute);
-    let top_errors = top_errors(pool, Some(batch), 5)
+    let top_errors = top_errors(conn.reborrow(), Some(batch), 5)
         .await?
         .into_iter()
         .map(|(reason, count)| ErrorCount { reason, count })
         .collect();
-    let changed_examples: Vec<String> = sqlx::query_scalar(
-        "SELECT ref || ': ' || changed_since_load FROM tickets
-          WHERE batch_id = $1 AND changed_since_load IS NOT NULL ORDER BY line LIMIT 5",
-    )
-    .bind(batch)
-    .fetch_all(pool)
-    .await?;
-    let changed_since_load: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tickets WHERE batch_id = $1 AND changed_since_load IS NOT NULL",
-    )
-    .bind(batch)
-    .fetch_one(pool)
-    .await?;
-    let retry_reasons: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT last_error, count(*) AS n FROM jobs
-          WHERE batch_id = $1 AND state = 'available' AND last_error IS NOT NULL
-          GROUP BY 1 ORDER BY n DESC, 1 LIMIT 5",
-    )
-    .bind(batch)
-    .fetch_all(pool)
-    .await?;
+    let changed_examples: Vec<String> = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT ref || ': ' || changed_since_load FROM tickets
+              WHERE batch_id = $1 AND changed_since_load IS NOT NULL ORDER BY line LIMIT 5"
+        ),
+        |c, q| sqlx::query_scalar(q).bind(batch).fetch_all(c).await
+    )?;
+    let changed_since_load: i64 = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT count(*) FROM tickets
+              WHERE batch_id = $1 AND changed_since_load IS NOT NULL"
+        ),
+        |c, q| sqlx::query_scalar(q).bind(batch).fetch_one(c).await
+    )?;
+    let retry_reasons: Vec<(String, i64)> = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT last_error, count(*) AS n FROM jobs
+              WHERE group_id = $1 AND state = 'available' AND last_error IS NOT NULL
+              GROUP BY 1 ORDER BY n DESC, 1 LIMIT 5"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_all(c).await
+    )?;
     Ok(BatchStatus {
         batch: name.to_string(),
         created_at: created_at
+            .0
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         tickets,
@@ -258,30 +286,34 @@ pub struct ResultFilter {
     pub failed_only: bool,
 }
 
-pub async fn ticket_results<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn ticket_results<'c>(
+    ex: impl Into<Ex<'c>>,
     filter: ResultFilter,
 ) -> Result<Vec<TicketResult>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT b.name AS batch, t.ref, t.line, t.project_id, t.state, t.visibuild_id,
-                (SELECT string_agg(a.key, ';' ORDER BY a.position) FROM attachments a
-                  WHERE a.ticket_id = t.id AND a.state = 'uploaded') AS attachment_keys,
-                (SELECT max(j.attempt) FROM jobs j WHERE j.ticket_id = t.id
-                    AND j.kind = 'create_ticket') AS attempts,
-                t.last_error,
-                (SELECT string_agg(a.path || ': ' || a.change_note, '; ' ORDER BY a.position)
-                   FROM attachments a
-                  WHERE a.ticket_id = t.id AND a.change_note IS NOT NULL) AS file_changes,
-                t.changed_since_load AS changed_fields
-           FROM tickets t JOIN batches b ON b.id = t.batch_id
-          WHERE ($1::uuid IS NULL OR t.batch_id = $1)
-            AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
-          ORDER BY b.created_at, t.line",
-    )
-    .bind(filter.batch)
-    .bind(filter.failed_only)
-    .fetch_all(ex)
-    .await?)
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT b.name AS batch, t.ref, t.line, t.project_id, t.state, t.visibuild_id,
+                    (SELECT string_agg(a.key, ';' ORDER BY a.position) FROM attachments a
+                      WHERE a.ticket_id = t.id AND a.state = 'uploaded') AS attachment_keys,
+                    (SELECT max(j.attempt) FROM jobs j
+                      WHERE j.target_id = t.id AND j.kind = 'create_ticket') AS attempts,
+                    t.last_error,
+                    (SELECT string_agg(a.path || ': ' || a.change_note, '; ' ORDER BY a.position)
+                       FROM attachments a
+                      WHERE a.ticket_id = t.id AND a.change_note IS NOT NULL) AS file_changes,
+                    t.changed_since_load AS changed_fields
+               FROM tickets t JOIN batches b ON b.id = t.batch_id
+              WHERE ($1::uuid IS NULL OR t.batch_id = $1)
+                AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
+              ORDER BY b.created_at, t.line"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(filter.batch)
+            .bind(filter.failed_only)
+            .fetch_all(c)
+            .await
+    )?)
 }
 
 /// One row of the per-file results CSV.
@@ -303,23 +335,27 @@ pub struct FileResult {
 
 /// A row per file, in manifest order; `failed_only` keeps the files of failed tickets and
 /// tickets needing review.
-pub async fn file_results<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn file_results<'c>(
+    ex: impl Into<Ex<'c>>,
     filter: ResultFilter,
 ) -> Result<Vec<FileResult>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT b.name AS batch, t.ref, t.line, a.path, a.size, a.md5, a.key, a.state,
-                a.last_error AS error, a.change_note AS file_changes
-           FROM attachments a JOIN tickets t ON t.id = a.ticket_id
-           JOIN batches b ON b.id = t.batch_id
-          WHERE ($1::uuid IS NULL OR t.batch_id = $1)
-            AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
-          ORDER BY b.created_at, t.line, a.position",
-    )
-    .bind(filter.batch)
-    .bind(filter.failed_only)
-    .fetch_all(ex)
-    .await?)
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT b.name AS batch, t.ref, t.line, a.path, a.size, a.md5, a.key, a.state,
+                    a.last_error AS error, a.change_note AS file_changes
+               FROM attachments a JOIN tickets t ON t.id = a.ticket_id
+               JOIN batches b ON b.id = t.batch_id
+              WHERE ($1::uuid IS NULL OR t.batch_id = $1)
+                AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
+              ORDER BY b.created_at, t.line, a.position"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(filter.batch)
+            .bind(filter.failed_only)
+            .fetch_all(c)
+            .await
+    )?)
 }
 
 /// Which failed work an operator puts back.
@@ -335,35 +371,40 @@ pub struct RetryScope {
 }
 
 /// The states of the tickets with this ref (one per project that has it), in `batch` or
-/// in any. Empty when no ticket has that ref.
-pub async fn ticket_states_by_ref<'e, E: PgExecutor<'e>>(
-    ex: E,
+/// in any, in the order of [`TicketState::ALL`]. Empty when no ticket has that ref.
+pub async fn ticket_states_by_ref<'c>(
+    ex: impl Into<Ex<'c>>,
     batch: Option<BatchId>,
     reference: &str,
 ) -> Result<Vec<TicketState>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT state FROM tickets WHERE ref = $2 AND ($1::uuid IS NULL OR batch_id = $1)
-          ORDER BY state",
-    )
-    .bind(batch)
-    .bind(reference)
-    .fetch_all(ex)
-    .await?)
+    let mut states: Vec<TicketState> = on!(
+        ex.into(),
+        sql!("SELECT state FROM tickets WHERE ref = $2 AND ($1::uuid IS NULL OR batch_id = $1)"),
+        |c, q| sqlx::query_scalar(q)
+            .bind(batch)
+            .bind(reference)
+            .fetch_all(c)
+            .await
+    )?;
+    states.sort_by_key(|s| lifecycle_order(*s));
+    Ok(states)
 }
 
 /// A job's state, if the job exists (in `batch`, when one is given).
-pub async fn job_state<'e, E: PgExecutor<'e>>(
-    ex: E,
+pub async fn job_state<'c>(
+    ex: impl Into<Ex<'c>>,
     batch: Option<BatchId>,
     job: JobId,
 ) -> Result<Option<JobState>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT state FROM jobs WHERE id = $2 AND ($1::uuid IS NULL OR batch_id = $1)",
-    )
-    .bind(batch)
-    .bind(job)
-    .fetch_optional(ex)
-    .await?)
+    Ok(on!(
+        ex.into(),
+        sql!("SELECT state FROM jobs WHERE id = $2 AND ($1::uuid IS NULL OR group_id = $1)"),
+        |c, q| sqlx::query_scalar(q)
+            .bind(batch)
+            .bind(job)
+            .fetch_optional(c)
+            .await
+    )?)
 }
 
 /// What a retry put back.
@@ -373,94 +414,146 @@ pub struct Retried {
     pub tickets: u64,
 }
 
-/// Put failed jobs (and their attachments and tickets) back in the queue with a full set of
-/// attempts. A retried upload re-opens its ticket's fan-in: the create runs once it lands.
+/// A failed job in a retry's scope.
+#[derive(Debug, sqlx::FromRow)]
+struct FailedInScope {
+    id: JobId,
+    kind: String,
+    /// An upload's attachment (a create's target is its ticket).
+    target_id: Option<Uuid>,
+    ticket_id: TicketId,
+}
+
+/// A create job of a ticket a retry touches, and whether the ticket still has files that
+/// are not uploaded (its create must wait for them).
+#[derive(Debug, sqlx::FromRow)]
+struct CreateOfTicket {
+    id: JobId,
+    state: JobState,
+    waiting: bool,
+}
+
+/// Put failed jobs (and their attachments and tickets) back in the queue with `attempts`
+/// more attempts each. A retried upload re-opens its ticket's fan-in: the ticket's create
+/// waits (blocked) until every file is uploaded. Run it in a transaction.
 pub async fn retry(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut Conn<'_>,
     scope: &RetryScope,
-    max_attempts: i32,
+    attempts: i32,
 ) -> Result<Retried, StoreError> {
-    let jobs: Vec<(
-        JobId,
-        Option<uuid::Uuid>,
-        Option<uuid::Uuid>,
-        crate::domain::JobKind,
-    )> = sqlx::query_as(
-        "SELECT j.id, j.ticket_id, j.attachment_id, j.kind
-               FROM jobs j JOIN tickets t ON t.id = j.ticket_id
-              WHERE j.state = 'failed'
-                AND ($1::uuid IS NULL OR j.batch_id = $1)
+    let only: Option<Vec<i64>> = scope
+        .jobs
+        .as_ref()
+        .map(|jobs| jobs.iter().map(|j| j.0).collect());
+    // The ticket of a job: an upload's attachment's, or a create's target.
+    let failed: Vec<FailedInScope> = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT j.id, j.kind, j.target_id, t.id AS ticket_id
+               FROM jobs j
+               LEFT JOIN attachments a ON j.kind = 'upload' AND a.id = j.target_id
+               JOIN tickets t
+                 ON t.id = CASE WHEN j.kind = 'upload' THEN a.ticket_id ELSE j.target_id END
+              WHERE j.state = 'failed' AND j.kind IN ('upload', 'create_ticket')
+                AND ($1::uuid IS NULL OR j.group_id = $1)
                 AND ($2::text IS NULL OR t.ref = $2)
-                AND ($3::bigint[] IS NULL OR j.id = ANY($3))
-                AND ($4::text IS NULL OR strpos(j.last_error, $4) > 0
-                     OR strpos(t.last_error, $4) > 0)
+                AND ($3::bigint[] IS NULL OR j.id {in_list $3})
+                AND ($4::text IS NULL OR {strpos}(j.last_error, $4) > 0
+                     OR {strpos}(t.last_error, $4) > 0)
                 AND (t.state <> 'needs_review' OR $5)
-              FOR UPDATE OF j",
-    )
-    .bind(scope.batch)
-    .bind(scope.reference.as_deref())
-    .bind(scope.jobs.as_deref())
-    .bind(scope.error_contains.as_deref())
-    .bind(scope.force)
-    .fetch_all(&mut *conn)
-    .await?;
-    let ids: Vec<JobId> = jobs.iter().map(|j| j.0).collect();
-    let tickets: Vec<uuid::Uuid> = {
-        let mut t: Vec<_> = jobs.iter().filter_map(|j| j.1).collect();
+              ORDER BY j.id"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(scope.batch)
+            .bind(scope.reference.as_deref())
+            .bind(only.as_deref().map(List))
+            .bind(scope.error_contains.as_deref())
+            .bind(scope.force)
+            .fetch_all(c)
+            .await
+    )?;
+    if failed.is_empty() {
+        return Ok(Retried::default());
+    }
+    let is_upload = |f: &&FailedInScope| JobKind::parse(&f.kind) == Some(JobKind::Upload);
+    let ids: Vec<i64> = failed.iter().map(|f| f.id.0).collect();
+    let attachments: Vec<Uuid> = failed
+        .iter()
+        .filter(is_upload)
+        .filter_map(|f| f.target_id)
+        .collect();
+    let tickets: Vec<Uuid> = {
+        let mut t: Vec<Uuid> = failed.iter().map(|f| f.ticket_id.0).collect();
         t.sort();
         t.dedup();
         t
     };
-    let attachments: Vec<uuid::Uuid> = jobs.iter().filter_map(|j| j.2).collect();
-    if ids.is_empty() {
-        return Ok(Retried::default());
+    on!(
+        conn.reborrow(),
+        sql!("UPDATE attachments SET state = 'pending' WHERE id {in_ids $1} AND state = 'failed'"),
+        |c, q| sqlx::query(q)
+            .bind(List(&attachments))
+            .execute(c)
+            .await
+            .map(|_| ())
+    )?;
+    // The tickets' create jobs, retried or blocked, wait for their uploads again: blocked
+    // while any file is not uploaded, else runnable. The fan-in re-opens.
+    let creates: Vec<CreateOfTicket> = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT j.id, j.state,
+                    EXISTS (SELECT 1 FROM attachments a
+                             WHERE a.ticket_id = j.target_id AND a.state <> 'uploaded') AS waiting
+               FROM jobs j
+              WHERE j.kind = 'create_ticket' AND j.target_id {in_ids $1}
+                AND (j.state = 'blocked' OR j.id {in_list $2})
+              ORDER BY j.id"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(List(&tickets))
+            .bind(List(&ids))
+            .fetch_all(c)
+            .await
+    )?;
+    let mut transitions: Vec<Transition> = failed
+        .iter()
+        .filter(is_upload)
+        .map(|f| Transition::revive(f.id, attempts, false))
+        .collect();
+    for create in &creates {
+        if ids.contains(&create.id.0) {
+            transitions.push(Transition::revive(create.id, attempts, create.waiting));
+        } else if create.state == JobState::Blocked && !create.waiting {
+            transitions.push(Transition::unblock(create.id));
+        }
     }
-    sqlx::query("UPDATE attachments SET state = 'pending' WHERE id = ANY($1) AND state = 'failed'")
-        .bind(&attachments)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "UPDATE jobs SET state = 'available', run_at = now(), locked_until = NULL,
-                locked_by = NULL, finished_at = NULL, max_attempts = attempt + $2,
-                updated_at = now()
-          WHERE id = ANY($1) AND kind = 'upload'",
-    )
-    .bind(&ids)
-    .bind(max_attempts)
-    .execute(&mut *conn)
-    .await?;
-    // The tickets' create jobs (retried or waiting) wait for their uploads again: blocked
-    // while any attachment is not uploaded, else runnable. The fan-in re-opens.
-    sqlx::query(
-        "UPDATE jobs SET state = CASE WHEN EXISTS (
-                        SELECT 1 FROM attachments a
-                         WHERE a.ticket_id = jobs.ticket_id AND a.state <> 'uploaded')
-                    THEN 'blocked'::job_state ELSE 'available'::job_state END,
-                run_at = now(), locked_until = NULL, locked_by = NULL, finished_at = NULL,
-                max_attempts = CASE WHEN id = ANY($3) THEN attempt + $2 ELSE max_attempts END,
-                updated_at = now()
-          WHERE kind = 'create_ticket' AND ticket_id = ANY($1)
-            AND (state = 'blocked' OR id = ANY($3))",
-    )
-    .bind(&tickets)
-    .bind(max_attempts)
-    .bind(&ids)
-    .execute(&mut *conn)
-    .await?;
+    let outcomes = visibuild_queue::apply(conn.reborrow(), &transitions).await?;
+    let revived = transitions
+        .iter()
+        .zip(&outcomes)
+        .filter(|(t, o)| matches!(t, Transition::Revive { .. }) && **o != Outcome::Fenced)
+        .count();
     // Forced: the operator checked Visibuild and wants the create sent again.
-    sqlx::query(
-        "UPDATE tickets SET state = 'pending', updated_at = now(), finished_at = NULL,
-                create_unanswered = CASE WHEN state = 'needs_review' THEN false ELSE create_unanswered END
-          WHERE id = ANY($1) AND state IN ('failed', 'needs_review')
-            AND NOT EXISTS (SELECT 1 FROM attachments a
-                             WHERE a.ticket_id = tickets.id AND a.state = 'failed')",
-    )
-    .bind(&tickets)
-    .execute(&mut *conn)
-    .await?;
-    super::queue::notify(&mut *conn).await?;
+    on!(
+        conn.reborrow(),
+        sql!(
+            "UPDATE tickets SET state = 'pending', updated_at = {now}, finished_at = NULL,
+                    create_unanswered = CASE WHEN state = 'needs_review' THEN false
+                                             ELSE create_unanswered END
+              WHERE id {in_ids $1} AND state IN ('failed', 'needs_review')
+                AND NOT EXISTS (SELECT 1 FROM attachments a
+                                 WHERE a.ticket_id = tickets.id AND a.state = 'failed')"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(List(&tickets))
+            .execute(c)
+            .await
+            .map(|_| ())
+    )?;
+    visibuild_queue::notify(conn.reborrow()).await?;
     Ok(Retried {
-        jobs: ids.len() as u64,
+        jobs: revived as u64,
         tickets: tickets.len() as u64,
     })
 }

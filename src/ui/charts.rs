@@ -25,7 +25,7 @@ pub const GREY: RGBColor = RGBColor(0x8a, 0x94, 0xa6);
 pub fn throughput(rows: &[MinuteThroughput]) -> Result<String, UiError> {
     let minutes: Vec<String> = rows
         .iter()
-        .map(|r| format!("{:02}:{:02}", r.minute.hour(), r.minute.minute()))
+        .map(|r| format!("{:02}:{:02}", r.minute.0.hour(), r.minute.0.minute()))
         .collect();
     let column = |f: fn(&MinuteThroughput) -> i64| -> Vec<f64> {
         rows.iter().map(|r| f(r) as f64).collect()

@@ -3,8 +3,8 @@
 
 use super::{AppState, UiError};
 use crate::domain::{JobKind, JobState, TicketState};
-use crate::store::dashboard;
 use crate::store::status as stats;
+use crate::store::{StoreError, dashboard};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -40,7 +40,8 @@ struct LimitLabel {
     limit: String,
 }
 
-/// What one scrape reports.
+/// What one scrape reports: the jobs of the importer's kinds (others sharing the queue are
+/// left out).
 pub struct Snapshot {
     pub jobs: Vec<(JobKind, JobState, i64)>,
     pub tickets: Vec<(TicketState, i64)>,
@@ -50,11 +51,19 @@ pub struct Snapshot {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, UiError> {
+    let jobs = visibuild_queue::counts_by_state(&state.db, None)
+        .await
+        .map_err(StoreError::from)?
+        .into_iter()
+        .filter_map(|(kind, state, n)| Some((JobKind::parse(&kind)?, state, n)))
+        .collect();
     let snapshot = Snapshot {
-        jobs: crate::store::queue::counts_by_state(&state.db, None).await?,
+        jobs,
         tickets: stats::tickets_by_state(&state.db, None).await?,
         requests: dashboard::request_totals(&state.db).await?,
-        last_created: dashboard::last_ticket_created_at(&state.db).await?,
+        last_created: dashboard::last_ticket_created_at(&state.db)
+            .await?
+            .map(|at| at.0),
         budget: state.config.budget,
     };
     let text = render(&snapshot).map_err(UiError::Metrics)?;

@@ -13,14 +13,13 @@ mod metrics;
 mod pages;
 
 use crate::secret::Secret;
-use crate::store::{self, StoreError};
+use crate::store::{self, Store, StoreError};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -168,7 +167,7 @@ pub async fn serve(
 
 /// The shared state of every request.
 struct Inner {
-    db: PgPool,
+    db: Store,
     config: UiConfig,
     /// Shown on every page (redacted once, here).
     database: String,
@@ -181,7 +180,7 @@ struct Inner {
 type AppState = Arc<Inner>;
 
 /// The dashboard's routes over `db`. Tests serve it on port 0.
-pub fn router(db: PgPool, config: UiConfig) -> Router {
+pub fn router(db: Store, config: UiConfig) -> Router {
     let state: AppState = Arc::new(Inner {
         database: store::redact_url(&config.database_url),
         db,

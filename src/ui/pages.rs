@@ -26,9 +26,10 @@ const REVIEW_LISTED: i64 = 200;
 /// Minutes of throughput charted.
 const CHART_MINUTES: i32 = 60;
 
-fn when(at: OffsetDateTime) -> String {
+fn when(at: impl Into<OffsetDateTime>) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    at.to_offset(time::UtcOffset::UTC)
+    at.into()
+        .to_offset(time::UtcOffset::UTC)
         .format(&format)
         .map(|t| format!("{t} UTC"))
         .unwrap_or_default()
@@ -54,9 +55,12 @@ fn footer(state: &Inner) -> String {
 
 /// Every batch with its progress, and the throughput of all of them.
 pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, UiError> {
-    let batches = dashboard::batch_overviews(&state.db).await?;
-    let live = dashboard::work_in_progress(&state.db).await?;
-    let throughput = dashboard::throughput(&state.db, None, CHART_MINUTES).await?;
+    let mut connection = state.db.acquire().await.map_err(StoreError::from)?;
+    let mut db = connection.conn();
+    let batches = dashboard::batch_overviews(db.reborrow()).await?;
+    let live = dashboard::work_in_progress(db.reborrow()).await?;
+    let throughput = dashboard::throughput(&mut db, None, CHART_MINUTES).await?;
+    drop(connection); // back to the pool before the page is drawn
     let mut body = String::from("<h1>Batches</h1>");
     if batches.is_empty() {
         body.push_str(
@@ -169,14 +173,17 @@ pub async fn batch(
     Path(batch): Path<BatchId>,
     Query(flash): Query<Flash>,
 ) -> Result<Html<String>, UiError> {
-    let b = dashboard::batch(&state.db, batch)
+    let mut connection = state.db.acquire().await.map_err(StoreError::from)?;
+    let mut db = connection.conn();
+    let b = dashboard::batch(db.reborrow(), batch)
         .await?
         .ok_or(UiError::NoBatch)?;
-    let status = stats::batch_status(&state.db, b.id, &b.name, b.created_at).await?;
-    let failed = dashboard::failed_jobs(&state.db, batch, None, FAILED_JOBS_READ).await?;
-    let review = dashboard::review_tickets(&state.db, batch, REVIEW_LISTED).await?;
-    let throughput = dashboard::throughput(&state.db, Some(batch), CHART_MINUTES).await?;
-    let live = dashboard::work_in_progress(&state.db).await?;
+    let status = stats::batch_status(&mut db, b.id, &b.name, b.created_at).await?;
+    let failed = dashboard::failed_jobs(db.reborrow(), batch, None, FAILED_JOBS_READ).await?;
+    let review = dashboard::review_tickets(db.reborrow(), batch, REVIEW_LISTED).await?;
+    let throughput = dashboard::throughput(&mut db, Some(batch), CHART_MINUTES).await?;
+    let live = dashboard::work_in_progress(db.reborrow()).await?;
+    drop(connection); // back to the pool before the page is drawn
 
     let mut body = format!(
         "<p><a href=\"/\">← all batches</a></p><h1>Batch {}</h1>{}",
@@ -381,7 +388,7 @@ async fn retry_jobs(
         ..RetryScope::default()
     };
     let mut tx = state.db.begin().await.map_err(StoreError::from)?;
-    let done = stats::retry(&mut tx, &scope, state.config.retry_attempts).await?;
+    let done = stats::retry(&mut tx.conn(), &scope, state.config.retry_attempts).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(done)
 }
