@@ -80,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
             let name = format!("bench-{w}");
             let mut done = 0usize;
             loop {
-                let claimed = queue::claim(&db, None, &[upload], batch as i64, &name, LEASE).await?;
+                let claimed =
+                    queue::claim(&db, None, &[upload], batch as i64, &name, LEASE).await?;
                 if claimed.is_empty() {
                     return anyhow::Ok(done);
                 }

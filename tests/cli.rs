@@ -860,11 +860,7 @@ async fn log_format_json_writes_only_json_lines_to_stderr() {
 async fn log_format_json_covers_the_rehearsal_line_and_the_signal_lines() {
     let db = Db::new("json_rehearsal");
     // The rehearsal's own database, dropped with this fixture.
-    let _rehearsal = Db {
-        url: visibuild_import::app::rehearsal_database_url(&db.url),
-        name: format!("{}_sandbox", db.name),
-        master: db.master.clone(),
-    };
+    let _rehearsal = db.rehearsal();
     let manifest = Manifest::new(2, |_| 1);
     let out = output(bin(
         &db,
@@ -1240,9 +1236,12 @@ async fn sslmode_require_connects_over_tls() {
     assert_eq!(out.code, 0, "{out:?}");
 
     let encrypted = |url: String| async move {
-        let pool = visibuild_import::store::connect_with(&url, 1)
+        let visibuild_queue::Store::Postgres(pool) = visibuild_import::store::connect_with(&url, 1)
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            unreachable!("a postgres:// URL")
+        };
         let ssl: bool =
             sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 .fetch_one(&pool)

@@ -131,7 +131,7 @@ async fn serve(pool: PgPool, config: UiConfig) -> (String, tokio_util::sync::Can
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
-    let router = ui::router(pool, config);
+    let router = ui::router(visibuild_queue::Store::Postgres(pool), config);
     tokio::spawn(ui::serve(listener, router, stop.clone()));
     (base, stop)
 }

@@ -5,22 +5,22 @@
 mod common;
 
 use base64::Engine;
-use md5::{Digest, Md5};
 use common::Db;
+use md5::{Digest, Md5};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use visibuild_import::domain::BatchId;
+use visibuild_import::domain::TicketState;
 use visibuild_import::manifest::{self, ManifestOptions};
 use visibuild_import::pipeline::{self, PoolConfig, Progress, RunEnd};
 use visibuild_import::rate::{Rate, RateGate};
 use visibuild_import::secret::Secret;
-use visibuild_import::domain::TicketState;
 use visibuild_import::store::tickets;
-use visibuild_queue::Store;
 use visibuild_import::visibuild::{Client, ClientConfig, Credentials};
+use visibuild_queue::Store;
 use visibuild_sandbox::{Sandbox, SandboxConfig};
 
 const PROJECT: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";

@@ -10,7 +10,9 @@ use visibuild_queue::{self as queue, NewJob, Store};
 
 on_both!(connect_creates_and_migrates_a_missing_store_and_finds_it_again);
 async fn connect_creates_and_migrates_a_missing_store_and_finds_it_again(db: Db) {
-    let store = visibuild_import::store::connect_with(&db.url, 2).await.unwrap();
+    let store = visibuild_import::store::connect_with(&db.url, 2)
+        .await
+        .unwrap();
     assert!(!queue::has_unfinished(&store, None).await.unwrap());
     queue::enqueue(&store, &[NewJob::available(JobKind::Upload.as_str())])
         .await

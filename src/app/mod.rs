@@ -195,10 +195,7 @@ async fn bind_ui(settings: &UiSettings) -> Result<tokio::net::TcpListener, anyho
 }
 
 /// `visibuild-import ui`: serve the dashboard, `/metrics` and `/healthz` until a signal.
-pub async fn ui(
-    database_url: &str,
-    settings: UiSettings,
-) -> Result<Exit, anyhow::Error> {
+pub async fn ui(database_url: &str, settings: UiSettings) -> Result<Exit, anyhow::Error> {
     let listener = bind_ui(&settings).await?;
     let database_url = database_url.to_string();
     let db = open_store(&database_url).await?;
@@ -294,7 +291,8 @@ pub async fn enqueue(
     let source = manifest.manifest.display().to_string();
     let mut tx = db.begin().await?;
     let mut conn = tx.conn();
-    let batch_id = tickets::upsert_batch(&mut conn, &name, &source, &root.to_string_lossy()).await?;
+    let batch_id =
+        tickets::upsert_batch(&mut conn, &name, &source, &root.to_string_lossy()).await?;
     if let Err(loaded_with) =
         tickets::set_batch_receipts(&mut conn, batch_id, settings.receipts).await?
     {
@@ -732,7 +730,7 @@ async fn work(
     if let Some(r) = reporter {
         r.finish().await;
     }
-    let totals = stats::run_summary(&db, batch).await?;
+    let totals = stats::run_summary(&mut db.acquire().await?.conn(), batch).await?;
     // The summary comes first, then why the run stopped early, as the operator's last line.
     let (exit, why) = match &end {
         RunEnd::CredentialsRefused { reason } => (

@@ -2,14 +2,14 @@
 //! Each writes its own success in one transaction; failures go back as a [`Failure`].
 
 use super::Shared;
+use super::Subject;
 use super::decide::{self, Context, Next};
 use super::{hash, source};
 use crate::domain::{AttachmentState, FileStamp, JobKind, Priority, TicketState};
-use super::Subject;
-use visibuild_queue::ClaimedJob;
 use crate::store::{StoreError, tickets};
 use crate::visibuild::{ApiError, Body, Contact, NewTicket, PresignRequest};
 use std::path::PathBuf;
+use visibuild_queue::ClaimedJob;
 
 /// How many presign→PUT rounds one attempt makes when S3 refuses the URL or the bytes.
 const UPLOAD_ROUNDS: u32 = 3;
@@ -62,8 +62,14 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     tracing::Span::current().record("ticket_ref", work.ticket_ref.as_str());
     if work.state == AttachmentState::Uploaded {
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-        tickets::finish_upload(&mut tx.conn(), job.job_ref(), attachment, work.ticket_id, None)
-            .await?;
+        tickets::finish_upload(
+            &mut tx.conn(),
+            job.job_ref(),
+            attachment,
+            work.ticket_id,
+            None,
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(());
     }
@@ -328,7 +334,8 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         Ok(id) => {
             let finished = async {
                 let mut tx = shared.db.begin().await?;
-                tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, id.as_deref(), None).await?;
+                tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, id.as_deref(), None)
+                    .await?;
                 tx.commit().await?;
                 Ok::<(), StoreError>(())
             }
@@ -348,7 +355,8 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                 let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
                 let note =
                     "created by an earlier attempt whose answer was lost; Visibuild id unknown";
-                tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, None, Some(note)).await?;
+                tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, None, Some(note))
+                    .await?;
                 tx.commit().await.map_err(StoreError::from)?;
                 shared.progress.ticket_done();
                 Ok(())

@@ -9,13 +9,14 @@ pub mod jobs;
 pub mod progress;
 pub mod source;
 
-use crate::domain::{AttachmentId, AttachmentState, BatchId, JobId, JobKind, TicketId, TicketState};
+use crate::domain::{
+    AttachmentId, AttachmentState, BatchId, JobId, JobKind, TicketId, TicketState,
+};
 use crate::store::{Store, StoreError, tickets};
 use crate::visibuild::Client;
 use decide::Next;
 use jobs::{Failure, HandlerError};
 pub use progress::Progress;
-use visibuild_queue::{self as queue, Backoff, ClaimedJob, JobRef, Outcome, Transition};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use visibuild_queue::{self as queue, Backoff, ClaimedJob, JobRef, Outcome, Transition};
 
 /// How long the pool rides out a database or a Visibuild it cannot reach (a restart, a
 /// failover, a network cut) before it gives up, by default. Leases keep what was in flight
@@ -257,7 +259,9 @@ pub async fn run(
             if !got_work
                 && tasks.is_empty()
                 && !or_retry!(
-                    queue::has_available(&db, group).await.map_err(StoreError::from),
+                    queue::has_available(&db, group)
+                        .await
+                        .map_err(StoreError::from),
                     outage,
                     stop,
                     limit
@@ -282,7 +286,9 @@ pub async fn run(
             && tasks.is_empty()
             && !config.watch
             && !or_retry!(
-                queue::has_runnable(&db, group).await.map_err(StoreError::from),
+                queue::has_runnable(&db, group)
+                    .await
+                    .map_err(StoreError::from),
                 outage,
                 stop,
                 limit
@@ -626,8 +632,13 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             tracing::warn!(error = reason, "needs review");
             queue::apply_one(&mut conn, Transition::fail(job_ref, reason)).await?;
             if let Some(ticket) = job.ticket() {
-                tickets::set_ticket_state(&mut conn, ticket, TicketState::NeedsReview, Some(reason))
-                    .await?;
+                tickets::set_ticket_state(
+                    &mut conn,
+                    ticket,
+                    TicketState::NeedsReview,
+                    Some(reason),
+                )
+                .await?;
             }
         }
         Next::Reupload { keys } => {

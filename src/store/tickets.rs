@@ -2,10 +2,10 @@
 //! settling writes that move them together with their jobs' transitions, in one transaction
 //! (fan-in, re-upload, outcomes). Jobs change only through the queue's `apply`.
 
-use super::{Conn, Ex, StoreError, Store, Timestamp};
+use super::{Conn, Ex, Store, StoreError, Timestamp};
 use crate::domain::{
-    AttachmentId, AttachmentState, BatchId, FileStamp, JobId, JobKind, JobState, Priority,
-    ProjectId, TicketId, TicketState,
+    AttachmentId, AttachmentState, BatchId, FileStamp, JobId, JobKind, Priority, ProjectId,
+    TicketId, TicketState,
 };
 use crate::manifest::TicketSpec;
 use serde_json::json;
@@ -285,7 +285,9 @@ async fn note_changes(
     report: &mut LoadReport,
 ) -> Result<(), StoreError> {
     if !unchanged.is_empty() {
-        let keys = unchanged.iter().map(|&i| (chunk[i].project_id, chunk[i].reference.as_str()));
+        let keys = unchanged
+            .iter()
+            .map(|&i| (chunk[i].project_id, chunk[i].reference.as_str()));
         match conn {
             Conn::Postgres(c) => {
                 let (projects, refs): (Vec<ProjectId>, Vec<&str>) = keys.unzip();
@@ -545,13 +547,43 @@ async fn insert_tickets(
             .bind(batch)
             .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
             .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| Some(f.1.reference.as_str())).collect::<Vec<_>>())
+            .bind(
+                fresh
+                    .iter()
+                    .map(|f| Some(f.1.reference.as_str()))
+                    .collect::<Vec<_>>(),
+            )
             .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| Some(f.1.title.as_str())).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| f.1.address.as_deref()).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| f.1.priority.map(Priority::as_str)).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| f.1.contact_name.as_deref()).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| f.1.contact_email.as_deref()).collect::<Vec<_>>())
+            .bind(
+                fresh
+                    .iter()
+                    .map(|f| Some(f.1.title.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                fresh
+                    .iter()
+                    .map(|f| f.1.address.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                fresh
+                    .iter()
+                    .map(|f| f.1.priority.map(Priority::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                fresh
+                    .iter()
+                    .map(|f| f.1.contact_name.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                fresh
+                    .iter()
+                    .map(|f| f.1.contact_email.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(fresh.iter().map(|f| Some(f.2.as_str())).collect::<Vec<_>>())
             .fetch_all(&mut **c)
             .await?
@@ -882,7 +914,11 @@ pub async fn create_work(conn: &mut Conn<'_>, ticket: TicketId) -> Result<Create
 }
 
 /// Durably note that a create request is about to leave, fenced by the job's claim.
-pub async fn mark_create_sent(store: &Store, job: JobRef, ticket: TicketId) -> Result<(), StoreError> {
+pub async fn mark_create_sent(
+    store: &Store,
+    job: JobRef,
+    ticket: TicketId,
+) -> Result<(), StoreError> {
     mark_create(store, job, ticket, true).await
 }
 
@@ -1039,10 +1075,7 @@ pub async fn reopen_uploads(
             "SELECT id, attempt, max_attempts FROM jobs
               WHERE kind = 'upload' AND target_id {in_ids $1}"
         ),
-        |c, q| sqlx::query_as(q)
-            .bind(queue::List(&ids))
-            .fetch_all(c)
-            .await
+        |c, q| sqlx::query_as(q).bind(queue::List(&ids)).fetch_all(c).await
     )?;
     let again: Vec<Transition> = uploads
         .into_iter()

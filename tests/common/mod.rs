@@ -86,6 +86,16 @@ impl Db {
         visibuild_import::store::connect(&self.url).await.unwrap()
     }
 
+    /// The rehearsal's store beside this one (`--sandbox`), dropped with the fixture.
+    pub fn rehearsal(&self) -> Self {
+        Self {
+            url: visibuild_import::app::rehearsal_database_url(&self.url),
+            name: format!("{}_sandbox", self.name),
+            master: self.master.clone(),
+            dir: None,
+        }
+    }
+
     pub fn new(tag: &str) -> Self {
         let master = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());

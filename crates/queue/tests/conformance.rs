@@ -498,28 +498,51 @@ async fn idle_workers_are_woken_by_new_work(store: &Store) {
 
 on_both!(a_lease_lost_on_the_last_attempt_is_claimed_over_budget);
 async fn a_lease_lost_on_the_last_attempt_is_claimed_over_budget(store: &Store) {
-    enqueue(store, &[NewJob { max_attempts: 1, ..NewJob::available("a") }]).await;
+    enqueue(
+        store,
+        &[NewJob {
+            max_attempts: 1,
+            ..NewJob::available("a")
+        }],
+    )
+    .await;
     assert!(!claim(store, "a", 1, "dead").await[0].is_over_budget());
     queue::expire_leases_of(store, "dead").await.unwrap();
     let again = claim(store, "a", 1, "w").await.remove(0);
     assert!(again.is_over_budget());
     // The worker fails it instead of running it: no attempts left, so it fails for good.
     let retry = Transition::retry_after(again.job_ref(), Duration::ZERO, "lease lost");
-    assert_eq!(queue::apply_one(store, retry).await.unwrap(), Outcome::Failed);
+    assert_eq!(
+        queue::apply_one(store, retry).await.unwrap(),
+        Outcome::Failed
+    );
 }
 
 on_both!(snoozes_keep_the_attempt_budget_however_many_there_are);
 async fn snoozes_keep_the_attempt_budget_however_many_there_are(store: &Store) {
-    let [id] = enqueue(store, &[NewJob { max_attempts: 2, ..NewJob::available("a") }]).await[..]
-    else {
+    let [id] = enqueue(
+        store,
+        &[NewJob {
+            max_attempts: 2,
+            ..NewJob::available("a")
+        }],
+    )
+    .await[..] else {
         panic!()
     };
     for _ in 0..20 {
         let job = claim(store, "a", 1, "w").await.remove(0);
-        queue::apply_one(store, Transition::snooze(job.job_ref(), Duration::ZERO, None))
-            .await
-            .unwrap();
+        queue::apply_one(
+            store,
+            Transition::snooze(job.job_ref(), Duration::ZERO, None),
+        )
+        .await
+        .unwrap();
     }
     let record = queue::job(store, id).await.unwrap().unwrap();
-    assert_eq!(record.max_attempts - record.attempt, 2, "both attempts are still left");
+    assert_eq!(
+        record.max_attempts - record.attempt,
+        2,
+        "both attempts are still left"
+    );
 }
