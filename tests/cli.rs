@@ -335,7 +335,8 @@ async fn failed_uploads_are_retried_by_ref_error_and_job_and_each_ticket_is_crea
     // By job id.
     let pool = db.pool().await;
     let job: i64 = sqlx::query_scalar(
-        "SELECT j.id FROM jobs j JOIN tickets t ON t.id = j.ticket_id
+        "SELECT j.id FROM jobs j JOIN attachments a ON a.id = j.target_id
+           JOIN tickets t ON t.id = a.ticket_id
           WHERE t.ref = 'DEF-0002' AND j.state = 'failed'",
     )
     .fetch_one(&pool)

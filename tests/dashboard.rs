@@ -346,7 +346,7 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM tickets t JOIN jobs j ON j.ticket_id = t.id
+            "SELECT count(*) FROM tickets t JOIN jobs j ON j.target_id = t.id
               WHERE t.ref = 'REV-0000' AND t.state = 'pending'
                 AND j.kind = 'create_ticket' AND j.state = 'available'"
         )
