@@ -17,7 +17,7 @@ log "large file: $MIB MiB (sparse), $RUNS runs"
 walls=() rsss=() srsss=() cpus=()
 for run in $(seq "$RUNS"); do
     start_sandbox
-    db=$(fresh_db)
+    db=$(fresh_db "${STORES[0]}")
     DATABASE_URL=$db timed large "$BIN" import "$DIR/manifest.csv" --api-url "$SANDBOX_URL" \
         --api-rate 100000/s --upload-rate 100000/s --quiet
     [[ $(sandbox_ticket_count) == 1 ]] || { echo "the ticket was not created" >&2; exit 1; }
@@ -25,12 +25,12 @@ for run in $(seq "$RUNS"); do
     walls+=("$WALL") rsss+=("$RSS_KB") srsss+=("$srss") cpus+=("$CPU")
     log "run $run: ${WALL}s, cpu ${CPU}s, importer peak RSS $(mib "$RSS_KB") MiB, sandbox peak RSS $(mib "$srss") MiB"
     stop_sandbox
-    drop_db "${db##*/}"
+    drop_db "$db"
 done
 rm -f "$DIR/files/large.bin"
 
 wall=$(median "${walls[@]}") rss=$(median "${rsss[@]}") srss=$(median "${srsss[@]}") cpu=$(median "${cpus[@]}")
 mbs=$(calc "$BYTES / $wall / 1000000" 1)
 echo "large file: $MIB MiB in ${wall}s = $mbs MB/s (hash + upload), cpu ${cpu}s; importer peak RSS $(mib "$rss") MiB; sandbox peak RSS $(mib "$srss") MiB"
-row "large file: $MIB MiB imported, importer peak RSS" "$(mib "$rss") MiB" "≤ 32 MiB" "$(verdict "$(mib "$rss")" '<=' 32)"
+row "large file: $MIB MiB imported (${STORES[0]} store), importer peak RSS" "$(mib "$rss") MiB" "≤ 32 MiB" "$(verdict "$(mib "$rss")" '<=' 32)"
 row "large file: throughput (hash + upload, whole process)" "$mbs MB/s (${wall} s; CPU ${cpu} s); sandbox peak RSS $(mib "$srss") MiB" "—" "—"

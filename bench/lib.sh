@@ -36,15 +36,29 @@ bench_exe() {
         tail -1
 }
 
-# A fresh database URL (the binary creates and migrates it on first use); dropped on exit.
+# fresh_db [postgres|sqlite]: a fresh store URL (the binary creates and migrates it on first
+# use): a Postgres database, dropped on exit, or an SQLite file in the work dir.
 fresh_db() {
     local name="vi_bench_$$_${RANDOM}${RANDOM}"
+    if [[ "${1:-postgres}" == sqlite ]]; then
+        echo "sqlite:$WORK/$name.db"
+        return
+    fi
     DATABASES+=("$name")
     echo "$PG/$name"
 }
 
+# The stores a benchmark runs on, one after the other: BENCH_STORES (default both).
+read -r -a STORES <<<"${BENCH_STORES:-sqlite postgres}"
+
+# drop_db URL-or-name: drops a Postgres database, or removes an SQLite file.
 drop_db() {
-    psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null 2>&1
+    if [[ "$1" == sqlite:* ]]; then
+        local file=${1#sqlite:}
+        rm -f "$file" "$file-wal" "$file-shm"
+        return
+    fi
+    psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS \"${1##*/}\" WITH (FORCE)" >/dev/null 2>&1
 }
 
 # start_sandbox [sandbox flags…]: a separate sandbox process on a free port; sets SANDBOX_URL.

@@ -28,7 +28,7 @@ for run in $(seq "$RUNS"); do
     effs+=("$eff") walls+=("$WALL") limited+=("$r") calls+=("$n")
     log "run $run: $n API calls in ${WALL}s → efficiency $eff; $r × 429"
     stop_sandbox
-    drop_db "${db##*/}"
+    drop_db "$db"
 done
 
 eff=$(median "${effs[@]}") wall=$(median "${walls[@]}") r=$(median "${limited[@]}") n=$(median "${calls[@]}")

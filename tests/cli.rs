@@ -876,7 +876,7 @@ async fn log_format_json_covers_the_rehearsal_line_and_the_signal_lines() {
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     let lines = json_lines(&out);
-    let rehearsal = json_line(&lines, "rehearsal: using database");
+    let rehearsal = json_line(&lines, "rehearsal: using the store");
     assert!(
         rehearsal["fields"]["database"]
             .as_str()
@@ -1605,4 +1605,56 @@ async fn report_shows_lines_failed_only_files_and_refs_changed_since_loading() {
         rows.iter().all(|r| r["changed_fields"].is_empty()),
         "{rows:?}"
     );
+}
+
+/// The README's first command on a fresh machine: no `DATABASE_URL`, no server — the queue
+/// is an embedded file in the state directory, the rehearsal's beside the real one, and
+/// `status --sandbox` reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_database_url_the_queue_is_an_embedded_file_in_the_state_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let state = home.path().join(".local/state/visibuild-import");
+    let run = |args: &[&str]| {
+        let mut cmd = bin_on("", args);
+        cmd.env_remove("DATABASE_URL")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path());
+        cmd
+    };
+    let out = output(run(&["import", "samples/manifest.csv", "--sandbox"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("tickets: 12 created"), "{out:?}");
+    let rehearsal = state.join("queue-sandbox.db");
+    assert!(
+        rehearsal.is_file(),
+        "the rehearsal's store is {rehearsal:?}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("store: {}", rehearsal.display())),
+        "the path is printed: {out:?}"
+    );
+    assert!(
+        !state.join("queue.db").exists(),
+        "the real queue is untouched"
+    );
+
+    let out = output(run(&["status", "--sandbox"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("tickets: 12 created"), "{out:?}");
+    let out = output(run(&["status"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("no batches yet"), "{out:?}");
+    assert!(
+        state.join("queue.db").is_file(),
+        "the real queue, created on first use"
+    );
+
+    // XDG_STATE_HOME wins over HOME.
+    let xdg = tempfile::tempdir().unwrap();
+    let mut cmd = run(&["migrate"]);
+    cmd.env("XDG_STATE_HOME", xdg.path());
+    let out = output(cmd).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(xdg.path().join("visibuild-import/queue.db").is_file());
 }

@@ -585,7 +585,7 @@ async fn import_batch(
         let shown = store::redact_url(&database_url);
         say(
             Level::Info,
-            &format!("rehearsal: using database {shown} (your real queue is untouched)"),
+            &format!("rehearsal: using the store {shown} (your real queue is untouched)"),
             serde_json::json!({ "database": shown.to_string(), "rehearsal": true }),
         );
     }

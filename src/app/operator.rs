@@ -3,7 +3,7 @@
 use super::{Exit, UsageError};
 use crate::domain::{BatchId, JobId, JobState, TicketState};
 use crate::human::{bytes, count};
-use crate::store::{self, Store, status as stats, tickets};
+use crate::store::{Store, status as stats, tickets};
 use anyhow::Context as _;
 use std::borrow::Cow;
 use std::io::Write;
@@ -32,7 +32,7 @@ pub async fn status(
     batch: Option<&str>,
     json: bool,
 ) -> Result<Exit, anyhow::Error> {
-    let db = store::connect(database_url).await?;
+    let db = super::open_store(database_url).await?;
     let wanted = batch_id(&db, batch).await?;
     let mut connection = db.acquire().await?;
     let mut conn = connection.conn();
@@ -111,7 +111,7 @@ pub struct RetrySettings {
 }
 
 pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, anyhow::Error> {
-    let db = store::connect(database_url).await?;
+    let db = super::open_store(database_url).await?;
     let scope = stats::RetryScope {
         batch: batch_id(&db, settings.batch.as_deref()).await?,
         reference: settings.reference,
@@ -276,7 +276,7 @@ pub async fn report(database_url: &str, settings: ReportSettings) -> Result<Exit
             Some((temporary_beside(path)?, path, *overwrite))
         }
     };
-    let db = store::connect(database_url).await?;
+    let db = super::open_store(database_url).await?;
     let filter = stats::ResultFilter {
         batch: batch_id(&db, settings.batch.as_deref()).await?,
         failed_only: settings.failed_only,

@@ -61,16 +61,13 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     let work = tickets::upload_work(&shared.db, attachment).await?;
     tracing::Span::current().record("ticket_ref", work.ticket_ref.as_str());
     if work.state == AttachmentState::Uploaded {
-        let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-        tickets::finish_upload(
-            &mut tx.conn(),
-            job.job_ref(),
+        let done = tickets::UploadDone {
+            job: job.job_ref(),
             attachment,
-            work.ticket_id,
-            None,
-        )
-        .await?;
-        tx.commit().await.map_err(StoreError::from)?;
+            ticket: work.ticket_id,
+            uploaded: None,
+        };
+        shared.completer.finish(done).await?;
         return Ok(());
     }
     let root = PathBuf::from(&work.files_root);
@@ -115,24 +112,20 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         match shared.client.put_file(&upload, body, stamp.size).await {
             Ok(()) => {
                 shared.progress.file_done(stamp.size);
-                let uploaded = tickets::Uploaded {
-                    key: &upload.key,
-                    resolved_path: &work.resolved_path,
-                    size: stamp.size as i64,
-                    mtime_ns: stamp.mtime_ns,
-                    md5: &md5,
-                    change: change.as_deref(),
-                };
-                let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
-                tickets::finish_upload(
-                    &mut tx.conn(),
-                    job.job_ref(),
+                let done = tickets::UploadDone {
+                    job: job.job_ref(),
                     attachment,
-                    work.ticket_id,
-                    Some(uploaded),
-                )
-                .await?;
-                tx.commit().await.map_err(StoreError::from)?;
+                    ticket: work.ticket_id,
+                    uploaded: Some(tickets::Uploaded {
+                        key: upload.key.clone(),
+                        resolved_path: work.resolved_path.clone(),
+                        size: stamp.size as i64,
+                        mtime_ns: stamp.mtime_ns,
+                        md5,
+                        change,
+                    }),
+                };
+                shared.completer.finish(done).await?;
                 return Ok(());
             }
             Err(e) => match decide::decide(JobKind::Upload, &e, ctx) {

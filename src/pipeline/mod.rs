@@ -1,6 +1,7 @@
 //! The worker pool: claims jobs under a lease, runs them within the configured concurrency,
 //! keeps their leases alive, settles every outcome, and stops cleanly when asked.
 
+pub mod completer;
 pub mod counters;
 pub mod decide;
 pub mod hash;
@@ -84,6 +85,9 @@ pub struct PoolConfig {
     pub watch: bool,
     /// Longest sleep between polls when idle (NOTIFY usually wakes us sooner).
     pub idle_poll: Duration,
+    /// Least time between two claims while jobs run, so that slots freed meanwhile are
+    /// claimed in one statement.
+    pub claim_cooldown: Duration,
     /// How long in-flight jobs may finish after a stop is asked for.
     pub shutdown_grace: Duration,
     /// How long the database or Visibuild may stay unreachable before the run gives up.
@@ -106,6 +110,7 @@ impl Default for PoolConfig {
             batch: None,
             watch: false,
             idle_poll: Duration::from_secs(2),
+            claim_cooldown: Duration::from_millis(10),
             shutdown_grace: Duration::from_secs(20),
             outage_limit: DEFAULT_OUTAGE_LIMIT,
             counters_every: counters::DEFAULT_FLUSH_EVERY,
@@ -116,6 +121,8 @@ impl Default for PoolConfig {
 /// What the handlers share.
 pub struct Shared {
     pub db: Store,
+    /// Settles finished uploads, many per transaction.
+    pub completer: completer::Completer,
     /// Set when the credentials are refused: the pool stops claiming and ends the run.
     pub halted: Mutex<Option<String>>,
     pub client: Arc<Client>,
@@ -151,6 +158,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         halted: Mutex::new(None),
         db: db.clone(),
+        completer: completer::Completer::spawn(db.clone()),
         client,
         progress,
         backoff: config.backoff,
@@ -174,6 +182,7 @@ pub async fn run(
     let limit = config.outage_limit;
     let me = identity::Me::read();
     let mut dead_checked: Option<std::time::Instant> = None;
+    let mut last_claim = std::time::Instant::now();
     let mut api_logged: Option<std::time::Instant> = None;
     let end: Result<RunEnd, StoreError> = loop {
         if let Some(reason) = lock(&shared.halted).clone() {
@@ -223,9 +232,23 @@ pub async fn run(
         // Creates first (they finish tickets), each batch spawned as soon as it is claimed:
         // a failing second claim must not strand jobs the first one already holds. While
         // Visibuild is unreachable, one job in all: the probe.
+        // A cooldown between claims while jobs run (River's fetch cooldown): slots freed
+        // meanwhile are claimed together, one statement for several jobs, not one each.
+        if !tasks.is_empty() {
+            let since = last_claim.elapsed();
+            if since < config.claim_cooldown {
+                tokio::select! {
+                    _ = stop.cancelled() => continue,
+                    _ = tokio::time::sleep(config.claim_cooldown - since) => {}
+                }
+            }
+        }
+        last_claim = std::time::Instant::now();
         let mut budget = if api_down.is_some() { 1 } else { usize::MAX };
         let free = workers.available_permits().min(budget);
         let mut got_work = false;
+        // A claim that got all it asked for may have left more behind.
+        let mut got_all = false;
         if free > 0 {
             let creates = or_retry!(
                 claim(&db, &config, &[JobKind::CreateTicket], free).await,
@@ -234,6 +257,7 @@ pub async fn run(
                 limit
             );
             got_work |= !creates.is_empty();
+            got_all |= creates.len() == free;
             budget -= creates.len();
             for job in creates {
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
@@ -251,6 +275,7 @@ pub async fn run(
                 limit
             );
             got_work |= !claimed.is_empty();
+            got_all |= claimed.len() == free_uploads;
             for job in claimed {
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
             }
@@ -279,7 +304,7 @@ pub async fn run(
             }
             continue;
         }
-        if got_work && workers.available_permits() > 0 {
+        if got_all && workers.available_permits() > 0 {
             continue;
         }
         if !got_work
@@ -296,8 +321,13 @@ pub async fn run(
         {
             break Ok(RunEnd::Drained);
         }
-        // Wait for a slot, a notification, the next scheduled job, or a stop.
-        let wake = or_retry!(next_wake(&db, &config).await, outage, stop, limit);
+        // Wait for a slot, a notification, the next scheduled job, or a stop. While jobs run,
+        // each one's end wakes the loop anyway: the store is asked only when nothing runs.
+        let wake = if tasks.is_empty() {
+            or_retry!(next_wake(&db, &config).await, outage, stop, limit)
+        } else {
+            config.idle_poll
+        };
         tokio::select! {
             _ = stop.cancelled() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),

@@ -79,6 +79,10 @@ pub enum StoreError {
     Fenced { job: JobId, attempt: i32 },
     #[error("invalid new job: {0}")]
     InvalidJob(&'static str),
+    /// A batch this write was part of failed as a whole (the cause, as text: one error
+    /// answers every write of the batch).
+    #[error("{0}")]
+    Batch(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }

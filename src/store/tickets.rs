@@ -744,28 +744,38 @@ pub async fn upload_work<'c>(
 }
 
 /// What an upload left in S3: its key, and the bytes it carried (also cached by path).
-#[derive(Debug, Clone, Copy)]
-pub struct Uploaded<'a> {
-    pub key: &'a str,
-    pub resolved_path: &'a str,
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub key: String,
+    pub resolved_path: String,
     pub size: i64,
     pub mtime_ns: i64,
-    pub md5: &'a str,
+    pub md5: String,
     /// How the file differed from when it was last read, if it did.
-    pub change: Option<&'a str>,
+    pub change: Option<String>,
 }
 
-/// The attachment is in S3: mark it, complete its job, and — if it was the ticket's last —
-/// make the ticket's create job runnable, all in the caller's transaction. The ticket row is
-/// locked first so that two uploads finishing together see each other (neither both nor
-/// neither); in SQLite the transaction holds the one write lock already.
-pub async fn finish_upload(
+/// An upload done (or found done): its job, its attachment and ticket, and what S3 now holds
+/// (`None`: it was uploaded already).
+#[derive(Debug, Clone)]
+pub struct UploadDone {
+    pub job: JobRef,
+    pub attachment: AttachmentId,
+    pub ticket: TicketId,
+    pub uploaded: Option<Uploaded>,
+}
+
+/// Settles many finished uploads in the caller's transaction: each attachment is marked,
+/// each job completed, and every ticket whose last upload this was has its create job made
+/// runnable. The tickets' rows are locked first (in id order, so concurrent batches cannot
+/// deadlock) so that two uploads of one ticket finishing in two batches see each other
+/// (neither both nor neither unblock); in SQLite the transaction holds the one write lock.
+/// Per upload: `Ok(())`, or `Err(Fenced)` when its claim no longer holds (nothing of it is
+/// written).
+pub async fn finish_uploads(
     conn: &mut Conn<'_>,
-    job: JobRef,
-    attachment: AttachmentId,
-    ticket: TicketId,
-    uploaded: Option<Uploaded<'_>>,
-) -> Result<bool, StoreError> {
+    done: &[UploadDone],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     if let Conn::Postgres(c) = conn {
         // Losing this commit in a database crash costs one repeated upload (a new key; the
         // old object is never linked), never a duplicate ticket: no need to wait for the disk.
@@ -773,67 +783,99 @@ pub async fn finish_upload(
             .execute(&mut **c)
             .await?;
     }
+    let mut tickets: Vec<uuid::Uuid> = done.iter().map(|d| d.ticket.0).collect();
+    tickets.sort();
+    tickets.dedup();
     on!(
         &mut *conn,
-        sql!("SELECT 1 FROM tickets WHERE id = $1 {for_update}"),
-        |c, q| sqlx::query(q).bind(ticket).execute(c).await.map(drop)
+        sql!("SELECT id FROM tickets WHERE id {in_ids $1} ORDER BY id {for_update}"),
+        |c, q| sqlx::query(q)
+            .bind(queue::List(&tickets))
+            .execute(c)
+            .await
+            .map(drop)
     )?;
-    queue::apply_one(&mut *conn, Transition::complete(job)).await?;
-    if let Some(u) = uploaded {
-        on!(
-            &mut *conn,
-            sql!(
-                "UPDATE attachments SET state = 'uploaded', uploaded_at = {now}, last_error = NULL,
-                        key = $2, size = $3, md5 = $4, mtime_ns = $5,
-                        change_note = COALESCE($6, change_note)
-                  WHERE id = $1"
-            ),
-            |c, q| sqlx::query(q)
-                .bind(attachment)
-                .bind(u.key)
-                .bind(u.size)
-                .bind(u.md5)
-                .bind(u.mtime_ns)
-                .bind(u.change)
-                .execute(c)
-                .await
-                .map(drop)
-        )?;
-        on!(
-            &mut *conn,
-            sql!(
-                "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5)
-                 SELECT $1, $2, $3, $4 WHERE $1 <> ''
-                 ON CONFLICT (resolved_path) DO UPDATE
-                    SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5"
-            ),
-            |c, q| sqlx::query(q)
-                .bind(u.resolved_path)
-                .bind(u.size)
-                .bind(u.mtime_ns)
-                .bind(u.md5)
-                .execute(c)
-                .await
-                .map(drop)
-        )?;
+    let complete: Vec<Transition> = done.iter().map(|d| Transition::complete(d.job)).collect();
+    let outcomes = queue::apply(&mut *conn, &complete).await?;
+    let mut results = Vec::with_capacity(done.len());
+    for (d, outcome) in done.iter().zip(outcomes) {
+        if outcome == queue::Outcome::Fenced {
+            results.push(Err(StoreError::Fenced {
+                job: d.job.id,
+                attempt: d.job.attempt,
+            }));
+            continue;
+        }
+        if let Some(u) = &d.uploaded {
+            record_upload(conn, d.attachment, u).await?;
+        }
+        results.push(Ok(()));
     }
-    // The fan-in: the last upload of a ticket unblocks its create.
-    let ready: Option<JobId> = on!(
+    // The fan-in: a ticket's last upload unblocks its create.
+    let ready: Vec<JobId> = on!(
         &mut *conn,
         sql!(
-            "SELECT id FROM jobs
-              WHERE kind = 'create_ticket' AND target_id = $1 AND state = 'blocked'
-                AND NOT EXISTS (SELECT 1 FROM attachments
-                                 WHERE ticket_id = $1 AND state <> 'uploaded')"
+            "SELECT j.id FROM jobs j
+              WHERE j.kind = 'create_ticket' AND j.target_id {in_ids $1} AND j.state = 'blocked'
+                AND NOT EXISTS (SELECT 1 FROM attachments a
+                                 WHERE a.ticket_id = j.target_id AND a.state <> 'uploaded')"
         ),
-        |c, q| sqlx::query_scalar(q).bind(ticket).fetch_optional(c).await
+        |c, q| sqlx::query_scalar(q)
+            .bind(queue::List(&tickets))
+            .fetch_all(c)
+            .await
     )?;
-    let Some(create) = ready else {
-        return Ok(false);
-    };
-    queue::apply_one(&mut *conn, Transition::unblock(create)).await?;
-    queue::notify(&mut *conn).await?;
-    Ok(true)
+    if !ready.is_empty() {
+        let unblock: Vec<Transition> = ready.into_iter().map(Transition::unblock).collect();
+        queue::apply(&mut *conn, &unblock).await?;
+        queue::notify(&mut *conn).await?;
+    }
+    Ok(results)
+}
+
+/// The attachment is in S3 under `u.key`; its bytes' hash is cached by path.
+async fn record_upload(
+    conn: &mut Conn<'_>,
+    attachment: AttachmentId,
+    u: &Uploaded,
+) -> Result<(), StoreError> {
+    on!(
+        &mut *conn,
+        sql!(
+            "UPDATE attachments SET state = 'uploaded', uploaded_at = {now}, last_error = NULL,
+                    key = $2, size = $3, md5 = $4, mtime_ns = $5,
+                    change_note = COALESCE($6, change_note)
+              WHERE id = $1"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(attachment)
+            .bind(&u.key)
+            .bind(u.size)
+            .bind(&u.md5)
+            .bind(u.mtime_ns)
+            .bind(u.change.as_deref())
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
+    on!(
+        &mut *conn,
+        sql!(
+            "INSERT INTO file_hashes (resolved_path, size, mtime_ns, md5)
+             SELECT $1, $2, $3, $4 WHERE $1 <> ''
+             ON CONFLICT (resolved_path) DO UPDATE
+                SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, md5 = EXCLUDED.md5"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(&u.resolved_path)
+            .bind(u.size)
+            .bind(u.mtime_ns)
+            .bind(&u.md5)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
+    Ok(())
 }
 
 /// An attachment that will not upload: it and its ticket are failed, with the reason.
