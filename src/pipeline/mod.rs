@@ -85,9 +85,6 @@ pub struct PoolConfig {
     pub watch: bool,
     /// Longest sleep between polls when idle (NOTIFY usually wakes us sooner).
     pub idle_poll: Duration,
-    /// Least time between two claims while jobs run, so that slots freed meanwhile are
-    /// claimed in one statement.
-    pub claim_cooldown: Duration,
     /// How long in-flight jobs may finish after a stop is asked for.
     pub shutdown_grace: Duration,
     /// How long the database or Visibuild may stay unreachable before the run gives up.
@@ -110,7 +107,6 @@ impl Default for PoolConfig {
             batch: None,
             watch: false,
             idle_poll: Duration::from_secs(2),
-            claim_cooldown: Duration::from_millis(10),
             shutdown_grace: Duration::from_secs(20),
             outage_limit: DEFAULT_OUTAGE_LIMIT,
             counters_every: counters::DEFAULT_FLUSH_EVERY,
@@ -182,7 +178,6 @@ pub async fn run(
     let limit = config.outage_limit;
     let me = identity::Me::read();
     let mut dead_checked: Option<std::time::Instant> = None;
-    let mut last_claim = std::time::Instant::now();
     let mut api_logged: Option<std::time::Instant> = None;
     let end: Result<RunEnd, StoreError> = loop {
         if let Some(reason) = lock(&shared.halted).clone() {
@@ -232,18 +227,6 @@ pub async fn run(
         // Creates first (they finish tickets), each batch spawned as soon as it is claimed:
         // a failing second claim must not strand jobs the first one already holds. While
         // Visibuild is unreachable, one job in all: the probe.
-        // A cooldown between claims while jobs run (River's fetch cooldown): slots freed
-        // meanwhile are claimed together, one statement for several jobs, not one each.
-        if !tasks.is_empty() {
-            let since = last_claim.elapsed();
-            if since < config.claim_cooldown {
-                tokio::select! {
-                    _ = stop.cancelled() => continue,
-                    _ = tokio::time::sleep(config.claim_cooldown - since) => {}
-                }
-            }
-        }
-        last_claim = std::time::Instant::now();
         let mut budget = if api_down.is_some() { 1 } else { usize::MAX };
         let free = workers.available_permits().min(budget);
         let mut got_work = false;
