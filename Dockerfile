@@ -10,6 +10,7 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # Dependencies first, so that a change to the sources does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+COPY patches patches
 COPY crates/sandbox/Cargo.toml crates/sandbox/
 COPY crates/queue/Cargo.toml crates/queue/
 RUN mkdir -p src benches crates/sandbox/src crates/queue/src \
