@@ -1658,3 +1658,39 @@ async fn without_database_url_the_queue_is_an_embedded_file_in_the_state_directo
     assert_eq!(out.code, 0, "{out:?}");
     assert!(xdg.path().join("visibuild-import/queue.db").is_file());
 }
+
+/// Several worker processes on one host share the embedded file: two `run`s at once (with
+/// lost create answers and 5xx, so that retries and reviews cross), every ticket once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_sharing_one_embedded_file_create_each_ticket_once() {
+    let db = Db::sqlite("shared");
+    let sb = start(SandboxConfig {
+        fail_rate: 0.05,
+        latency: Duration::from_millis(5),
+        seed: Some(11),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = sb.base_url();
+    let manifest = Manifest::new(60, |t| 1 + t % 3);
+    let out = output(bin(&db, &["enqueue", manifest.arg()])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let args = ["run", "--api-url", &api, "--workers", "4"];
+    let first = spawn(with_token(&db, &args));
+    let second = spawn(with_token(&db, &args));
+    let (a, b) = (first.wait().await, second.wait().await);
+    assert_eq!((a.code, b.code), (0, 0), "{a:?}\n{b:?}");
+    assert_eq!(created_by_title(&sb), each_once(60));
+    // Both did some of the work.
+    let created = |out: &Out| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("this run: "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        !created(&a).starts_with("0 files") && !created(&b).starts_with("0 files"),
+        "{a:?}\n{b:?}"
+    );
+}
