@@ -1,5 +1,6 @@
 //! visibuild-import: bulk-imports defect tickets with their photos and documents into
-//! Visibuild through a Postgres-backed job queue and a rate-limited worker pool.
+//! Visibuild through a durable job queue (an embedded SQLite file, or Postgres) and a
+//! rate-limited worker pool.
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -176,7 +176,8 @@ Example:
     Sandbox(sandbox_args::SandboxArgs),
     /// Serve the operations dashboard, /metrics and /healthz.
     Ui(UiArgs),
-    /// Create the database if needed and apply migrations.
+    /// Create the store (the embedded file, or the Postgres database) if needed and apply
+    /// migrations.
     #[command(after_help = "\
 Example:
   DATABASE_URL=postgres://importer@db.internal/visibuild_import visibuild-import migrate")]
