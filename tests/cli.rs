@@ -1650,6 +1650,19 @@ async fn without_database_url_the_queue_is_an_embedded_file_in_the_state_directo
         "the real queue, created on first use"
     );
 
+    // A file that is not a store is a configuration error, said with its path.
+    let junk = home.path().join("junk.db");
+    std::fs::write(&junk, "not a database, not even close; ".repeat(200)).unwrap();
+    let out = output(bin_on(&format!("sqlite:{}", junk.display()), &["status"])).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot open the embedded store {}",
+            junk.display()
+        )),
+        "{out:?}"
+    );
+
     // XDG_STATE_HOME wins over HOME.
     let xdg = tempfile::tempdir().unwrap();
     let mut cmd = run(&["migrate"]);

@@ -110,11 +110,12 @@ impl StoreError {
     }
 
     /// The operator's to fix, not worth retrying: a malformed URL, an unreadable
-    /// `sslrootcert`, a login the server refused.
+    /// `sslrootcert`, a login the server refused, an embedded store's file that cannot be
+    /// opened (a folder that cannot be made, a file that is not a database).
     pub fn is_misconfigured(&self) -> bool {
         matches!(
             self,
-            StoreError::BadUrl { .. } | StoreError::RootCert { .. }
+            StoreError::BadUrl { .. } | StoreError::RootCert { .. } | StoreError::Open { .. }
         ) || self.is_login_refused()
     }
 
