@@ -95,7 +95,7 @@ pub async fn heartbeat<'c>(
 
 /// Applies `transitions` — one each per job — in one go (one statement in Postgres), each
 /// fenced: a claim's only while the claim holds the job, an unblock only of a blocked job, a
-/// revive only of a job nobody holds. What happened to each, in order.
+/// revive only of a failed, completed or blocked job. What happened to each, in order.
 pub async fn apply<'c>(
     ex: impl Into<Ex<'c>>,
     transitions: &[Transition],

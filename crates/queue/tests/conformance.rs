@@ -546,3 +546,25 @@ async fn snoozes_keep_the_attempt_budget_however_many_there_are(store: &Store) {
         "both attempts are still left"
     );
 }
+
+on_both!(revive_leaves_running_and_waiting_jobs_alone);
+async fn revive_leaves_running_and_waiting_jobs_alone(store: &Store) {
+    let ids = enqueue(store, &[NewJob::available("a"), NewJob::available("b")]).await;
+    let held = claim(store, "a", 1, "w").await.remove(0);
+    let outcomes = queue::apply(
+        store,
+        &[
+            Transition::revive(ids[0], 8, false),
+            Transition::revive(ids[1], 8, false),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes, vec![Outcome::Fenced, Outcome::Fenced]);
+    assert_eq!(state(store, held.id).await, JobState::Running);
+    let record = queue::job(store, ids[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.max_attempts),
+        (JobState::Available, 8)
+    );
+}

@@ -87,7 +87,7 @@ macro_rules! apply_sql {
            AND ((t.op IN ('complete', 'retry', 'fail', 'snooze', 'release', 'block')
                  AND j.attempt = t.t_attempt AND j.state = 'running')
                 OR (t.op = 'unblock' AND j.state = 'blocked')
-                OR (t.op = 'revive' AND j.state <> 'running'))
+                OR (t.op = 'revive' AND j.state IN ('failed', 'completed', 'blocked')))
          RETURNING id, state, run_at"
         )
     };
