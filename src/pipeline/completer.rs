@@ -44,17 +44,18 @@ impl Completer {
 async fn run(db: Store, mut rx: mpsc::Receiver<Item>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let done: Vec<UploadDone> = batch.iter().map(|i| i.done.clone()).collect();
+        let (done, replies): (Vec<UploadDone>, Vec<_>) =
+            batch.drain(..).map(|i| (i.done, i.reply)).unzip();
         match settle(&db, &done).await {
             Ok(results) => {
-                for (item, result) in batch.drain(..).zip(results) {
-                    let _ = item.reply.send(result);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
                 let why = e.to_string();
-                for item in batch.drain(..) {
-                    let _ = item.reply.send(Err(StoreError::Batch(why.clone())));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Batch(why.clone())));
                 }
             }
         }

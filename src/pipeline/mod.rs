@@ -114,6 +114,13 @@ impl Default for PoolConfig {
     }
 }
 
+impl PoolConfig {
+    /// The queue group claims are limited to: the batch's id, when one is set.
+    fn group(&self) -> Option<uuid::Uuid> {
+        self.batch.map(|b| b.0)
+    }
+}
+
 /// What the handlers share.
 pub struct Shared {
     pub db: Store,
@@ -172,7 +179,6 @@ pub async fn run(
         flusher_stop.clone(),
     );
     let mut listener = queue::listen(&db).await.ok();
-    let group = config.batch.map(|b| b.0);
 
     let mut outage: Option<std::time::Instant> = None;
     let limit = config.outage_limit;
@@ -267,7 +273,7 @@ pub async fn run(
             if !got_work
                 && tasks.is_empty()
                 && !or_retry!(
-                    queue::has_available(&db, group)
+                    queue::has_available(&db, config.group())
                         .await
                         .map_err(StoreError::from),
                     outage,
@@ -294,7 +300,7 @@ pub async fn run(
             && tasks.is_empty()
             && !config.watch
             && !or_retry!(
-                queue::has_runnable(&db, group)
+                queue::has_runnable(&db, config.group())
                     .await
                     .map_err(StoreError::from),
                 outage,
@@ -363,8 +369,6 @@ pub async fn run(
     end
 }
 
-/// End the leases of jobs held by processes of this host that are gone (`kill -9`, a crash),
-/// so their work is taken back now rather than when the leases run out.
 /// What a claimed job is for, read from the queue's kind and target: an upload's target is
 /// its attachment, a create's its ticket.
 pub trait Subject {
@@ -398,6 +402,8 @@ impl Subject for ClaimedJob {
     }
 }
 
+/// End the leases of jobs held by processes of this host that are gone (`kill -9`, a crash),
+/// so their work is taken back now rather than when the leases run out.
 async fn take_back_from_dead(db: &Store, me: &identity::Me) -> Result<(), StoreError> {
     for holder in queue::holders(db).await? {
         if identity::is_dead(&holder, me) {
@@ -492,7 +498,7 @@ async fn claim(
     let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     Ok(queue::claim(
         db,
-        config.batch.map(|b| b.0),
+        config.group(),
         &kinds,
         limit as i64,
         &config.worker_name,
@@ -503,7 +509,7 @@ async fn claim(
 
 /// How long to sleep when idle: until the next scheduled job, at most `idle_poll`.
 async fn next_wake(db: &Store, config: &PoolConfig) -> Result<Duration, StoreError> {
-    let next = queue::next_run_at(db, config.batch.map(|b| b.0)).await?;
+    let next = queue::next_run_at(db, config.group()).await?;
     let now = time::OffsetDateTime::now_utc();
     let until = next
         .map(|at| (at.0 - now).try_into().unwrap_or(Duration::ZERO))

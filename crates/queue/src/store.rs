@@ -25,12 +25,6 @@ fn own_table(mut migrator: Migrator) -> Migrator {
     migrator
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Postgres,
-    Sqlite,
-}
-
 /// A queue's store: a pool of connections to Postgres or to one SQLite file.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -63,13 +57,6 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store::Sqlite(pool))
-    }
-
-    pub fn dialect(&self) -> Dialect {
-        match self {
-            Store::Postgres(_) => Dialect::Postgres,
-            Store::Sqlite(_) => Dialect::Sqlite,
-        }
     }
 
     /// Brings the queue's tables up to date.
@@ -165,13 +152,6 @@ impl Conn<'_> {
         match self {
             Conn::Postgres(c) => Conn::Postgres(c),
             Conn::Sqlite(c) => Conn::Sqlite(c),
-        }
-    }
-
-    pub fn dialect(&self) -> Dialect {
-        match self {
-            Conn::Postgres(_) => Dialect::Postgres,
-            Conn::Sqlite(_) => Dialect::Sqlite,
         }
     }
 }

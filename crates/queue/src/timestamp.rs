@@ -13,10 +13,6 @@ use time::OffsetDateTime;
 pub struct Timestamp(pub OffsetDateTime);
 
 impl Timestamp {
-    pub fn now() -> Self {
-        Self(OffsetDateTime::now_utc())
-    }
-
     /// Microseconds since the Unix epoch, as SQLite keeps it.
     pub fn unix_micros(self) -> i64 {
         (self.0.unix_timestamp_nanos() / 1_000) as i64
