@@ -213,3 +213,25 @@ impl FileStamp {
         }
     }
 }
+
+/// A job holder's name (`host:boot:pidns:pid:start`, see `pipeline::identity`) for people:
+/// `host pid N` (the boot and namespace ids say nothing to a reader); an old-style `host:pid`
+/// the same way; anything else as it is.
+pub fn short_holder(holder: &str) -> String {
+    let mut parts = holder.rsplitn(5, ':');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(_start), Some(pid), Some(_pidns), Some(_boot), Some(host)) => {
+            format!("{host} pid {pid}")
+        }
+        _ => match holder.rsplit_once(':') {
+            Some((host, pid)) if pid.parse::<u32>().is_ok() => format!("{host} pid {pid}"),
+            _ => holder.to_string(),
+        },
+    }
+}

@@ -1,13 +1,16 @@
-//! Rate limits: a `governor` quota per kind of call, plus a shared pause that a `429`'s
-//! `Retry-After` sets for every worker of the process, not just the one that got it.
+//! Rate limits: per kind of call, a budget shared through the store by every process (or,
+//! alone, a `governor` quota), plus a pause that a `429`'s `Retry-After` sets for every
+//! worker, not just the one that got it.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
+use visibuild_queue::Budget;
+use visibuild_queue::budget::Slot;
 
 /// A rate as operators write it: `10/s`, `600/min`, `3600/h`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,10 +77,15 @@ impl FromStr for Rate {
     }
 }
 
-/// One kind of call's limiter: waits for the quota, and for any pause a 429 imposed.
+/// One kind of call's limiter: waits for the rate, and for any pause a 429 imposed. Alone it
+/// paces this process (a `governor` quota); once [`share`](Self::share)d it takes its turns
+/// from a budget in the store that every process sharing the store draws on.
 pub struct RateGate {
     limiter: Option<DefaultDirectRateLimiter>,
     paused_until: Mutex<Option<Instant>>,
+    shared: OnceLock<Arc<Budget>>,
+    /// When the store's trouble was last logged (once per 30 s).
+    warned: Mutex<Option<Instant>>,
 }
 
 impl RateGate {
@@ -86,33 +94,114 @@ impl RateGate {
         Self {
             limiter: rate.map(|r| RateLimiter::direct(r.quota())),
             paused_until: Mutex::new(None),
+            shared: OnceLock::new(),
+            warned: Mutex::new(None),
         }
+    }
+
+    /// From now on take turns from `budget` (shared through the store) instead of this
+    /// process's own quota. Once only: a second budget is ignored.
+    pub fn share(&self, budget: Arc<Budget>) {
+        let _ = self.shared.set(budget);
+    }
+
+    /// The shared budget, once there is one.
+    pub fn budget(&self) -> Option<&Arc<Budget>> {
+        self.shared.get()
     }
 
     /// Wait until one call may start.
     pub async fn acquire(&self) {
+        let turn = self.reserve().await;
+        self.wait(turn).await;
+    }
+
+    /// A turn for one call that is near but not yet waited for (see [`Budget::reserve`]):
+    /// do what must come just before the call, then [`wait`](Self::wait) for it.
+    pub async fn reserve(&self) -> Turn {
         loop {
             if let Some(until) = self.paused_until() {
                 tokio::time::sleep_until(until).await;
                 continue;
             }
-            if let Some(limiter) = &self.limiter {
-                limiter.until_ready().await;
+            let Some(budget) = self.shared.get() else {
+                if let Some(limiter) = &self.limiter {
+                    limiter.until_ready().await;
+                }
+                // A pause may have begun while we waited for the quota.
+                if self.paused_until().is_none() {
+                    return Turn(None);
+                }
+                continue;
+            };
+            match budget.reserve().await {
+                Ok(slot) => return Turn(Some(slot)),
+                Err(e) => self.store_trouble(budget, &e).await,
             }
-            // A pause may have begun while we waited for the quota.
-            if self.paused_until().is_none() {
+        }
+    }
+
+    /// Wait for `turn` to start. One that cannot be used after all (it passed while the
+    /// caller was busy, or a 429 paused everyone) is replaced by a fresh one.
+    pub async fn wait(&self, turn: Turn) {
+        let (Some(slot), Some(budget)) = (turn.0, self.shared.get()) else {
+            return;
+        };
+        if budget.wait_for(slot).await && self.paused_until().is_none() {
+            return;
+        }
+        loop {
+            let Turn(Some(slot)) = self.reserve().await else {
+                return;
+            };
+            if budget.wait_for(slot).await && self.paused_until().is_none() {
                 return;
             }
         }
     }
 
-    /// Every caller of this gate waits `delay` from now (a 429's `Retry-After`).
-    pub fn pause(&self, delay: Duration) {
-        let until = Instant::now() + delay;
-        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        if paused.is_none_or(|p| p < until) {
-            *paused = Some(until);
+    /// A call through this gate left at `sent` and was answered at `answered` (see
+    /// [`Budget::answered`]: a late arrival holds the next call back).
+    pub fn answered(&self, sent: Instant, answered: Instant) {
+        if let Some(budget) = self.shared.get() {
+            budget.answered(sent, answered);
         }
+    }
+
+    /// Every caller of this gate waits `delay` from now (a 429's `Retry-After`); with a
+    /// shared budget, so does every process sharing it, and the budget adapts.
+    pub async fn pause(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        {
+            let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            if paused.is_none_or(|p| p < until) {
+                *paused = Some(until);
+            }
+        }
+        if let Some(budget) = self.shared.get()
+            && let Err(e) = budget.refused(delay).await
+        {
+            tracing::warn!(budget = %budget.settings().name, error = %e,
+                "cannot tell the shared rate budget of a 429; pausing this process only");
+        }
+    }
+
+    /// The store cannot be reached for a turn: the call is held back (the rate is not
+    /// exceeded by guessing), and the run's own outage handling decides when to stop.
+    async fn store_trouble(&self, budget: &Budget, error: &visibuild_queue::Error) {
+        let due = {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            let due = warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(30));
+            if due {
+                *warned = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            tracing::warn!(budget = %budget.settings().name, error = %error,
+                "cannot reserve from the shared rate budget; waiting for the store");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     fn paused_until(&self) -> Option<Instant> {
@@ -126,6 +215,11 @@ impl RateGate {
         }
     }
 }
+
+/// A turn reserved and not yet waited for ([`RateGate::reserve`]); `None` for a gate of
+/// its own, whose turn was waited for at once.
+#[derive(Debug)]
+pub struct Turn(Option<Slot>);
 
 #[cfg(test)]
 mod tests {
@@ -145,7 +239,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_every_caller_until_it_ends() {
         let gate = RateGate::new(None);
-        gate.pause(Duration::from_secs(5));
+        gate.pause(Duration::from_secs(5)).await;
         let start = Instant::now();
         gate.acquire().await;
         assert!(Instant::now() - start >= Duration::from_secs(5));

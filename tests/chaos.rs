@@ -277,6 +277,9 @@ async fn chaos(store: Store, restart: bool) {
             "sandbox".into(),
         )],
         rate: Some(SERVER_RATE),
+        // The strictest bucket: calls one interval apart or 429. The importer is given more
+        // than the server allows, so the shared budget meets 429s and adapts under them.
+        rate_burst: Some(1),
         fail_rate: 0.05,
         drop_rate: 0.05,
         s3_fail_rate: 0.05,

@@ -139,7 +139,6 @@ async fn serve(pool: PgPool, config: UiConfig) -> (String, tokio_util::sync::Can
 fn config(db: &Db) -> UiConfig {
     UiConfig {
         token: None,
-        budget: None,
         retry_attempts: 8,
         database_url: db.url.clone(),
     }

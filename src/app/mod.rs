@@ -1,6 +1,7 @@
 //! The commands, on validated settings: check, enqueue, import, run, status, retry, report.
 //! Each returns an [`Exit`]; errors carry what the operator should do about them.
 
+mod budgets;
 mod logging;
 mod operator;
 mod summary;
@@ -205,7 +206,6 @@ pub async fn ui(database_url: &str, settings: UiSettings) -> Result<Exit, anyhow
         db,
         crate::ui::UiConfig {
             token: settings.token,
-            budget: None,
             retry_attempts: RETRY_ATTEMPTS,
             database_url,
         },
@@ -590,6 +590,7 @@ async fn import_batch(
         );
     }
     let (batch_id, db) = enqueue(&database_url, settings).await?;
+    let shared = share_budgets(&db, &client, &api).await?;
     let name = settings.batch_name();
     let run = RunTarget {
         batch: Some((batch_id, name)),
@@ -597,7 +598,20 @@ async fn import_batch(
         summary,
         dashboard: None,
     };
-    work(db, (client, sandbox), workers, run).await
+    work(db, (client, sandbox, shared), workers, run).await
+}
+
+/// Joins the store's rate budgets, so that this process's calls count against the rate every
+/// process sharing the store shares.
+async fn share_budgets(
+    db: &store::Store,
+    client: &Client,
+    api: &ApiSettings,
+) -> Result<budgets::SharedBudgets, anyhow::Error> {
+    let rates = (api.api_rate, api.upload_rate);
+    budgets::share(db, client, rates, &pipeline::identity::worker_name())
+        .await
+        .context("joining the store's shared rate budgets")
 }
 
 /// The queue's database: the real one, or the rehearsal's when talking to the sandbox.
@@ -629,14 +643,12 @@ pub async fn run(
         let database_url = queue_url(database_url, &api);
         let db = open_store(&database_url).await?;
         let batch_id = operator::batch_id(&db, batch).await?;
+        // Shared before the first call: the token fetch counts against the budget too.
+        let shared = share_budgets(&db, &client, &api).await?;
         authenticate(&client, workers.outage_limit).await?;
         let dashboard = listener.zip(ui).map(|(listener, settings)| {
             let config = crate::ui::UiConfig {
                 token: settings.token,
-                budget: Some(crate::ui::Budget {
-                    api_per_sec: api.api_rate.per_sec_f64(),
-                    upload_per_sec: api.upload_rate.per_sec_f64(),
-                }),
                 retry_attempts: RETRY_ATTEMPTS,
                 database_url,
             };
@@ -648,7 +660,7 @@ pub async fn run(
             summary: summary.as_ref(),
             dashboard,
         };
-        work(db, (client, sandbox), workers, run).await
+        work(db, (client, sandbox, shared), workers, run).await
     }
     .await;
     summary::write_on_error(summary.as_ref(), result)
@@ -685,7 +697,11 @@ fn serve_dashboard(
 
 async fn work(
     db: store::Store,
-    (client, sandbox): (Arc<Client>, Option<visibuild_sandbox::Sandbox>),
+    (client, sandbox, shared): (
+        Arc<Client>,
+        Option<visibuild_sandbox::Sandbox>,
+        budgets::SharedBudgets,
+    ),
     workers: WorkerSettings,
     mut target: RunTarget<'_>,
 ) -> Result<Exit, anyhow::Error> {
@@ -722,6 +738,7 @@ async fn work(
     };
     let stop = stop_on_signals();
     let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await;
+    shared.leave().await;
     if let Some((stop, handle)) = dashboard {
         stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;

@@ -42,9 +42,32 @@ pub async fn status(
             all.push(stats::batch_status(&mut conn, b.id, &b.name, b.created_at).await?);
         }
     }
+    drop(connection);
+    let budgets = crate::store::budgets::status(&db).await?;
     if json {
+        // An array of batches, as before; the store's rate budgets (shared by every batch
+        // and process) ride along in each.
+        #[derive(serde::Serialize)]
+        struct WithBudgets<'a> {
+            #[serde(flatten)]
+            batch: &'a stats::BatchStatus,
+            rate_budgets: &'a [crate::store::budgets::BudgetStatus],
+        }
+        let all: Vec<WithBudgets> = all
+            .iter()
+            .map(|batch| WithBudgets {
+                batch,
+                rate_budgets: &budgets,
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(Exit::Success);
+    }
+    if !budgets.is_empty() {
+        println!("rate budgets (shared by every process on this store):");
+        for b in &budgets {
+            println!("  {}", super::budgets::describe_status(b));
+        }
     }
     if all.is_empty() {
         println!("no batches yet: load one with `visibuild-import enqueue MANIFEST`");

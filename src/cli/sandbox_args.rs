@@ -37,6 +37,11 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "N/s")]
     pub rate: Option<String>,
 
+    /// How many API requests the rate lets through at once (default: a second's worth);
+    /// `1` is the strictest server: each request at least 1/rate after the last one served.
+    #[arg(long, value_name = "N", requires = "rate", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: Option<u32>,
+
     /// Probability (0..1) of a random 500/502/503 on an API call.
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub fail_rate: f64,
@@ -111,6 +116,7 @@ impl SandboxArgs {
             projects: self.projects,
             data_dir: self.data_dir,
             rate,
+            rate_burst: self.rate_burst,
             fail_rate: self.fail_rate,
             drop_rate: self.drop_rate,
             s3_fail_rate: self.s3_fail_rate,

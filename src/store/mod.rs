@@ -3,6 +3,7 @@
 //! runs on its own tables, each a named function that works on either store. The jobs table
 //! is the queue crate's: the importer reads it, and changes it only through the queue.
 
+pub mod budgets;
 pub mod dashboard;
 pub mod status;
 pub mod tickets;
@@ -93,6 +94,7 @@ impl From<visibuild_queue::Error> for StoreError {
             visibuild_queue::Error::Fenced { job, attempt } => StoreError::Fenced { job, attempt },
             visibuild_queue::Error::InvalidJob(why) => StoreError::InvalidJob(why),
             visibuild_queue::Error::Migrate(e) => StoreError::Migrate(e),
+            e @ visibuild_queue::Error::NoBudget(_) => StoreError::Batch(e.to_string()),
             visibuild_queue::Error::Sqlx(e) => StoreError::Sqlx(e),
         }
     }
@@ -286,11 +288,23 @@ pub async fn migrate(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
 async fn create_database(database_url: &str, redacted: &str) -> Result<(), StoreError> {
     match Postgres::create_database(database_url).await {
         Ok(()) => Ok(()),
-        // Another process created it between our connect and our CREATE: fine.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+        // Another process created it between our connect and our CREATE: fine. Two CREATEs
+        // at the same moment can also collide in the catalog's unique index (23505) rather
+        // than as a duplicate database (seen with workers started together on a new store).
+        Err(sqlx::Error::Database(e))
+            if matches!(
+                e.code().as_deref(),
+                Some(DUPLICATE_DATABASE | UNIQUE_VIOLATION)
+            ) =>
+        {
+            Ok(())
+        }
         Err(source) => Err(StoreError::CreateDatabase {
             url: redacted.to_string(),
             source,

@@ -3,6 +3,7 @@
 
 use super::{AppState, UiError};
 use crate::domain::{JobKind, JobState, TicketState};
+use crate::store::budgets::{self, BudgetStatus};
 use crate::store::status as stats;
 use crate::store::{StoreError, dashboard};
 use axum::extract::State;
@@ -47,7 +48,8 @@ pub struct Snapshot {
     pub tickets: Vec<(TicketState, i64)>,
     pub requests: Vec<dashboard::RequestTotal>,
     pub last_created: Option<time::OffsetDateTime>,
-    pub budget: Option<super::Budget>,
+    /// The store's shared rate budgets.
+    pub budgets: Vec<BudgetStatus>,
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, UiError> {
@@ -64,7 +66,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, UiError>
         last_created: dashboard::last_ticket_created_at(&state.db)
             .await?
             .map(|at| at.0),
-        budget: state.config.budget,
+        budgets: budgets::status(&state.db).await?,
     };
     let text = render(&snapshot).map_err(UiError::Metrics)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
@@ -139,23 +141,45 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         bytes.inc_by(u64::try_from(r.bytes).unwrap_or(0));
     }
 
-    if let Some(budget) = s.budget {
-        let rates = Family::<LimitLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "rate_budget_per_second",
-            "The configured rate of this worker: api (presign and create, --api-rate) and upload (--upload-rate)",
-            rates.clone(),
-        );
-        for (limit, value) in [
-            ("api", budget.api_per_sec),
-            ("upload", budget.upload_per_sec),
-        ] {
-            rates
-                .get_or_create(&LimitLabel {
-                    limit: limit.into(),
-                })
-                .set(value);
-        }
+    let gauge_family = |registry: &mut Registry, name: &str, help: &str| {
+        let family = Family::<LimitLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let ceilings = gauge_family(
+        &mut registry,
+        "rate_budget_per_second",
+        "The rate a shared budget may not exceed: the lowest any live process sharing the store was given (api: presign, create, token; upload: S3 PUTs)",
+    );
+    let current = gauge_family(
+        &mut registry,
+        "rate_budget_current_per_second",
+        "What the shared budget hands out now: the ceiling less a learned margin, less after a 429, climbing back",
+    );
+    let processes = Family::<LimitLabel, Gauge>::default();
+    registry.register(
+        "rate_budget_processes",
+        "Live worker processes sharing the budget",
+        processes.clone(),
+    );
+    let refused = Family::<LimitLabel, Gauge>::default();
+    registry.register(
+        "rate_budget_rate_limited_last_minute",
+        "429s any process sharing the budget was answered in the last minute",
+        refused.clone(),
+    );
+    for b in &s.budgets {
+        let label = LimitLabel {
+            limit: b.name.clone(),
+        };
+        ceilings.get_or_create(&label).set(b.ceiling_per_sec);
+        current.get_or_create(&label).set(b.rate_per_sec);
+        processes
+            .get_or_create(&label)
+            .set(i64::try_from(b.processes.len()).unwrap_or(i64::MAX));
+        refused
+            .get_or_create(&label)
+            .set(b.rate_limited_last_minute);
     }
 
     if let Some(at) = s.last_created {
@@ -176,6 +200,7 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::budgets::BudgetMember;
 
     #[test]
     fn every_series_is_named_and_labelled_as_documented() {
@@ -197,10 +222,18 @@ mod tests {
                 },
             ],
             last_created: Some(time::macros::datetime!(2026-12-01 12:00 UTC)),
-            budget: Some(super::super::Budget {
-                api_per_sec: 10.0,
-                upload_per_sec: 20.0,
-            }),
+            budgets: vec![BudgetStatus {
+                name: "api".into(),
+                rate_per_sec: 9.7,
+                ceiling_per_sec: 10.0,
+                margin: 0.03,
+                paused_for_secs: 0.0,
+                rate_limited_last_minute: 1,
+                processes: vec![BudgetMember {
+                    process: "worker-1 pid 7".into(),
+                    ceiling_per_sec: 10.0,
+                }],
+            }],
         })
         .unwrap();
         for line in [
@@ -213,7 +246,9 @@ mod tests {
             "visibuild_rate_limited_total 3",
             "visibuild_uploaded_bytes_total 7000",
             r#"visibuild_rate_budget_per_second{limit="api"} 10.0"#,
-            r#"visibuild_rate_budget_per_second{limit="upload"} 20.0"#,
+            r#"visibuild_rate_budget_current_per_second{limit="api"} 9.7"#,
+            r#"visibuild_rate_budget_processes{limit="api"} 1"#,
+            r#"visibuild_rate_budget_rate_limited_last_minute{limit="api"} 1"#,
             "visibuild_last_ticket_created_timestamp_seconds 1796126400",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

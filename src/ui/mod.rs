@@ -36,19 +36,10 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct UiConfig {
     /// Asked of every page when set; required when listening off loopback.
     pub token: Option<Secret>,
-    /// The rate budget of the worker serving the dashboard (`run --listen`); none for `ui`.
-    pub budget: Option<Budget>,
     /// Attempts a job retried from the dashboard gets (as `retry` gives).
     pub retry_attempts: i32,
     /// The queue's database URL, shown on every page with its password redacted.
     pub database_url: String,
-}
-
-/// A worker's configured rates, in calls per second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Budget {
-    pub api_per_sec: f64,
-    pub upload_per_sec: f64,
 }
 
 /// What can go wrong serving the dashboard.

@@ -7,6 +7,7 @@ use super::{AppState, Inner, SESSION_COOKIE, UiError, charts, check_csrf, equal}
 use crate::domain::{BatchId, JobId, TicketId};
 use crate::human::{bytes as human_bytes, count};
 use crate::store::StoreError;
+use crate::store::budgets::{self, BudgetStatus};
 use crate::store::dashboard::{self, BatchOverview, FailedJob, ReviewTicket};
 use crate::store::status::{self as stats, RetryScope};
 use axum::Form;
@@ -36,21 +37,50 @@ fn when(at: impl Into<OffsetDateTime>) -> String {
 }
 
 fn footer(state: &Inner) -> String {
-    let budget = state
-        .config
-        .budget
-        .map(|b| {
-            format!(
-                " · rate budget of this worker: API {:.1}/s, uploads {:.1}/s",
-                b.api_per_sec, b.upload_per_sec
-            )
-        })
-        .unwrap_or_default();
     format!(
-        "queue: {}{budget} · page drawn {} · <a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a>",
+        "queue: {} · page drawn {} · <a href=\"/metrics\">/metrics</a> · <a href=\"/healthz\">/healthz</a>",
         esc(&state.database),
         when(OffsetDateTime::now_utc())
     )
+}
+
+/// The shared rate budgets: what each hands out now, its ceiling, 429s and who shares it.
+fn budgets_section(budgets: &[BudgetStatus]) -> String {
+    if budgets.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>Rate budgets</h2><section><table id=budgets><tr><th>limit</th>\
+         <th class=n>now</th><th class=n>ceiling</th><th class=n>margin</th>\
+         <th class=n>429s, last minute</th><th>shared by</th></tr>",
+    );
+    for b in budgets {
+        let processes = if b.processes.is_empty() {
+            "<span class=muted>no process running</span>".to_string()
+        } else {
+            b.processes
+                .iter()
+                .map(|p| format!("{} ({:.1}/s)", esc(&p.process), p.ceiling_per_sec))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let paused = if b.paused_for_secs > 0.0 {
+            format!(" <span class=warn>paused {:.1} s</span>", b.paused_for_secs)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "<tr><td>{name}</td><td class=n>{now:.1}/s{paused}</td><td class=n>{ceiling:.1}/s</td>\
+             <td class=n>{margin:.0}%</td><td class=n>{limited}</td><td>{processes}</td></tr>",
+            name = esc(&b.name),
+            now = b.rate_per_sec,
+            ceiling = b.ceiling_per_sec,
+            margin = b.margin * 100.0,
+            limited = b.rate_limited_last_minute,
+        ));
+    }
+    out.push_str("</table></section>");
+    out
 }
 
 /// Every batch with its progress, and the throughput of all of them.
@@ -61,6 +91,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, UiE
     let live = dashboard::work_in_progress(db.reborrow()).await?;
     let throughput = dashboard::throughput(&mut db, None, CHART_MINUTES).await?;
     drop(connection); // back to the pool before the page is drawn
+    let budgets = budgets::status(&state.db).await?;
     let mut body = String::from("<h1>Batches</h1>");
     if batches.is_empty() {
         body.push_str(
@@ -77,6 +108,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, UiE
         body.push_str("</table></section>");
     }
     body.push_str(&throughput_section(&throughput, "all batches")?);
+    body.push_str(&budgets_section(&budgets));
     Ok(html::layout("batches", live, &body, &footer(&state)))
 }
 

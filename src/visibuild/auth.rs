@@ -1,6 +1,7 @@
 //! Credentials for the Visibuild API: a long-lived bearer token, or OAuth client
 //! credentials fetched on demand and refreshed before expiry, one refresh for all workers.
 
+use crate::rate::RateGate;
 use crate::secret::Secret;
 use crate::visibuild::error::{ApiError, snippet};
 use serde::Deserialize;
@@ -51,8 +52,10 @@ impl TokenSource {
         matches!(self.credentials, Credentials::Client { .. })
     }
 
-    /// A valid token. Concurrent callers share one fetch (the lock is held across it).
-    pub async fn token(&self, http: &reqwest::Client) -> Result<Secret, ApiError> {
+    /// A valid token. Concurrent callers share one fetch (the lock is held across it); a
+    /// fetch is an API call like any other, so it takes a turn from `gate` first (and a 429
+    /// pauses the gate).
+    pub async fn token(&self, http: &reqwest::Client, gate: &RateGate) -> Result<Secret, ApiError> {
         let (id, secret) = match &self.credentials {
             Credentials::Token(token) => return Ok(token.clone()),
             Credentials::Client { id, secret } => (id, secret),
@@ -63,13 +66,35 @@ impl TokenSource {
         {
             return Ok(c.token.clone());
         }
-        let fetched = fetch_token(http, &self.token_url, id, secret).await?;
+        gate.acquire().await;
+        let fetched = match fetch_token(http, &self.token_url, id, secret).await {
+            Err(ApiError::RateLimited { retry_after }) => {
+                gate.pause(retry_after.unwrap_or(Duration::from_secs(1)))
+                    .await;
+                return Err(ApiError::RateLimited { retry_after });
+            }
+            other => other?,
+        };
         let token = fetched.0.clone();
         *cached = Some(Cached {
             token: fetched.0,
             refresh_at: Instant::now() + fetched.1,
         });
         Ok(token)
+    }
+
+    /// Whether `token` is still the one to use (not due for a refresh): a caller that
+    /// waited for its turn after taking the token checks before sending it.
+    pub async fn is_current(&self, token: &Secret) -> bool {
+        match &self.credentials {
+            Credentials::Token(_) => true,
+            Credentials::Client { .. } => self
+                .cached
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|c| &c.token == token && Instant::now() < c.refresh_at),
+        }
     }
 
     /// Forget `stale` (the token a 401 answered), so the next `token` fetches a new one.

@@ -175,6 +175,7 @@ pub enum Body {
 /// A turn at the API rate gate with a valid token, from [`Client::create_turn`].
 pub struct CreateTurn {
     token: Secret,
+    turn: crate::rate::Turn,
 }
 
 /// The Visibuild API and its S3 uploads.
@@ -230,6 +231,16 @@ impl Client {
             counters: Counters::default(),
             unreachable: std::sync::Mutex::new([None, None]),
         })
+    }
+
+    /// The gate of Visibuild API calls (presigns, creates, token fetches).
+    pub fn api_gate(&self) -> &RateGate {
+        &self.api_gate
+    }
+
+    /// The gate of S3 uploads.
+    pub fn upload_gate(&self) -> &RateGate {
+        &self.upload_gate
     }
 
     /// `POST /api/core/v1/attachments`: a presigned URL for one file.
@@ -343,7 +354,7 @@ impl Client {
             (429, _) => {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                 let delay = retry_after.unwrap_or(Duration::from_secs(1));
-                self.upload_gate.pause(delay);
+                self.upload_gate.pause(delay).await;
                 ApiError::RateLimited {
                     retry_after: Some(delay),
                 }
@@ -367,15 +378,34 @@ impl Client {
         self.create_ticket_inner(ticket, None).await
     }
 
-    /// Wait for an API turn (rate and 429 pauses) and a valid token: everything a create
-    /// waits for before its request leaves. A caller that must durably note "a create is
-    /// about to leave" takes the turn first, notes, then calls
-    /// [`create_ticket_in_turn`](Self::create_ticket_in_turn) — so a crash while waiting
-    /// is never mistaken for a create that may have landed.
+    /// A valid token and an API turn that is near (the rate and any 429 pause waited
+    /// for, but for the last stretch to the turn's slot): everything a create waits for
+    /// before its request leaves. A caller that must durably note "a create is about to
+    /// leave" takes the turn first, notes, then calls
+    /// [`create_ticket_in_turn`](Self::create_ticket_in_turn), which waits out that last
+    /// stretch (a slot that passed while the note was written is exchanged for the next):
+    /// a crash while waiting for the rate is never mistaken for a create that may have
+    /// landed, and the note's time does not eat into the gap between two calls.
     pub async fn create_turn(&self) -> Result<CreateTurn, ApiError> {
-        self.api_gate.acquire().await;
+        let turn = self.api_gate.reserve().await;
+        // A token fetched now takes a turn of its own; the reserved one is then likely
+        // past, and `wait` exchanges it for the next.
         let token = self.token().await?;
-        Ok(CreateTurn { token })
+        Ok(CreateTurn { token, turn })
+    }
+
+    /// A token, then an API turn. In that order: fetching a token is itself an API call that
+    /// takes a turn, and the call must not follow it without one of its own. A token that
+    /// came due for refresh while we waited for the turn (a short-lived OAuth token, a long
+    /// 429 pause) is not sent: the turn is spent and both are taken again.
+    async fn token_and_turn(&self) -> Result<Secret, ApiError> {
+        loop {
+            let token = self.token().await?;
+            self.api_gate.acquire().await;
+            if self.tokens.is_current(&token).await {
+                return Ok(token);
+            }
+        }
     }
 
     /// [`create_ticket`](Self::create_ticket) on a turn already taken: the request leaves at once.
@@ -434,14 +464,21 @@ impl Client {
         let mut refreshed = false;
         loop {
             let token = match turn.take() {
-                Some(turn) => turn.token,
-                // The turn first, then the token: a token taken before a long wait for
-                // the rate can expire on the way (a short-lived OAuth token, a 429 pause).
-                None => {
-                    self.api_gate.acquire().await;
-                    self.token().await?
+                // Reserved before the caller's note; waited for now, so the note's time
+                // is not taken out of the gap to the previous call.
+                Some(turn) => {
+                    self.api_gate.wait(turn.turn).await;
+                    if self.tokens.is_current(&turn.token).await {
+                        turn.token
+                    } else {
+                        // Came due for refresh meanwhile (a short-lived token): a fresh
+                        // one, and a turn after it.
+                        self.token_and_turn().await?
+                    }
                 }
+                None => self.token_and_turn().await?,
             };
+            let sent_at = tokio::time::Instant::now();
             let sent = self
                 .http
                 .post(&url)
@@ -449,6 +486,9 @@ impl Client {
                 .json(body)
                 .send()
                 .await;
+            if sent.is_ok() {
+                self.api_gate.answered(sent_at, tokio::time::Instant::now());
+            }
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
@@ -477,7 +517,7 @@ impl Client {
                 429 => {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                     let delay = retry_after.unwrap_or(Duration::from_secs(1));
-                    self.api_gate.pause(delay);
+                    self.api_gate.pause(delay).await;
                     return Err(ApiError::RateLimited {
                         retry_after: Some(delay),
                     });
@@ -511,7 +551,7 @@ impl Client {
     }
 
     async fn token(&self) -> Result<Secret, ApiError> {
-        let token = self.tokens.token(&self.http).await;
+        let token = self.tokens.token(&self.http, &self.api_gate).await;
         // A token fetch that could not connect is an outage; a cached token says nothing
         // about whether Visibuild answers.
         if let Err(e @ ApiError::Unreachable { .. }) = &token {

@@ -10,6 +10,8 @@ pub enum Error {
     Fenced { job: JobId, attempt: i32 },
     #[error("invalid new job: {0}")]
     InvalidJob(&'static str),
+    #[error("no rate budget named {0:?} (join it first)")]
+    NoBudget(String),
     #[error("cannot migrate the queue's schema")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]

@@ -13,6 +13,7 @@
 //! [`driver::Driver`] per store. Callers pick pool or transaction through [`Ex`] / [`Conn`].
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod driver;
 mod error;
 mod job;
@@ -23,12 +24,13 @@ mod store;
 mod timestamp;
 mod transition;
 
+pub use budget::{Budget, BudgetSettings, BudgetView, Joined};
 pub use error::Error;
 pub use job::{
     Backoff, ClaimedJob, DEFAULT_MAX_ATTEMPTS, JobId, JobRecord, JobRef, JobState, NewJob,
 };
 pub use list::List;
 pub use ops::*;
-pub use store::{Conn, Connection, Dialect, Ex, Store, Tx};
+pub use store::{Conn, Connection, Ex, Store, Tx};
 pub use timestamp::Timestamp;
 pub use transition::{Outcome, Transition};

@@ -568,3 +568,184 @@ async fn revive_leaves_running_and_waiting_jobs_alone(store: &Store) {
         (JobState::Available, 8)
     );
 }
+
+// ---- rate budgets: shared through the store, on the store's clock (injected here) ----
+
+mod budgets {
+    use super::*;
+    use queue::budget::{self, Reservation, Tuning};
+
+    const S: i64 = 1_000_000;
+    const MS: i64 = 1_000;
+
+    fn granted(r: Reservation) -> (i64, i64, u32) {
+        match r {
+            Reservation::Granted {
+                first,
+                interval,
+                count,
+            } => (first, interval, count),
+            other => panic!("expected slots, got {other:?}"),
+        }
+    }
+
+    on_both!(members_draw_one_sequence_of_slots_from_the_store);
+    async fn members_draw_one_sequence_of_slots_from_the_store(store: &Store) {
+        let t = Tuning::default();
+        let now = 1_000 * S;
+        budget::join_at(store, "api", "host-a:1", 20.0, now)
+            .await
+            .unwrap();
+        budget::join_at(store, "api", "host-b:2", 20.0, now)
+            .await
+            .unwrap();
+        // Two processes take turns reserving at the same instant: one sequence, one
+        // interval apart, whoever asks.
+        let mut starts = Vec::new();
+        for _ in 0..3 {
+            let (a, interval, _) = granted(
+                budget::reserve_at(store, "api", ("host-a:1", 1), now, S, &t)
+                    .await
+                    .unwrap(),
+            );
+            let (b, _, _) = granted(
+                budget::reserve_at(store, "api", ("host-a:1", 1), now, S, &t)
+                    .await
+                    .unwrap(),
+            );
+            assert!(interval >= S / 20);
+            starts.extend([a, b]);
+        }
+        assert_eq!(starts[0], now);
+        for pair in starts.windows(2) {
+            assert_eq!(
+                pair[1] - pair[0],
+                (1e6 / (20.0 * (1.0 - t.start_margin))).ceil() as i64
+            );
+        }
+    }
+
+    on_both!(the_lowest_configured_rate_wins_while_its_process_lives);
+    async fn the_lowest_configured_rate_wins_while_its_process_lives(store: &Store) {
+        let t = Tuning::default();
+        let now = 50 * S;
+        budget::join_at(store, "api", "fast:1", 20.0, now)
+            .await
+            .unwrap();
+        let members = budget::join_at(store, "api", "slow:2", 5.0, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            members
+                .iter()
+                .map(|m| (m.member.as_str(), m.ceiling))
+                .collect::<Vec<_>>(),
+            [("slow:2", 5.0), ("fast:1", 20.0)],
+            "the live members, lowest rate first"
+        );
+        let (_, interval, _) = granted(
+            budget::reserve_at(store, "api", ("host-a:1", 1), now, S, &t)
+                .await
+                .unwrap(),
+        );
+        assert!(interval >= S / 5, "the slow process's rate applies to both");
+        // It stops: its rate no longer counts.
+        budget::leave_at(store, "api", "slow:2", now).await.unwrap();
+        budget::join_at(store, "api", "fast:1", 20.0, now)
+            .await
+            .unwrap();
+        let (_, interval, _) = granted(
+            budget::reserve_at(store, "api", ("fast:1", 1), now + S, S, &t)
+                .await
+                .unwrap(),
+        );
+        assert!(interval < S / 10);
+        // A process that died leaves by silence: unseen for the TTL, it stops counting.
+        budget::join_at(store, "api", "dead:3", 2.0, now)
+            .await
+            .unwrap();
+        let later = now + budget::MEMBER_TTL + S;
+        let members = budget::join_at(store, "api", "fast:1", 20.0, later)
+            .await
+            .unwrap();
+        assert_eq!(members.len(), 1, "{members:?}");
+        let views = budget::view_all_at(store, later, &t).await.unwrap();
+        assert_eq!(views[0].state.ceiling, 20.0);
+    }
+
+    on_both!(a_refusal_pauses_every_process_and_shows_in_the_view);
+    async fn a_refusal_pauses_every_process_and_shows_in_the_view(store: &Store) {
+        let t = Tuning::default();
+        let now = 100 * S;
+        budget::join_at(store, "api", "a:1", 20.0, now)
+            .await
+            .unwrap();
+        budget::join_at(store, "api", "b:2", 20.0, now)
+            .await
+            .unwrap();
+        let before = budget::view_all_at(store, now, &t).await.unwrap()[0].rate_now;
+        // Process a got a 429 with Retry-After: 1.
+        budget::refuse_at(store, "api", now, S, &t).await.unwrap();
+        // Process b asks 10 ms later: nothing before the pause ends.
+        match budget::reserve_at(store, "api", ("b:2", 1), now + 10 * MS, 100 * MS, &t)
+            .await
+            .unwrap()
+        {
+            Reservation::NotBefore(at) => assert_eq!(at, now + S - 100 * MS),
+            other => panic!("expected to wait for the pause, got {other:?}"),
+        }
+        let (first, _, _) = granted(
+            budget::reserve_at(store, "api", ("b:2", 1), now + S - 100 * MS, 100 * MS, &t)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(first, now + S);
+        let view = &budget::view_all_at(store, now + S, &t).await.unwrap()[0];
+        assert_eq!(view.refusals_last_minute, 1);
+        assert!(
+            view.rate_now < before,
+            "cut after a 429: {} vs {before}",
+            view.rate_now
+        );
+        assert_eq!(view.members.len(), 2);
+        let a_minute_on = &budget::view_all_at(store, now + 61 * S, &t).await.unwrap()[0];
+        assert_eq!(a_minute_on.refusals_last_minute, 0);
+    }
+
+    on_both!(concurrent_reservations_never_share_a_slot);
+    async fn concurrent_reservations_never_share_a_slot(store: &Store) {
+        let t = Tuning::default();
+        let now = budget::store_now(store).await.unwrap();
+        budget::join_at(store, "upload", "p:1", 1000.0, now)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut slots = Vec::new();
+                for _ in 0..25 {
+                    // A horizon of an hour: every reservation is granted.
+                    let r = budget::reserve_at(&store, "upload", ("p:1", 3), now, 3600 * S, &t)
+                        .await
+                        .unwrap();
+                    let (first, interval, count) = granted(r);
+                    slots.extend((0..i64::from(count)).map(|i| (first + i * interval, interval)));
+                }
+                slots
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all.sort();
+        assert_eq!(all.len(), 8 * 25 * 3);
+        for pair in all.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= pair[0].1,
+                "slots {pair:?} closer than an interval"
+            );
+        }
+    }
+}

@@ -59,6 +59,9 @@ async fn behave(
     if !shared.behaviour.latency.is_zero() {
         tokio::time::sleep(shared.behaviour.latency).await;
     }
+    if is_api {
+        shared.arrived();
+    }
     let response = if !is_api {
         next.run(request).await
     } else if let Some(limited) = rate_limited(&shared) {

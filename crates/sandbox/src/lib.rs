@@ -48,8 +48,13 @@ pub struct SandboxConfig {
     pub projects: Vec<Uuid>,
     /// Where objects are stored; `None` is a temporary directory removed with the sandbox.
     pub data_dir: Option<PathBuf>,
-    /// API requests (incl. OAuth) per second; above it `429` with `Retry-After`.
+    /// API requests (incl. OAuth) per second; above it `429` with `Retry-After` (whole
+    /// seconds, rounded up).
     pub rate: Option<u32>,
+    /// How many requests the rate's token bucket lets through at once: `Some(1)` is the
+    /// strictest server (every request at least `1/rate` after the last one let through);
+    /// `None`, a second's worth (`rate`).
+    pub rate_burst: Option<u32>,
     /// Probability of a random 500/502/503 on an API call, before it does anything.
     pub fail_rate: f64,
     /// Probability that a created ticket's response is lost (the connection just closes).
@@ -78,6 +83,7 @@ impl Default for SandboxConfig {
             projects: Vec::new(),
             data_dir: None,
             rate: None,
+            rate_burst: None,
             fail_rate: 0.0,
             drop_rate: 0.0,
             s3_fail_rate: 0.0,
@@ -95,7 +101,7 @@ impl Default for SandboxConfig {
 pub enum SandboxError {
     #[error("{name} must be between 0 and 1, got {value}")]
     BadProbability { name: &'static str, value: f64 },
-    #[error("rate must be at least 1 request per second")]
+    #[error("rate and rate burst must be at least 1")]
     ZeroRate,
     #[error("url_ttl must be between 1 second and 7 days")]
     BadUrlTtl,
@@ -134,7 +140,7 @@ pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
             return Err(SandboxError::BadProbability { name, value });
         }
     }
-    if cfg.rate == Some(0) {
+    if cfg.rate == Some(0) || cfg.rate_burst == Some(0) {
         return Err(SandboxError::ZeroRate);
     }
     if cfg.url_ttl < Duration::from_secs(1) || cfg.url_ttl > Duration::from_secs(604_800) {
@@ -183,6 +189,7 @@ pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         },
         clock: cfg.clock,
         rate: cfg.rate,
+        rate_burst: cfg.rate_burst,
         seed: cfg.seed,
         objects_dir,
         incoming_dir,

@@ -67,6 +67,9 @@ pub struct SandboxStats {
     pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
     /// `429`s served.
     pub rate_limited: u64,
+    /// The most API requests (OAuth included, refused ones too) that arrived within any one
+    /// second: what a rate limit counting every arrival would have seen at its worst.
+    pub api_peak_per_second: u64,
     /// Random API 5xx served.
     pub faults_injected: u64,
     /// Tickets created whose response was never sent.

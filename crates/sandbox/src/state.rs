@@ -95,6 +95,8 @@ pub(crate) struct Inner {
     pub uploads: HashMap<String, Upload>,
     pub tickets: Vec<SandboxTicket>,
     pub stats: SandboxStats,
+    /// When the API requests of the last second arrived (for the busiest second).
+    pub api_arrivals: std::collections::VecDeque<SystemTime>,
 }
 
 /// Why a ticket's attachment key is refused; the message is the API's own wording.
@@ -112,6 +114,7 @@ pub(crate) struct SharedParts {
     pub behaviour: Behaviour,
     pub clock: Clock,
     pub rate: Option<u32>,
+    pub rate_burst: Option<u32>,
     pub seed: Option<u64>,
     pub objects_dir: PathBuf,
     pub incoming_dir: PathBuf,
@@ -130,7 +133,8 @@ impl Shared {
         let signer = Signer::new(Alphanumeric.sample_string(&mut rng, 40));
         let limiter = parts.rate.and_then(NonZeroU32::new).map(|n| {
             let clock = LimiterClock(parts.clock.clone());
-            RateLimiter::direct_with_clock(Quota::per_second(n), clock)
+            let burst = parts.rate_burst.and_then(NonZeroU32::new).unwrap_or(n);
+            RateLimiter::direct_with_clock(Quota::per_second(n).allow_burst(burst), clock)
         });
         let tokens = parts
             .tokens
@@ -159,6 +163,7 @@ impl Shared {
                 uploads: HashMap::new(),
                 tickets: Vec::new(),
                 stats: SandboxStats::default(),
+                api_arrivals: std::collections::VecDeque::new(),
             }),
         }
     }
@@ -174,6 +179,23 @@ impl Shared {
     /// True with probability `p` (0 never rolls the dice, so a seed's sequence is unchanged).
     pub fn roll(&self, p: f64) -> bool {
         p > 0.0 && self.lock().rng.random::<f64>() < p
+    }
+
+    /// An API request arrived now: counted toward the busiest second.
+    pub fn arrived(&self) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let window_start = now - Duration::from_secs(1);
+        while inner
+            .api_arrivals
+            .front()
+            .is_some_and(|at| *at <= window_start)
+        {
+            inner.api_arrivals.pop_front();
+        }
+        inner.api_arrivals.push_back(now);
+        let in_window = inner.api_arrivals.len() as u64;
+        inner.stats.api_peak_per_second = inner.stats.api_peak_per_second.max(in_window);
     }
 
     pub fn record(&self, endpoint: String, status: u16) {

@@ -775,6 +775,43 @@ async fn above_the_rate_the_api_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_strict_bucket_lets_one_request_through_per_interval_and_no_burst() {
+    let time = manual_clock();
+    let sb = sandbox_with(SandboxConfig {
+        rate: Some(20),
+        rate_burst: Some(1),
+        clock: time.clone().into(),
+        ..Default::default()
+    })
+    .await;
+    let presign = |n: u8| {
+        let sb = &sb;
+        async move {
+            post_json(sb, "/api/core/v1/attachments", TOKEN, &presign_body(&[n]))
+                .await
+                .status()
+        }
+    };
+    assert_eq!(presign(1).await, StatusCode::OK);
+    // Idle time saves nothing up: after a minute, still one at a time.
+    time.advance(Duration::from_secs(60));
+    assert_eq!(presign(2).await, StatusCode::OK);
+    let refused = post_json(&sb, "/api/core/v1/attachments", TOKEN, &presign_body(b"x")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.headers()["retry-after"],
+        "1",
+        "an integer Retry-After"
+    );
+    // 1/20 s after the last one let through, the next gets in; a hair earlier it does not.
+    time.advance(Duration::from_millis(49));
+    assert_eq!(presign(3).await, StatusCode::TOO_MANY_REQUESTS);
+    time.advance(Duration::from_millis(1));
+    assert_eq!(presign(4).await, StatusCode::OK);
+    assert_eq!(sb.stats().rate_limited, 2);
+}
+
+#[tokio::test]
 async fn fail_rate_one_answers_every_api_call_with_a_5xx_and_does_nothing() {
     let sb = sandbox_with(SandboxConfig {
         fail_rate: 1.0,

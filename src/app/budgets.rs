@@ -1,0 +1,183 @@
+//! A worker process's share of the store's rate budgets (API calls; S3 uploads): joined
+//! before its first call, checked in every few seconds, left when it stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use visibuild_queue::budget::{Member, Tuning};
+use visibuild_queue::{Budget, BudgetSettings, Joined};
+
+use crate::rate::Rate;
+use crate::store::{self, Store};
+use crate::visibuild::Client;
+
+/// The budget of Visibuild API calls (presigns, ticket creates, token fetches).
+pub const API: &str = "api";
+/// The budget of S3 uploads.
+pub const UPLOAD: &str = "upload";
+
+/// How often a process renews its membership and reads who else shares its budgets.
+const CHECK_IN_EVERY: Duration = Duration::from_secs(5);
+
+/// This process's budgets; [`leave`](Self::leave) them when the run ends.
+pub struct SharedBudgets {
+    budgets: Vec<Arc<Budget>>,
+    stop: CancellationToken,
+    checking_in: tokio::task::JoinHandle<()>,
+}
+
+/// Joins the API and upload budgets of `db` with this process's rates and hands them to
+/// `client`'s gates. Processes given other rates are named in a warning: the lowest wins.
+pub async fn share(
+    db: &Store,
+    client: &Client,
+    (api_rate, upload_rate): (Rate, Rate),
+    member: &str,
+) -> Result<SharedBudgets, visibuild_queue::Error> {
+    let mut budgets = Vec::new();
+    let mut seen = Vec::new();
+    let gates = [client.api_gate(), client.upload_gate()];
+    for ((name, rate), gate) in [(API, api_rate), (UPLOAD, upload_rate)]
+        .into_iter()
+        .zip(gates)
+    {
+        let settings = BudgetSettings {
+            name: name.to_string(),
+            member: member.to_string(),
+            ceiling: rate.per_sec_f64(),
+            tuning: Tuning::default(),
+        };
+        let (budget, joined) = Budget::join(db.clone(), settings).await?;
+        warn_of_disagreement(&budget, &joined);
+        seen.push(disagreement_key(&budget, &joined));
+        let budget = Arc::new(budget);
+        gate.share(budget.clone());
+        budgets.push(budget);
+    }
+    let stop = CancellationToken::new();
+    let checking_in = tokio::spawn(check_in(budgets.clone(), seen, stop.clone()));
+    Ok(SharedBudgets {
+        budgets,
+        stop,
+        checking_in,
+    })
+}
+
+impl SharedBudgets {
+    /// Stops checking in and leaves every budget, so the others' ceiling no longer counts
+    /// this process's rate. (A process that dies leaves by silence.)
+    pub async fn leave(self) {
+        self.stop.cancel();
+        let _ = self.checking_in.await;
+        for budget in &self.budgets {
+            if let Err(e) = budget.leave().await {
+                tracing::debug!(budget = %budget.settings().name, error = %e,
+                    "could not leave the shared rate budget; it forgets us shortly");
+            }
+        }
+    }
+}
+
+async fn check_in(
+    budgets: Vec<Arc<Budget>>,
+    mut seen: Vec<Vec<(String, u64)>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECK_IN_EVERY) => {}
+        }
+        for (budget, seen) in budgets.iter().zip(seen.iter_mut()) {
+            match budget.check_in().await {
+                Ok(joined) => {
+                    // Warn again only when the set of disagreeing processes changes.
+                    let key = disagreement_key(budget, &joined);
+                    if *seen != key {
+                        warn_of_disagreement(budget, &joined);
+                        *seen = key;
+                    }
+                }
+                Err(e) => tracing::debug!(budget = %budget.settings().name, error = %e,
+                    "cannot check in with the shared rate budget; trying again"),
+            }
+        }
+    }
+}
+
+fn disagreement_key(budget: &Budget, joined: &Joined) -> Vec<(String, u64)> {
+    joined
+        .disagreeing(budget.settings().ceiling)
+        .into_iter()
+        .map(|m| (m.member.clone(), m.ceiling.to_bits()))
+        .collect()
+}
+
+fn warn_of_disagreement(budget: &Budget, joined: &Joined) {
+    let mine = budget.settings().ceiling;
+    let others = joined.disagreeing(mine);
+    if others.is_empty() {
+        return;
+    }
+    let named: Vec<String> = others.iter().map(|m| describe(m)).collect();
+    tracing::warn!(
+        budget = %budget.settings().name,
+        configured_per_sec = mine,
+        applied_per_sec = joined.ceiling,
+        "processes sharing the {} rate budget were given other rates ({}); this one was \
+         given {}/s: the lowest, {}/s, applies to all",
+        budget.settings().name,
+        named.join(", "),
+        per_sec(mine),
+        per_sec(joined.ceiling),
+    );
+}
+
+/// `host pid N at R/s`.
+pub fn describe(member: &Member) -> String {
+    format!(
+        "{} at {}/s",
+        crate::domain::short_holder(&member.member),
+        per_sec(member.ceiling)
+    )
+}
+
+/// A rate for people: whole numbers without decimals.
+pub fn per_sec(rate: f64) -> String {
+    if (rate - rate.round()).abs() < 1e-9 {
+        format!("{rate:.0}")
+    } else {
+        format!("{rate:.2}")
+    }
+}
+
+/// One line per budget, for `status`.
+pub fn describe_status(b: &store::budgets::BudgetStatus) -> String {
+    let mut line = format!(
+        "{}: {}/s now (ceiling {}/s, margin {:.0}%); {} × 429 in the last minute",
+        b.name,
+        per_sec(b.rate_per_sec),
+        per_sec(b.ceiling_per_sec),
+        b.margin * 100.0,
+        b.rate_limited_last_minute
+    );
+    if b.paused_for_secs > 0.0 {
+        line.push_str(&format!("; paused {:.1} s more", b.paused_for_secs));
+    }
+    if b.processes.is_empty() {
+        line.push_str("; no process shares it now");
+    } else {
+        let named: Vec<String> = b
+            .processes
+            .iter()
+            .map(|p| format!("{} at {}/s", p.process, per_sec(p.ceiling_per_sec)))
+            .collect();
+        line.push_str(&format!(
+            "; shared by {}: {}",
+            crate::human::count(b.processes.len() as u64, "process"),
+            named.join(", ")
+        ));
+    }
+    line
+}
