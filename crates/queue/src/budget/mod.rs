@@ -343,18 +343,7 @@ pub async fn view_all_at(
         refusals,
     ) in rows
     {
-        let members: Vec<Member> = on!(
-            store,
-            sql!(
-                "SELECT member, ceiling, seen_us FROM rate_budget_members
-                  WHERE budget = $1 AND seen_us >= $2 ORDER BY ceiling, member"
-            ),
-            |c, q| sqlx::query_as(q)
-                .bind(&name)
-                .bind(now - MEMBER_TTL)
-                .fetch_all(c)
-                .await
-        )?;
+        let members = members_at(store, &name, now).await?;
         let state = BudgetState {
             ceiling,
             tat,
