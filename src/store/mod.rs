@@ -4,6 +4,7 @@
 //! is the queue crate's: the importer reads it, and changes it only through the queue.
 
 pub mod dashboard;
+pub(crate) mod staging;
 pub mod status;
 pub mod tickets;
 

@@ -148,16 +148,39 @@ pub async fn load_tickets(
     source: &str,
     receipts: Option<&ReceiptSource>,
 ) -> Result<LoadReport, StoreError> {
-    let mut report = LoadReport::default();
     let loaded_at = OffsetDateTime::now_utc();
+    load_page(
+        conn,
+        batch,
+        tickets,
+        max_attempts,
+        source,
+        receipts,
+        loaded_at,
+    )
+    .await
+}
+
+/// [`load_tickets`] for one page of a load made of several: `loaded_at` is the load's time
+/// (a receipt says it), the same on every page.
+pub async fn load_page(
+    conn: &mut Conn<'_>,
+    batch: BatchId,
+    tickets: &[TicketSpec],
+    max_attempts: i32,
+    source: &str,
+    receipts: Option<&ReceiptSource>,
+    loaded_at: OffsetDateTime,
+) -> Result<LoadReport, StoreError> {
+    let mut report = LoadReport::default();
+    let load = Load {
+        batch,
+        max_attempts,
+        source,
+        receipts,
+        loaded_at,
+    };
     for chunk in tickets.chunks(LOAD_CHUNK) {
-        let load = Load {
-            batch,
-            max_attempts,
-            source,
-            receipts,
-            loaded_at,
-        };
         load_chunk(conn, &load, chunk, &mut report).await?;
     }
     Ok(report)
