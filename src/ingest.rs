@@ -13,6 +13,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection as _, Postgres, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use crate::domain::{BatchId, Priority, ProjectId};
 use crate::manifest::merge::{self, Phase, TicketRows};
@@ -145,6 +146,14 @@ impl StagingTx<'_> {
         }
         Ok(())
     }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            StagingTx::Postgres(tx) => tx.rollback().await?,
+            StagingTx::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
 }
 
 /// A manifest in staging: what the pass over its rows left for the steps after it, and
@@ -181,6 +190,7 @@ pub async fn stage(
     chunk: usize,
 ) -> Result<Staged, IngestError> {
     let chunk = chunk.max(1);
+    let started = std::time::Instant::now();
     staging::create(conn).await?;
     let file = manifest.path().to_owned();
     let files_root = manifest.files_root().to_owned();
@@ -210,7 +220,9 @@ pub async fn stage(
     written?;
     let (parsed, next_seq): (Parsed, i64) =
         joined.map_err(|e| IngestError::Reader(e.to_string()))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "manifest rows staged");
     let linked = staging::index(conn).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), linked, "staging indexed");
     let mut staged = Staged {
         file,
         files_root,
@@ -221,6 +233,7 @@ pub async fn stage(
     };
     if linked {
         continuations(conn, &mut staged).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "continuation rows checked");
     }
     Ok(staged)
 }
@@ -347,7 +360,7 @@ pub async fn next_page(
     let mut valid = Vec::new();
     let mut problems = Vec::new();
     let mut skipped = Vec::new();
-    for ticket in group(rows) {
+    for ticket in group(rows)? {
         let (line, reference) = (ticket.line, ticket.reference.clone());
         let merged = merge::merge(&staged.file, ticket, staged.header_broken);
         for (phase, problem) in merged.problems {
@@ -373,19 +386,56 @@ pub async fn next_page(
 
 /// A page's rows (one per file) into tickets: consecutive rows of one first line are one
 /// ticket, consecutive rows of one line one manifest row.
-fn group(rows: Vec<PageRow>) -> Vec<TicketRows> {
+fn group(rows: Vec<PageRow>) -> Result<Vec<TicketRows>, StoreError> {
     let mut tickets: Vec<TicketRows> = Vec::new();
-    for page_row in rows {
-        let ticket_line = page_row.ticket_line as u64;
-        let line = page_row.line as u64;
-        let file = attachment(&page_row);
-        let same_ticket = tickets.last().is_some_and(|t| t.line == ticket_line);
-        if !same_ticket {
+    for PageRow(
+        ticket_line,
+        line,
+        reference,
+        project,
+        title,
+        address,
+        priority,
+        contact_name,
+        contact_email,
+        bad,
+        title_unreadable,
+        poisoned,
+        path,
+        resolved,
+        root,
+        filename,
+        content_type,
+        size,
+        mtime_ns,
+    ) in rows
+    {
+        let (ticket_line, line) = (ticket_line as u64, line as u64);
+        let project_id = match project.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(ProjectId(Uuid::parse_str(text).map_err(|e| {
+                StoreError::Batch(format!("a staged project id {text:?}: {e}"))
+            })?)),
+        };
+        let file = match path {
+            Some(path) => Some(AttachmentSpec {
+                line,
+                path: Arc::from(path),
+                resolved: unhex_path(resolved)?,
+                confine: unhex_path(root)?,
+                filename: Arc::from(filename.unwrap_or_default()),
+                content_type: Arc::from(content_type.unwrap_or_default()),
+                size: size.unwrap_or_default() as u64,
+                mtime_ns: mtime_ns.unwrap_or_default(),
+            }),
+            None => None,
+        };
+        if tickets.last().is_none_or(|t| t.line != ticket_line) {
             tickets.push(TicketRows {
                 line: ticket_line,
-                reference: page_row.reference.clone(),
-                project_id: page_row.project_id,
-                poisoned: page_row.poisoned,
+                reference: reference.clone(),
+                project_id,
+                poisoned: poisoned.is_set(),
                 rows: Vec::new(),
             });
         }
@@ -396,41 +446,28 @@ fn group(rows: Vec<PageRow>) -> Vec<TicketRows> {
             Some(row) if row.line == line => row.attachments.extend(file),
             _ => ticket.rows.push(Row {
                 line,
-                reference: page_row.reference,
-                project_id: page_row.project_id,
-                title: page_row.title,
-                address: page_row.address,
+                reference,
+                project_id,
+                title,
+                address,
                 // Staged from a `Priority`, so it reads back as one.
-                priority: page_row
-                    .priority
-                    .as_deref()
-                    .and_then(|p| Priority::from_str(p).ok()),
-                contact_name: page_row.contact_name,
-                contact_email: page_row.contact_email,
+                priority: priority.as_deref().and_then(|p| Priority::from_str(p).ok()),
+                contact_name,
+                contact_email,
                 attachments: file.into_iter().collect(),
-                bad: page_row.bad,
-                title_unreadable: page_row.title_unreadable,
+                bad: bad.is_set(),
+                title_unreadable: title_unreadable.is_set(),
             }),
         }
     }
-    tickets
+    Ok(tickets)
 }
 
-/// The file of a page row, if it has one.
-fn attachment(row: &PageRow) -> Option<AttachmentSpec> {
-    let path = |bytes: &Option<Vec<u8>>| -> Arc<Path> {
-        Path::new(OsStr::from_bytes(bytes.as_deref().unwrap_or_default())).into()
-    };
-    Some(AttachmentSpec {
-        line: row.line as u64,
-        path: Arc::from(row.path.as_deref()?),
-        resolved: path(&row.resolved),
-        confine: path(&row.root),
-        filename: Arc::from(row.filename.as_deref().unwrap_or_default()),
-        content_type: Arc::from(row.content_type.as_deref().unwrap_or_default()),
-        size: row.size.unwrap_or_default() as u64,
-        mtime_ns: row.mtime_ns.unwrap_or_default(),
-    })
+/// A path staged as the hex of its bytes.
+fn unhex_path(hex: Option<String>) -> Result<Arc<Path>, StoreError> {
+    let bytes = hex::decode(hex.unwrap_or_default())
+        .map_err(|e| StoreError::Batch(format!("a staged path: {e}")))?;
+    Ok(Path::new(OsStr::from_bytes(&bytes)).into())
 }
 
 /// What a manifest holds, counted as its pages went by.
@@ -546,11 +583,9 @@ pub async fn check(
     Ok(counts)
 }
 
-/// [`crate::manifest::check`]: as [`check`], every ticket, problem and skipped ref kept.
-pub(crate) async fn check_in_memory(
-    manifest: Opened,
-    chunk: usize,
-) -> Result<Checked, anyhow::Error> {
+/// [`crate::manifest::check`]: as [`check`], every ticket, problem and skipped ref kept in
+/// memory (for tests and tools).
+pub async fn check_collected(manifest: Opened, chunk: usize) -> Result<Checked, anyhow::Error> {
     let files_root = manifest.files_root().to_owned();
     let mut connection = StagingConnection::private().await?;
     let mut conn = connection.conn();
@@ -699,10 +734,8 @@ pub async fn enqueue(
     }
     seal(&mut conn, &mut counts).await?;
     each_problem(&mut conn, &staged, |p| out.problem(p)).await?;
-    if !counts.is_clean() && !load.skip_invalid {
-        return Ok(Loaded::Refused { counts }); // the transaction rolls back as it drops
-    }
-    if counts.skipped > 0 {
+    let refused = !counts.is_clean() && !load.skip_invalid;
+    if counts.skipped > 0 && !refused {
         let mut refs = Vec::new();
         each_skipped(&mut conn, &staged, |r| {
             refs.push(r);
@@ -711,11 +744,30 @@ pub async fn enqueue(
         .await?;
         out.skipped(counts.skipped, refs);
     }
-    if let Err(batch_has) = receipts {
-        return Ok(Loaded::ReceiptsDiffer { batch_has });
-    }
     drop(conn);
-    tx.commit().await?;
+    let loaded = match receipts {
+        _ if refused => Loaded::Refused { counts },
+        Err(batch_has) => Loaded::ReceiptsDiffer { batch_has },
+        Ok(()) => Loaded::Done {
+            batch,
+            added,
+            counts,
+        },
+    };
+    match loaded {
+        Loaded::Done { .. } => tx.commit().await?,
+        _ => tx.rollback().await?,
+    }
+    let Loaded::Done {
+        batch,
+        mut added,
+        counts,
+    } = loaded
+    else {
+        // Nothing of this load is kept; its staging goes with the connection.
+        connection.close().await;
+        return Ok(loaded);
+    };
 
     let mut conn = connection.conn();
     let mut after = (i64::MIN, String::new());

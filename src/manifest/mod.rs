@@ -252,7 +252,7 @@ pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, Manifes
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                runtime.block_on(crate::ingest::check_in_memory(
+                runtime.block_on(crate::ingest::check_collected(
                     opened,
                     crate::ingest::DEFAULT_CHUNK,
                 ))

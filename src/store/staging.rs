@@ -6,7 +6,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Sqlite};
 use visibuild_queue::{on, sql};
 
 use super::{Conn, StoreError};
@@ -138,10 +139,9 @@ fn bytes(path: &std::path::Path) -> &[u8] {
     OsStr::as_bytes(path.as_os_str())
 }
 
-/// A UUID as SQLite's JSON rows carry it: 32 hex digits, read back with `unhex`.
-fn hex_id(id: ProjectId) -> String {
-    id.0.simple().to_string()
-}
+/// Rows per multi-row `INSERT … VALUES` in SQLite: at ten columns, well under its limit of
+/// 32,766 parameters a statement.
+const SQLITE_ROWS_PER_INSERT: usize = 2_000;
 
 /// Appends a chunk: its rows, their files, its problems and poisoned refs.
 pub async fn append(conn: &mut Conn<'_>, chunk: &Chunk) -> Result<(), StoreError> {
@@ -230,71 +230,42 @@ pub async fn append(conn: &mut Conn<'_>, chunk: &Chunk) -> Result<(), StoreError
             }
         }
         Conn::Sqlite(c) => {
-            if !chunk.rows.is_empty() {
-                let json = serde_json::to_string(
-                    &chunk
-                        .rows
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.line,
-                                &r.reference,
-                                r.project_id.map(hex_id),
-                                &r.title,
-                                &r.address,
-                                r.priority.map(Priority::as_str),
-                                &r.contact_name,
-                                &r.contact_email,
-                                r.bad,
-                                r.title_unreadable,
-                            )
-                        })
-                        .collect::<Vec<_>>(),
-                )
-                .map_err(|e| StoreError::Batch(e.to_string()))?;
-                sqlx::query(
+            for part in chunk.rows.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO stage_rows (line, ref, project_id, title, address, priority,
-                                             contact_name, contact_email, bad, title_unreadable)
-                     SELECT value ->> 0, value ->> 1, unhex(value ->> 2), value ->> 3,
-                            value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
-                            value ->> 9
-                       FROM json_each($1)",
-                )
-                .bind(json)
-                .execute(&mut **c)
-                .await?;
+                                             contact_name, contact_email, bad, title_unreadable) ",
+                );
+                insert.push_values(part, |mut row, r| {
+                    row.push_bind(r.line as i64)
+                        .push_bind(r.reference.as_str())
+                        .push_bind(r.project_id)
+                        .push_bind(r.title.as_deref())
+                        .push_bind(r.address.as_deref())
+                        .push_bind(r.priority.map(Priority::as_str))
+                        .push_bind(r.contact_name.as_deref())
+                        .push_bind(r.contact_email.as_deref())
+                        .push_bind(r.bad)
+                        .push_bind(r.title_unreadable);
+                });
+                insert.build().execute(&mut **c).await?;
             }
-            if !files.is_empty() {
-                let json = serde_json::to_string(
-                    &files
-                        .iter()
-                        .map(|(line, position, a)| {
-                            (
-                                line,
-                                position,
-                                &*a.path,
-                                hex::encode(bytes(&a.resolved)),
-                                hex::encode(bytes(&a.confine)),
-                                &*a.filename,
-                                &*a.content_type,
-                                a.size,
-                                a.mtime_ns,
-                            )
-                        })
-                        .collect::<Vec<_>>(),
-                )
-                .map_err(|e| StoreError::Batch(e.to_string()))?;
-                sqlx::query(
+            for part in files.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO stage_files (line, position, path, resolved, root, filename,
-                                              content_type, size, mtime_ns)
-                     SELECT value ->> 0, value ->> 1, value ->> 2, unhex(value ->> 3),
-                            unhex(value ->> 4), value ->> 5, value ->> 6, value ->> 7,
-                            value ->> 8
-                       FROM json_each($1)",
-                )
-                .bind(json)
-                .execute(&mut **c)
-                .await?;
+                                              content_type, size, mtime_ns) ",
+                );
+                insert.push_values(part, |mut row, (line, position, a)| {
+                    row.push_bind(*line)
+                        .push_bind(*position)
+                        .push_bind(&*a.path)
+                        .push_bind(bytes(&a.resolved))
+                        .push_bind(bytes(&a.confine))
+                        .push_bind(&*a.filename)
+                        .push_bind(&*a.content_type)
+                        .push_bind(a.size as i64)
+                        .push_bind(a.mtime_ns);
+                });
+                insert.build().execute(&mut **c).await?;
             }
         }
     }
@@ -530,57 +501,117 @@ pub async fn page_end(
     )?)
 }
 
-/// One row of a page, with one of its files (or none), as the page query returns it.
-#[derive(Debug, sqlx::FromRow)]
-pub struct PageRow {
-    pub ticket_line: i64,
-    pub line: i64,
-    #[sqlx(rename = "ref")]
-    pub reference: String,
-    /// The ticket's project (a continuation row's is its ref's first).
-    pub project_id: Option<ProjectId>,
-    pub title: Option<String>,
-    pub address: Option<String>,
-    pub priority: Option<String>,
-    pub contact_name: Option<String>,
-    pub contact_email: Option<String>,
-    pub bad: bool,
-    pub title_unreadable: bool,
-    pub poisoned: bool,
-    pub path: Option<String>,
-    pub resolved: Option<Vec<u8>>,
-    pub root: Option<Vec<u8>>,
-    pub filename: Option<String>,
-    pub content_type: Option<String>,
-    pub size: Option<i64>,
-    pub mtime_ns: Option<i64>,
+/// The rows of a page: those in `[$1, $2)` that are tickets of their own, and the rows of
+/// every ticket whose first line is there.
+macro_rules! page_rows {
+    () => {
+        "
+          FROM (SELECT s.line AS ticket_line, s.line, s.project_id
+                  FROM stage_rows s
+                  LEFT JOIN stage_links l ON l.line = s.line
+                 WHERE s.line >= $1 AND s.line < $2 AND l.line IS NULL
+                UNION ALL
+                SELECT l.ticket_line, l.line, l.project_id
+                  FROM stage_links l
+                 WHERE l.ticket_line >= $1 AND l.ticket_line < $2) AS p
+          JOIN stage_rows r ON r.line = p.line
+          LEFT JOIN stage_files f ON f.line = r.line
+          LEFT JOIN stage_poisoned x ON x.ref = r.ref"
+    };
+}
+
+/// One row of a page, with one of its files (or none), as the page query returns it: a JSON
+/// array (a page is one JSON value, so that a page of thousands of rows crosses from the
+/// store in one piece, not as thousands of rows of twenty columns).
+#[derive(Debug, Deserialize)]
+pub struct PageRow(
+    /// The ticket's first line.
+    pub i64,
+    /// The row's line.
+    pub i64,
+    /// The ref.
+    pub String,
+    /// The ticket's project (a continuation row's is its ref's first): a UUID, hyphenated
+    /// (Postgres) or as 32 hex digits (SQLite); empty or null for none.
+    pub Option<String>,
+    /// Title, address, priority, contact name, contact e-mail.
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<String>,
+    /// The row has a problem of its own; its title was unreadable; its ref is poisoned.
+    pub Flag,
+    pub Flag,
+    pub Flag,
+    /// The file, if the row has one: path as written, resolved path and confining folder
+    /// (hex of their bytes), filename, content type, size, mtime.
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<String>,
+    pub Option<i64>,
+    pub Option<i64>,
+);
+
+/// A boolean as either store's JSON has it: `true`/`false` (Postgres), `1`/`0` (SQLite).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Flag {
+    Bool(bool),
+    Int(i64),
+}
+
+impl Flag {
+    pub fn is_set(self) -> bool {
+        match self {
+            Flag::Bool(b) => b,
+            Flag::Int(i) => i != 0,
+        }
+    }
 }
 
 /// The rows of every ticket whose first line is in `[from, to)`, grouped by ticket (by first
-/// line, then line), each row once per file (`position` in order), or once without a file.
+/// line, then line), each row once per file (in order), or once without a file.
 pub async fn page(conn: &mut Conn<'_>, from: i64, to: i64) -> Result<Vec<PageRow>, StoreError> {
-    Ok(on!(
-        &mut *conn,
-        sql!(
-            "SELECT p.ticket_line, r.line, r.ref, p.project_id, r.title, r.address, r.priority,
-                    r.contact_name, r.contact_email, r.bad, r.title_unreadable,
-                    x.ref IS NOT NULL AS poisoned, f.path, f.resolved, f.root,
-                    f.filename, f.content_type, f.size, f.mtime_ns
-               FROM (SELECT s.line AS ticket_line, s.line, s.project_id
-                       FROM stage_rows s
-                      WHERE s.line >= $1 AND s.line < $2
-                        AND NOT EXISTS (SELECT 1 FROM stage_links l WHERE l.line = s.line)
-                     UNION ALL
-                     SELECT l.ticket_line, l.line, l.project_id
-                       FROM stage_links l
-                      WHERE l.ticket_line >= $1 AND l.ticket_line < $2) AS p
-               JOIN stage_rows r ON r.line = p.line
-               LEFT JOIN stage_files f ON f.line = r.line
-               LEFT JOIN stage_poisoned x ON x.ref = r.ref
-              ORDER BY p.ticket_line, r.line, f.position"
-        ),
-        |c, q| sqlx::query_as(q).bind(from).bind(to).fetch_all(c).await
-    )?)
+    let json: Option<String> = match conn {
+        Conn::Postgres(c) => {
+            sqlx::query_scalar(concat!(
+                "SELECT json_agg(json_build_array(
+                            p.ticket_line, r.line, r.ref, p.project_id, r.title, r.address,
+                            r.priority, r.contact_name, r.contact_email, r.bad,
+                            r.title_unreadable, x.ref IS NOT NULL, f.path,
+                            encode(f.resolved, 'hex'), encode(f.root, 'hex'), f.filename,
+                            f.content_type, f.size, f.mtime_ns)
+                        ORDER BY p.ticket_line, r.line, f.position)::text",
+                page_rows!()
+            ))
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut **c)
+            .await?
+        }
+        Conn::Sqlite(c) => {
+            sqlx::query_scalar(concat!(
+                "SELECT json_group_array(json_array(
+                            p.ticket_line, r.line, r.ref, hex(p.project_id), r.title, r.address,
+                            r.priority, r.contact_name, r.contact_email, r.bad,
+                            r.title_unreadable, x.ref IS NOT NULL, f.path, hex(f.resolved),
+                            hex(f.root), f.filename, f.content_type, f.size, f.mtime_ns)
+                        ORDER BY p.ticket_line, r.line, f.position)",
+                page_rows!()
+            ))
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut **c)
+            .await?
+        }
+    };
+    let Some(json) = json else {
+        return Ok(Vec::new()); // Postgres aggregates no rows to NULL
+    };
+    serde_json::from_str(&json).map_err(|e| StoreError::Batch(format!("a staged page: {e}")))
 }
 
 /// `(first line, ref)` of tickets left out.

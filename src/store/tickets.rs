@@ -9,12 +9,17 @@ use crate::domain::{
 };
 use crate::manifest::TicketSpec;
 use serde_json::json;
+use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 use visibuild_queue::{self as queue, JobRef, NewJob, Transition, on, sql};
 
 /// Tickets loaded per statement.
 const LOAD_CHUNK: usize = 2_000;
+
+/// Rows per multi-row `INSERT … VALUES` in SQLite: at eleven columns, well under its limit
+/// of 32,766 parameters a statement.
+const SQLITE_ROWS_PER_INSERT: usize = 2_000;
 
 /// A batch, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -612,33 +617,36 @@ async fn insert_tickets(
             .await?
         }
         Conn::Sqlite(c) => {
-            sqlx::query_scalar(
-                "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
-                                      priority, contact_name, contact_email, fields_digest)
-                 SELECT unhex(value ->> 0), $1, unhex(value ->> 1), value ->> 2, value ->> 3,
-                        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
-                        value ->> 9
-                   FROM json_each($2) WHERE true
-                 ON CONFLICT (project_id, ref) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(batch)
-            .bind(json_rows(fresh.iter().map(|(id, t, digest)| {
-                json!([
-                    hex(id.0),
-                    hex(t.project_id.0),
-                    t.reference,
-                    t.line,
-                    t.title,
-                    t.address,
-                    t.priority.map(Priority::as_str),
-                    t.contact_name,
-                    t.contact_email,
-                    digest
-                ])
-            })))
-            .fetch_all(&mut **c)
-            .await?
+            // Bound values, not a JSON document: SQLite would parse a row's JSON again for
+            // each field it takes out of it.
+            let mut ids = Vec::with_capacity(fresh.len());
+            for part in fresh.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
+                                          priority, contact_name, contact_email, fields_digest) ",
+                );
+                insert.push_values(part, |mut row, (id, t, digest)| {
+                    row.push_bind(*id)
+                        .push_bind(batch)
+                        .push_bind(t.project_id)
+                        .push_bind(t.reference.as_str())
+                        .push_bind(t.line as i64)
+                        .push_bind(t.title.as_str())
+                        .push_bind(t.address.as_deref())
+                        .push_bind(t.priority.map(Priority::as_str))
+                        .push_bind(t.contact_name.as_deref())
+                        .push_bind(t.contact_email.as_deref())
+                        .push_bind(digest.as_str());
+                });
+                insert.push(" ON CONFLICT (project_id, ref) DO NOTHING RETURNING id");
+                ids.extend(
+                    insert
+                        .build_query_scalar::<TicketId>()
+                        .fetch_all(&mut **c)
+                        .await?,
+                );
+            }
+            ids
         }
     })
 }
@@ -671,32 +679,28 @@ async fn insert_attachments(
             .await?;
         }
         Conn::Sqlite(c) => {
-            let json = json_rows((0..rows.ids.len()).map(|i| {
-                json!([
-                    hex(rows.ids[i].0),
-                    hex(rows.tickets[i].0),
-                    rows.positions[i],
-                    rows.paths[i],
-                    rows.resolved[i],
-                    rows.filenames[i],
-                    rows.content_types[i],
-                    rows.sizes[i],
-                    rows.mtimes[i],
-                    rows.inline[i].as_deref().map(hex::encode),
-                    rows.roots[i]
-                ])
-            }));
-            sqlx::query(
-                "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
-                                          content_type, size, mtime_ns, inline_content, root)
-                 SELECT unhex(value ->> 0), unhex(value ->> 1), value ->> 2, value ->> 3,
-                        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
-                        unhex(value ->> 9), value ->> 10
-                   FROM json_each($1)",
-            )
-            .bind(json)
-            .execute(&mut **c)
-            .await?;
+            let all: Vec<usize> = (0..rows.ids.len()).collect();
+            for part in all.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO attachments (id, ticket_id, position, path, resolved_path,
+                                              filename, content_type, size, mtime_ns,
+                                              inline_content, root) ",
+                );
+                insert.push_values(part, |mut row, &i| {
+                    row.push_bind(rows.ids[i])
+                        .push_bind(rows.tickets[i])
+                        .push_bind(rows.positions[i])
+                        .push_bind(rows.paths[i])
+                        .push_bind(rows.resolved[i].as_str())
+                        .push_bind(rows.filenames[i])
+                        .push_bind(rows.content_types[i])
+                        .push_bind(rows.sizes[i])
+                        .push_bind(rows.mtimes[i])
+                        .push_bind(rows.inline[i].as_deref())
+                        .push_bind(rows.roots[i].as_str());
+                });
+                insert.build().execute(&mut **c).await?;
+            }
         }
     }
     Ok(())
