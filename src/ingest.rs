@@ -13,14 +13,13 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection as _, Postgres, Sqlite, SqliteConnection, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use crate::domain::{BatchId, Priority, ProjectId};
 use crate::manifest::merge::{self, Phase, TicketRows};
 use crate::manifest::parse::{Parsed, RowSink};
 use crate::manifest::{AttachmentSpec, Checked, Opened, Problem, Row, TicketSpec};
 use crate::store::staging::{self, Chunk, PageRow, StagedProblem};
-use crate::store::tickets::{self, ReceiptSource};
+use crate::store::tickets::{self, ChangedRef, ReceiptSource, SortedPage};
 use crate::store::{Conn, Store, StoreError};
 
 /// Rows per staging write, rows per page of tickets read back, problems per page reported:
@@ -46,28 +45,29 @@ impl From<sqlx::Error> for IngestError {
     }
 }
 
-/// The connection staging lives on: TEMP tables are its own, and go with it.
-pub enum StagingConnection {
-    /// The store's (`enqueue`): closed, not returned to the pool, when dropped.
+/// A connection of its own for one check or load, closed (not returned to the pool) when
+/// dropped: the staging's TEMP tables go with it, an unfinished transaction rolls back.
+pub enum Session {
+    /// The store's (`enqueue`).
     Postgres(PoolConnection<Postgres>),
     Sqlite(PoolConnection<Sqlite>),
     /// A private SQLite database (`check`): nothing is written anywhere else.
     Private(SqliteConnection),
 }
 
-impl StagingConnection {
-    /// A connection of `store`'s for staging.
+impl Session {
+    /// A connection of `store`'s.
     pub async fn of(store: &Store) -> Result<Self, StoreError> {
         Ok(match store {
             Store::Postgres(pool) => {
                 let mut conn = pool.acquire().await?;
                 conn.close_on_drop();
-                StagingConnection::Postgres(conn)
+                Session::Postgres(conn)
             }
             Store::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
                 conn.close_on_drop();
-                let mut staging = StagingConnection::Sqlite(conn);
+                let mut staging = Session::Sqlite(conn);
                 staging.tune_sqlite().await?;
                 staging
             }
@@ -80,7 +80,7 @@ impl StagingConnection {
     pub async fn private() -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
         let conn = SqliteConnection::connect_with(&options).await?;
-        let mut staging = StagingConnection::Private(conn);
+        let mut staging = Session::Private(conn);
         staging.tune_sqlite().await?;
         Ok(staging)
     }
@@ -88,7 +88,7 @@ impl StagingConnection {
     /// TEMP tables in a file (whatever the build's default), with a bounded cache.
     async fn tune_sqlite(&mut self) -> Result<(), StoreError> {
         if let Conn::Sqlite(c) = self.conn() {
-            sqlx::raw_sql("PRAGMA temp_store = FILE; PRAGMA temp.cache_size = -16384;")
+            sqlx::raw_sql("PRAGMA temp_store = FILE; PRAGMA temp.cache_size = -4096;")
                 .execute(&mut *c)
                 .await?;
         }
@@ -97,29 +97,27 @@ impl StagingConnection {
 
     pub fn conn(&mut self) -> Conn<'_> {
         match self {
-            StagingConnection::Postgres(c) => Conn::Postgres(c),
-            StagingConnection::Sqlite(c) => Conn::Sqlite(c),
-            StagingConnection::Private(c) => Conn::Sqlite(c),
+            Session::Postgres(c) => Conn::Postgres(c),
+            Session::Sqlite(c) => Conn::Sqlite(c),
+            Session::Private(c) => Conn::Sqlite(c),
         }
     }
 
     /// A transaction on this connection; in SQLite it takes the store's write lock at once.
     pub async fn begin(&mut self) -> Result<StagingTx<'_>, StoreError> {
         Ok(match self {
-            StagingConnection::Postgres(c) => StagingTx::Postgres(c.begin().await?),
-            StagingConnection::Sqlite(c) => {
-                StagingTx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?)
-            }
-            StagingConnection::Private(c) => StagingTx::Sqlite(c.begin().await?),
+            Session::Postgres(c) => StagingTx::Postgres(c.begin().await?),
+            Session::Sqlite(c) => StagingTx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?),
+            Session::Private(c) => StagingTx::Sqlite(c.begin().await?),
         })
     }
 
     /// Closes the connection, and its staging with it.
     pub async fn close(self) {
         let _ = match self {
-            StagingConnection::Postgres(c) => c.close().await,
-            StagingConnection::Sqlite(c) => c.close().await,
-            StagingConnection::Private(c) => c.close().await,
+            Session::Postgres(c) => c.close().await,
+            Session::Sqlite(c) => c.close().await,
+            Session::Private(c) => c.close().await,
         };
     }
 }
@@ -166,8 +164,10 @@ pub struct Staged {
     header_broken: bool,
     /// The next problem's place among those of its line and phase.
     next_seq: i64,
-    /// Where the next page of tickets starts; `None` once every page is read.
-    next_page: Option<i64>,
+    /// Where the next page of tickets starts (a page is `chunk` lines).
+    next_page: i64,
+    /// The last line of the manifest.
+    last_line: i64,
 }
 
 impl Staged {
@@ -229,7 +229,8 @@ pub async fn stage(
         chunk,
         header_broken: parsed.header_broken,
         next_seq,
-        next_page: Some(0),
+        next_page: 0,
+        last_line: parsed.last_line as i64,
     };
     if linked {
         continuations(conn, &mut staged).await?;
@@ -351,16 +352,17 @@ pub async fn next_page(
     conn: &mut Conn<'_>,
     staged: &mut Staged,
 ) -> Result<Option<Vec<TicketSpec>>, StoreError> {
-    let Some(from) = staged.next_page else {
+    let from = staged.next_page;
+    if from > staged.last_line {
         return Ok(None);
-    };
-    let to = staging::page_end(conn, from, staged.chunk as i64).await?;
-    let rows = staging::page(conn, from, to.unwrap_or(i64::MAX)).await?;
+    }
+    let to = from.saturating_add(staged.chunk as i64);
+    let rows = staging::page(conn, from, to).await?;
     staged.next_page = to;
     let mut valid = Vec::new();
     let mut problems = Vec::new();
     let mut skipped = Vec::new();
-    for ticket in group(rows)? {
+    for ticket in group(rows) {
         let (line, reference) = (ticket.line, ticket.reference.clone());
         let merged = merge::merge(&staged.file, ticket, staged.header_broken);
         for (phase, problem) in merged.problems {
@@ -386,56 +388,26 @@ pub async fn next_page(
 
 /// A page's rows (one per file) into tickets: consecutive rows of one first line are one
 /// ticket, consecutive rows of one line one manifest row.
-fn group(rows: Vec<PageRow>) -> Result<Vec<TicketRows>, StoreError> {
+fn group(rows: Vec<PageRow>) -> Vec<TicketRows> {
     let mut tickets: Vec<TicketRows> = Vec::new();
-    for PageRow(
-        ticket_line,
-        line,
-        reference,
-        project,
-        title,
-        address,
-        priority,
-        contact_name,
-        contact_email,
-        bad,
-        title_unreadable,
-        poisoned,
-        path,
-        resolved,
-        root,
-        filename,
-        content_type,
-        size,
-        mtime_ns,
-    ) in rows
-    {
-        let (ticket_line, line) = (ticket_line as u64, line as u64);
-        let project_id = match project.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(ProjectId(Uuid::parse_str(text).map_err(|e| {
-                StoreError::Batch(format!("a staged project id {text:?}: {e}"))
-            })?)),
-        };
-        let file = match path {
-            Some(path) => Some(AttachmentSpec {
-                line,
-                path: Arc::from(path),
-                resolved: unhex_path(resolved)?,
-                confine: unhex_path(root)?,
-                filename: Arc::from(filename.unwrap_or_default()),
-                content_type: Arc::from(content_type.unwrap_or_default()),
-                size: size.unwrap_or_default() as u64,
-                mtime_ns: mtime_ns.unwrap_or_default(),
-            }),
-            None => None,
-        };
+    for page_row in rows {
+        let (ticket_line, line) = (page_row.ticket_line as u64, page_row.line as u64);
+        let file = page_row.file.map(|f| AttachmentSpec {
+            line,
+            path: Arc::from(f.path),
+            resolved: path_of(f.resolved),
+            confine: path_of(f.root),
+            filename: Arc::from(f.filename),
+            content_type: Arc::from(f.content_type),
+            size: f.size as u64,
+            mtime_ns: f.mtime_ns,
+        });
         if tickets.last().is_none_or(|t| t.line != ticket_line) {
             tickets.push(TicketRows {
                 line: ticket_line,
-                reference: reference.clone(),
-                project_id,
-                poisoned: poisoned.is_set(),
+                reference: page_row.reference.clone(),
+                project_id: page_row.project_id,
+                poisoned: page_row.poisoned,
                 rows: Vec::new(),
             });
         }
@@ -446,28 +418,29 @@ fn group(rows: Vec<PageRow>) -> Result<Vec<TicketRows>, StoreError> {
             Some(row) if row.line == line => row.attachments.extend(file),
             _ => ticket.rows.push(Row {
                 line,
-                reference,
-                project_id,
-                title,
-                address,
+                reference: page_row.reference,
+                project_id: page_row.project_id,
+                title: page_row.title,
+                address: page_row.address,
                 // Staged from a `Priority`, so it reads back as one.
-                priority: priority.as_deref().and_then(|p| Priority::from_str(p).ok()),
-                contact_name,
-                contact_email,
+                priority: page_row
+                    .priority
+                    .as_deref()
+                    .and_then(|p| Priority::from_str(p).ok()),
+                contact_name: page_row.contact_name,
+                contact_email: page_row.contact_email,
                 attachments: file.into_iter().collect(),
-                bad: bad.is_set(),
-                title_unreadable: title_unreadable.is_set(),
+                bad: page_row.bad,
+                title_unreadable: page_row.title_unreadable,
             }),
         }
     }
-    Ok(tickets)
+    tickets
 }
 
-/// A path staged as the hex of its bytes.
-fn unhex_path(hex: Option<String>) -> Result<Arc<Path>, StoreError> {
-    let bytes = hex::decode(hex.unwrap_or_default())
-        .map_err(|e| StoreError::Batch(format!("a staged path: {e}")))?;
-    Ok(Path::new(OsStr::from_bytes(&bytes)).into())
+/// A path staged as its bytes.
+fn path_of(bytes: Vec<u8>) -> Arc<Path> {
+    Path::new(OsStr::from_bytes(&bytes)).into()
 }
 
 /// What a manifest holds, counted as its pages went by.
@@ -569,7 +542,7 @@ pub async fn check(
     chunk: usize,
     each_problem: impl FnMut(Problem),
 ) -> Result<Counts, IngestError> {
-    let mut connection = StagingConnection::private().await?;
+    let mut connection = Session::private().await?;
     let mut conn = connection.conn();
     let mut staged = stage(&mut conn, manifest, chunk).await?;
     let mut counts = Counts::default();
@@ -587,7 +560,7 @@ pub async fn check(
 /// memory (for tests and tools).
 pub async fn check_collected(manifest: Opened, chunk: usize) -> Result<Checked, anyhow::Error> {
     let files_root = manifest.files_root().to_owned();
-    let mut connection = StagingConnection::private().await?;
+    let mut connection = Session::private().await?;
     let mut conn = connection.conn();
     let mut staged = stage(&mut conn, manifest, chunk).await?;
     let mut tickets = Vec::new();
@@ -674,9 +647,10 @@ pub trait LoadOutput {
 pub const SKIPPED_SHOWN: usize = 100;
 
 /// `enqueue`: stages the manifest on a connection of `store`'s, then loads its valid tickets
-/// in one transaction — none of them if there is any problem, unless `skip_invalid`. A load
-/// cut short (an error, a signal, a lost connection) rolls back: nothing of it is seen, and
-/// its staging goes with its connection.
+/// in one transaction on a second connection — none of them if there is any problem, unless
+/// `skip_invalid`. The pages are read (and merged) on the first while the second writes the
+/// page before. A load cut short (an error, a signal, a lost connection) rolls back: nothing
+/// of it is seen, and its staging goes with its connection.
 pub async fn enqueue(
     store: &Store,
     manifest: Opened,
@@ -684,12 +658,12 @@ pub async fn enqueue(
     chunk: usize,
     out: &mut impl LoadOutput,
 ) -> Result<Loaded, IngestError> {
-    let mut connection = StagingConnection::of(store).await?;
-    let mut staged = stage(&mut connection.conn(), manifest, chunk).await?;
+    let mut staging = Session::of(store).await?;
+    let mut staged = stage(&mut staging.conn(), manifest, chunk).await?;
     if staged.problems_found() && !load.skip_invalid {
         // Nothing will be loaded: the pages are read for their problems only, outside any
         // transaction (an embedded store's writers are not held up meanwhile).
-        let mut conn = connection.conn();
+        let mut conn = staging.conn();
         let mut counts = Counts::default();
         while let Some(page) = next_page(&mut conn, &mut staged).await? {
             counts.add(&page);
@@ -697,47 +671,53 @@ pub async fn enqueue(
         seal(&mut conn, &mut counts).await?;
         each_problem(&mut conn, &staged, |p| out.problem(p)).await?;
         drop(conn);
-        connection.close().await;
+        staging.close().await;
         return Ok(Loaded::Refused { counts });
     }
 
-    let files_root = staged.files_root.to_string_lossy().into_owned();
-    let mut counts = Counts::default();
-    let mut added = Added::default();
-    let mut tx = connection.begin().await?;
+    let mut loader = Session::of(store).await?;
+    let mut tx = loader.begin().await?;
     let mut conn = tx.conn();
+    let files_root = staged.files_root.to_string_lossy().into_owned();
     let batch = tickets::upsert_batch(&mut conn, &load.batch, &load.source, &files_root).await?;
     let receipts = tickets::set_batch_receipts(&mut conn, batch, load.receipts.is_some()).await?;
-    let loaded_at = OffsetDateTime::now_utc();
-    while let Some(page) = next_page(&mut conn, &mut staged).await? {
-        counts.add(&page);
-        // A problem found late (rows that disagree) stops the load, unless invalid tickets
-        // are skipped; the pages are still read, to report every problem.
-        let loading = receipts.is_ok() && (load.skip_invalid || !staged.problems_found());
-        if !loading || page.is_empty() {
-            continue;
+    let (pages, to_load) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let (changed, to_note) = mpsc::unbounded_channel();
+    // The reader is a task of its own, so that reading, merging and sorting a page (on one
+    // connection) run beside the writing of the page before (on the other).
+    let reader = tokio::spawn(read_pages(
+        staging,
+        staged,
+        receipts.is_ok(),
+        load.skip_invalid,
+        pages,
+        to_note,
+    ));
+    let write = tickets::Load {
+        batch,
+        max_attempts: load.max_attempts,
+        source: &load.source,
+        receipts: load.receipts.as_ref(),
+        loaded_at: OffsetDateTime::now_utc(),
+    };
+    let mut added = match load_pages(&mut conn, &write, to_load, changed).await {
+        Ok(added) => added,
+        Err(e) => {
+            reader.abort(); // its staging goes with its connection
+            return Err(e);
         }
-        let report = tickets::load_page(
-            &mut conn,
-            batch,
-            &page,
-            load.max_attempts,
-            &load.source,
-            load.receipts.as_ref(),
-            loaded_at,
-        )
-        .await?;
-        staging::add_changed(&mut conn, &report.changed).await?;
-        added.tickets += report.tickets_added;
-        added.files += report.attachments_added;
-        added.unchanged += report.unchanged;
-    }
-    seal(&mut conn, &mut counts).await?;
-    each_problem(&mut conn, &staged, |p| out.problem(p)).await?;
+    };
+    let (mut staging, staged, mut counts) = reader
+        .await
+        .map_err(|e| IngestError::Reader(e.to_string()))??;
+    let mut reader = staging.conn();
+
+    seal(&mut reader, &mut counts).await?;
+    each_problem(&mut reader, &staged, |p| out.problem(p)).await?;
     let refused = !counts.is_clean() && !load.skip_invalid;
     if counts.skipped > 0 && !refused {
         let mut refs = Vec::new();
-        each_skipped(&mut conn, &staged, |r| {
+        each_skipped(&mut reader, &staged, |r| {
             refs.push(r);
             refs.len() < SKIPPED_SHOWN
         })
@@ -745,51 +725,101 @@ pub async fn enqueue(
         out.skipped(counts.skipped, refs);
     }
     drop(conn);
+    let keep = receipts.is_ok() && !refused;
+    if keep {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
     let loaded = match receipts {
         _ if refused => Loaded::Refused { counts },
         Err(batch_has) => Loaded::ReceiptsDiffer { batch_has },
-        Ok(()) => Loaded::Done {
-            batch,
-            added,
-            counts,
-        },
+        Ok(()) => {
+            // What it changed is said once it is kept.
+            let mut after = (i64::MIN, String::new());
+            loop {
+                let page =
+                    staging::changed(&mut reader, (after.0, &after.1), staged.chunk as i64).await?;
+                let Some(last) = page.last() else { break };
+                after = (last.0, last.1.clone());
+                for (line, reference, project_id, fields) in page {
+                    added.changed += 1;
+                    out.changed(Changed {
+                        project_id,
+                        reference,
+                        line: line as u64,
+                        fields: fields.split(", ").map(str::to_owned).collect(),
+                    });
+                }
+            }
+            Loaded::Done {
+                batch,
+                added,
+                counts,
+            }
+        }
     };
-    match loaded {
-        Loaded::Done { .. } => tx.commit().await?,
-        _ => tx.rollback().await?,
-    }
-    let Loaded::Done {
-        batch,
-        mut added,
-        counts,
-    } = loaded
-    else {
-        // Nothing of this load is kept; its staging goes with the connection.
-        connection.close().await;
-        return Ok(loaded);
-    };
+    drop(reader);
+    staging.close().await;
+    loader.close().await;
+    Ok(loaded)
+}
 
-    let mut conn = connection.conn();
-    let mut after = (i64::MIN, String::new());
-    loop {
-        let page = staging::changed(&mut conn, (after.0, &after.1), staged.chunk as i64).await?;
-        let Some(last) = page.last() else { break };
-        after = (last.0, last.1.clone());
-        for (line, reference, project_id, fields) in page {
-            added.changed += 1;
-            out.changed(Changed {
-                project_id,
-                reference,
-                line: line as u64,
-                fields: fields.split(", ").map(str::to_owned).collect(),
-            });
+/// The reader's side of a load, a task of its own: every page of tickets read, merged and
+/// sorted against the store, then sent to the loader while `loading` and no problem is known
+/// (unless `skip_invalid`); the loader's changed refs noted in staging. Gives the staging
+/// back when done.
+async fn read_pages(
+    mut session: Session,
+    mut staged: Staged,
+    loading: bool,
+    skip_invalid: bool,
+    pages: mpsc::Sender<SortedPage>,
+    mut noted: mpsc::UnboundedReceiver<Vec<ChangedRef>>,
+) -> Result<(Session, Staged, Counts), IngestError> {
+    let mut conn = session.conn();
+    let mut counts = Counts::default();
+    while let Some(page) = next_page(&mut conn, &mut staged).await? {
+        counts.add(&page);
+        while let Ok(changed) = noted.try_recv() {
+            staging::add_changed(&mut conn, &changed).await?;
+        }
+        // A problem found late (rows that disagree) stops the load, unless invalid tickets
+        // are skipped; the pages are still read, to report every problem.
+        if !loading || page.is_empty() || (staged.problems_found() && !skip_invalid) {
+            continue;
+        }
+        let sorted = tickets::sort_page(&mut conn, page).await?;
+        if pages.send(sorted).await.is_err() {
+            break; // the loader failed: its error is the one to report
         }
     }
+    drop(pages);
+    while let Some(changed) = noted.recv().await {
+        staging::add_changed(&mut conn, &changed).await?;
+    }
     drop(conn);
-    connection.close().await;
-    Ok(Loaded::Done {
-        batch,
-        added,
-        counts,
-    })
+    Ok((session, staged, counts))
+}
+
+/// The loader's side: each sorted page loaded in the caller's transaction. The changed refs
+/// go back to the reader, to be noted in staging.
+async fn load_pages(
+    conn: &mut Conn<'_>,
+    load: &tickets::Load<'_>,
+    mut pages: mpsc::Receiver<SortedPage>,
+    noted: mpsc::UnboundedSender<Vec<ChangedRef>>,
+) -> Result<Added, IngestError> {
+    let mut added = Added::default();
+    while let Some(page) = pages.recv().await {
+        let mut report = tickets::LoadReport::default();
+        tickets::load_sorted(conn, load, &page, &mut report).await?;
+        added.tickets += report.tickets_added;
+        added.files += report.attachments_added;
+        added.unchanged += report.unchanged;
+        if !report.changed.is_empty() {
+            let _ = noted.send(report.changed);
+        }
+    }
+    Ok(added)
 }

@@ -118,6 +118,8 @@ pub(crate) trait RowSink {
 pub(crate) struct Parsed {
     /// Unknown, duplicate or unnamed columns: no ticket can be trusted.
     pub header_broken: bool,
+    /// The line of the last record read.
+    pub last_line: u64,
 }
 
 /// One pass over a manifest's records, each row parsed and checked on its own. Rules that
@@ -127,6 +129,7 @@ pub(crate) struct Parser<'s, S> {
     files: Files,
     columns: Columns,
     header_broken: bool,
+    last_line: u64,
     sink: &'s mut S,
 }
 
@@ -137,6 +140,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             files,
             columns: Columns::default(),
             header_broken: false,
+            last_line: 0,
             sink,
         }
     }
@@ -146,6 +150,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             while !self.sink.stopped() {
                 match records.next_record() {
                     Next::Record { line, fields } => {
+                        self.last_line = line;
                         if fields
                             .iter()
                             .any(|f| f.unreadable().is_some() || f.value().is_some())
@@ -158,6 +163,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
                         message,
                         fields,
                     } => {
+                        self.last_line = line;
                         let reference = self.column_text(&fields, Column::Ref).map(str::to_owned);
                         self.problem(line, None, message, reference.as_deref());
                         if let Some(reference) = reference {
@@ -174,6 +180,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
         }
         Parsed {
             header_broken: self.header_broken,
+            last_line: self.last_line,
         }
     }
 

@@ -141,7 +141,7 @@ fn bytes(path: &std::path::Path) -> &[u8] {
 
 /// Rows per multi-row `INSERT … VALUES` in SQLite: at ten columns, well under its limit of
 /// 32,766 parameters a statement.
-const SQLITE_ROWS_PER_INSERT: usize = 2_000;
+const SQLITE_ROWS_PER_INSERT: usize = 500;
 
 /// Appends a chunk: its rows, their files, its problems and poisoned refs.
 pub async fn append(conn: &mut Conn<'_>, chunk: &Chunk) -> Result<(), StoreError> {
@@ -484,23 +484,6 @@ pub async fn continuations(
     )?)
 }
 
-/// The line where the page after the `rows` rows from `from` starts; `None` past the last.
-pub async fn page_end(
-    conn: &mut Conn<'_>,
-    from: i64,
-    rows: i64,
-) -> Result<Option<i64>, StoreError> {
-    Ok(on!(
-        &mut *conn,
-        sql!("SELECT line FROM stage_rows WHERE line >= $1 ORDER BY line LIMIT 1 OFFSET $2"),
-        |c, q| sqlx::query_scalar(q)
-            .bind(from)
-            .bind(rows)
-            .fetch_optional(c)
-            .await
-    )?)
-}
-
 /// The rows of a page: those in `[$1, $2)` that are tickets of their own, and the rows of
 /// every ticket whose first line is there.
 macro_rules! page_rows {
@@ -520,98 +503,205 @@ macro_rules! page_rows {
     };
 }
 
-/// One row of a page, with one of its files (or none), as the page query returns it: a JSON
-/// array (a page is one JSON value, so that a page of thousands of rows crosses from the
-/// store in one piece, not as thousands of rows of twenty columns).
-#[derive(Debug, Deserialize)]
-pub struct PageRow(
+/// One row of a page, with one of its files (or none).
+#[derive(Debug)]
+pub struct PageRow {
     /// The ticket's first line.
-    pub i64,
-    /// The row's line.
-    pub i64,
-    /// The ref.
-    pub String,
-    /// The ticket's project (a continuation row's is its ref's first): a UUID, hyphenated
-    /// (Postgres) or as 32 hex digits (SQLite); empty or null for none.
-    pub Option<String>,
-    /// Title, address, priority, contact name, contact e-mail.
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<String>,
-    /// The row has a problem of its own; its title was unreadable; its ref is poisoned.
-    pub Flag,
-    pub Flag,
-    pub Flag,
-    /// The file, if the row has one: path as written, resolved path and confining folder
-    /// (hex of their bytes), filename, content type, size, mtime.
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<String>,
-    pub Option<i64>,
-    pub Option<i64>,
-);
-
-/// A boolean as either store's JSON has it: `true`/`false` (Postgres), `1`/`0` (SQLite).
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
-pub enum Flag {
-    Bool(bool),
-    Int(i64),
+    pub ticket_line: i64,
+    pub line: i64,
+    pub reference: String,
+    /// The ticket's project (a continuation row's is its ref's first); `None` when no row
+    /// gives the ref one.
+    pub project_id: Option<ProjectId>,
+    pub title: Option<String>,
+    pub address: Option<String>,
+    pub priority: Option<String>,
+    pub contact_name: Option<String>,
+    pub contact_email: Option<String>,
+    pub bad: bool,
+    pub title_unreadable: bool,
+    pub poisoned: bool,
+    pub file: Option<PageFile>,
 }
 
-impl Flag {
-    pub fn is_set(self) -> bool {
-        match self {
-            Flag::Bool(b) => b,
-            Flag::Int(i) => i != 0,
+/// A file of a page row.
+#[derive(Debug)]
+pub struct PageFile {
+    pub path: String,
+    /// The resolved path's bytes.
+    pub resolved: Vec<u8>,
+    /// The confining folder's bytes.
+    pub root: Vec<u8>,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+}
+
+/// A page row as Postgres returns it.
+#[derive(sqlx::FromRow)]
+struct PgPageRow {
+    ticket_line: i64,
+    line: i64,
+    #[sqlx(rename = "ref")]
+    reference: String,
+    project_id: Option<ProjectId>,
+    title: Option<String>,
+    address: Option<String>,
+    priority: Option<String>,
+    contact_name: Option<String>,
+    contact_email: Option<String>,
+    bad: bool,
+    title_unreadable: bool,
+    poisoned: bool,
+    path: Option<String>,
+    resolved: Option<Vec<u8>>,
+    root: Option<Vec<u8>>,
+    filename: Option<String>,
+    content_type: Option<String>,
+    size: Option<i64>,
+    mtime_ns: Option<i64>,
+}
+
+impl From<PgPageRow> for PageRow {
+    fn from(r: PgPageRow) -> Self {
+        let file = r.path.map(|path| PageFile {
+            path,
+            resolved: r.resolved.unwrap_or_default(),
+            root: r.root.unwrap_or_default(),
+            filename: r.filename.unwrap_or_default(),
+            content_type: r.content_type.unwrap_or_default(),
+            size: r.size.unwrap_or_default(),
+            mtime_ns: r.mtime_ns.unwrap_or_default(),
+        });
+        PageRow {
+            ticket_line: r.ticket_line,
+            line: r.line,
+            reference: r.reference,
+            project_id: r.project_id,
+            title: r.title,
+            address: r.address,
+            priority: r.priority,
+            contact_name: r.contact_name,
+            contact_email: r.contact_email,
+            bad: r.bad,
+            title_unreadable: r.title_unreadable,
+            poisoned: r.poisoned,
+            file,
         }
+    }
+}
+
+/// A page row as SQLite returns it: an element of one JSON array for the whole page (a page
+/// crosses from SQLite's thread in one piece, not as thousands of rows of twenty values).
+/// Blobs are hex; a missing project or file is null.
+#[derive(Deserialize)]
+struct SqlitePageRow(
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+impl TryFrom<SqlitePageRow> for PageRow {
+    type Error = StoreError;
+
+    fn try_from(r: SqlitePageRow) -> Result<Self, StoreError> {
+        let unhex = |hex: Option<String>| {
+            hex::decode(hex.unwrap_or_default())
+                .map_err(|e| StoreError::Batch(format!("a staged blob: {e}")))
+        };
+        let project_id = match r.3 {
+            Some(hex) => Some(ProjectId(uuid::Uuid::try_parse(&hex).map_err(|e| {
+                StoreError::Batch(format!("a staged project id {hex:?}: {e}"))
+            })?)),
+            None => None,
+        };
+        let file = match r.12 {
+            Some(path) => Some(PageFile {
+                path,
+                resolved: unhex(r.13)?,
+                root: unhex(r.14)?,
+                filename: r.15.unwrap_or_default(),
+                content_type: r.16.unwrap_or_default(),
+                size: r.17.unwrap_or_default(),
+                mtime_ns: r.18.unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok(PageRow {
+            ticket_line: r.0,
+            line: r.1,
+            reference: r.2,
+            project_id,
+            title: r.4,
+            address: r.5,
+            priority: r.6,
+            contact_name: r.7,
+            contact_email: r.8,
+            bad: r.9 != 0,
+            title_unreadable: r.10 != 0,
+            poisoned: r.11 != 0,
+            file,
+        })
     }
 }
 
 /// The rows of every ticket whose first line is in `[from, to)`, grouped by ticket (by first
 /// line, then line), each row once per file (in order), or once without a file.
 pub async fn page(conn: &mut Conn<'_>, from: i64, to: i64) -> Result<Vec<PageRow>, StoreError> {
-    let json: Option<String> = match conn {
+    match conn {
         Conn::Postgres(c) => {
-            sqlx::query_scalar(concat!(
-                "SELECT json_agg(json_build_array(
-                            p.ticket_line, r.line, r.ref, p.project_id, r.title, r.address,
-                            r.priority, r.contact_name, r.contact_email, r.bad,
-                            r.title_unreadable, x.ref IS NOT NULL, f.path,
-                            encode(f.resolved, 'hex'), encode(f.root, 'hex'), f.filename,
-                            f.content_type, f.size, f.mtime_ns)
-                        ORDER BY p.ticket_line, r.line, f.position)::text",
-                page_rows!()
+            let rows: Vec<PgPageRow> = sqlx::query_as(concat!(
+                "SELECT p.ticket_line, r.line, r.ref, p.project_id, r.title, r.address,
+                        r.priority, r.contact_name, r.contact_email, r.bad, r.title_unreadable,
+                        x.ref IS NOT NULL AS poisoned, f.path, f.resolved, f.root, f.filename,
+                        f.content_type, f.size, f.mtime_ns",
+                page_rows!(),
+                " ORDER BY p.ticket_line, r.line, f.position"
             ))
             .bind(from)
             .bind(to)
-            .fetch_one(&mut **c)
-            .await?
+            .fetch_all(&mut **c)
+            .await?;
+            Ok(rows.into_iter().map(PageRow::from).collect())
         }
         Conn::Sqlite(c) => {
-            sqlx::query_scalar(concat!(
+            let json: String = sqlx::query_scalar(concat!(
                 "SELECT json_group_array(json_array(
-                            p.ticket_line, r.line, r.ref, hex(p.project_id), r.title, r.address,
-                            r.priority, r.contact_name, r.contact_email, r.bad,
-                            r.title_unreadable, x.ref IS NOT NULL, f.path, hex(f.resolved),
-                            hex(f.root), f.filename, f.content_type, f.size, f.mtime_ns)
+                            p.ticket_line, r.line, r.ref,
+                            CASE WHEN p.project_id IS NOT NULL THEN hex(p.project_id) END,
+                            r.title, r.address, r.priority, r.contact_name, r.contact_email,
+                            r.bad, r.title_unreadable, x.ref IS NOT NULL, f.path,
+                            hex(f.resolved), hex(f.root), f.filename, f.content_type, f.size,
+                            f.mtime_ns)
                         ORDER BY p.ticket_line, r.line, f.position)",
                 page_rows!()
             ))
             .bind(from)
             .bind(to)
             .fetch_one(&mut **c)
-            .await?
+            .await?;
+            let rows: Vec<SqlitePageRow> = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Batch(format!("a staged page: {e}")))?;
+            rows.into_iter().map(PageRow::try_from).collect()
         }
-    };
-    let Some(json) = json else {
-        return Ok(Vec::new()); // Postgres aggregates no rows to NULL
-    };
-    serde_json::from_str(&json).map_err(|e| StoreError::Batch(format!("a staged page: {e}")))
+    }
 }
 
 /// `(first line, ref)` of tickets left out.

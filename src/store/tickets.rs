@@ -19,7 +19,7 @@ const LOAD_CHUNK: usize = 2_000;
 
 /// Rows per multi-row `INSERT … VALUES` in SQLite: at eleven columns, well under its limit
 /// of 32,766 parameters a statement.
-const SQLITE_ROWS_PER_INSERT: usize = 2_000;
+const SQLITE_ROWS_PER_INSERT: usize = 500;
 
 /// A batch, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -154,30 +154,6 @@ pub async fn load_tickets(
     receipts: Option<&ReceiptSource>,
 ) -> Result<LoadReport, StoreError> {
     let loaded_at = OffsetDateTime::now_utc();
-    load_page(
-        conn,
-        batch,
-        tickets,
-        max_attempts,
-        source,
-        receipts,
-        loaded_at,
-    )
-    .await
-}
-
-/// [`load_tickets`] for one page of a load made of several: `loaded_at` is the load's time
-/// (a receipt says it), the same on every page.
-pub async fn load_page(
-    conn: &mut Conn<'_>,
-    batch: BatchId,
-    tickets: &[TicketSpec],
-    max_attempts: i32,
-    source: &str,
-    receipts: Option<&ReceiptSource>,
-    loaded_at: OffsetDateTime,
-) -> Result<LoadReport, StoreError> {
-    let mut report = LoadReport::default();
     let load = Load {
         batch,
         max_attempts,
@@ -185,10 +161,64 @@ pub async fn load_page(
         receipts,
         loaded_at,
     };
+    let mut report = LoadReport::default();
     for chunk in tickets.chunks(LOAD_CHUNK) {
-        load_chunk(conn, &load, chunk, &mut report).await?;
+        let sorted = sort_page(conn, chunk.to_vec()).await?;
+        load_sorted(conn, &load, &sorted, &mut report).await?;
     }
     Ok(report)
+}
+
+/// A page of checked tickets sorted against what the store holds: the new ones with their
+/// ids and digests, the ones loaded before (changed or not).
+#[derive(Debug)]
+pub struct SortedPage {
+    tickets: Vec<TicketSpec>,
+    /// `(id, ticket index, fields digest)` of the tickets not loaded before.
+    fresh: Vec<(TicketId, usize, String)>,
+    changed: Vec<usize>,
+    unchanged: Vec<usize>,
+}
+
+/// Sorts a page of tickets against the store (read only: any connection will do).
+pub async fn sort_page(
+    conn: &mut Conn<'_>,
+    tickets: Vec<TicketSpec>,
+) -> Result<SortedPage, StoreError> {
+    let existing = existing_digests(conn, &tickets).await?;
+    let existing: HashMap<(ProjectId, &str), &str> = existing
+        .iter()
+        .map(|(p, r, d)| ((*p, r.as_str()), d.as_str()))
+        .collect();
+    let mut fresh = Vec::new();
+    let (mut changed, mut unchanged) = (Vec::new(), Vec::new());
+    for (i, spec) in tickets.iter().enumerate() {
+        let digest = spec.fields_digest();
+        match existing.get(&(spec.project_id, spec.reference.as_str())) {
+            Some(old) if *old == digest => unchanged.push(i),
+            Some(_) => changed.push(i),
+            None => fresh.push((TicketId::new(), i, digest)),
+        }
+    }
+    drop(existing);
+    Ok(SortedPage {
+        tickets,
+        fresh,
+        changed,
+        unchanged,
+    })
+}
+
+/// What every page of one load shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Load<'a> {
+    pub batch: BatchId,
+    pub max_attempts: i32,
+    /// The manifest, for the notes of refs that changed since they were loaded.
+    pub source: &'a str,
+    pub receipts: Option<&'a ReceiptSource>,
+    /// The load's time (a receipt says it), the same on every page.
+    pub loaded_at: OffsetDateTime,
 }
 
 /// One attachment row to insert.
@@ -249,16 +279,6 @@ fn upload_job(load: &Load<'_>, attachment: AttachmentId) -> NewJob {
         max_attempts: load.max_attempts,
         ..NewJob::available(JobKind::Upload.as_str())
     }
-}
-
-/// What every chunk of one load shares.
-struct Load<'a> {
-    batch: BatchId,
-    max_attempts: i32,
-    /// The manifest, for the notes of refs that changed since they were loaded.
-    source: &'a str,
-    receipts: Option<&'a ReceiptSource>,
-    loaded_at: OffsetDateTime,
 }
 
 /// The loaded fields of a ticket, to name what a re-load changed.
@@ -409,36 +429,28 @@ fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
     serde_json::Value::Array(rows.collect()).to_string()
 }
 
-async fn load_chunk(
+/// Loads a sorted page in the caller's transaction: the new tickets with their attachments
+/// and jobs; the changed ones noted, the unchanged ones' notes cleared.
+pub async fn load_sorted(
     conn: &mut Conn<'_>,
     load: &Load<'_>,
-    chunk: &[TicketSpec],
+    page: &SortedPage,
     report: &mut LoadReport,
 ) -> Result<(), StoreError> {
     let batch = load.batch;
-    let existing = existing_digests(conn, chunk).await?;
-    let existing: HashMap<(ProjectId, &str), &str> = existing
-        .iter()
-        .map(|(p, r, d)| ((*p, r.as_str()), d.as_str()))
-        .collect();
-
-    let mut fresh: Vec<(TicketId, &TicketSpec, String)> = Vec::new();
-    let (mut changed, mut unchanged) = (Vec::new(), Vec::new());
-    for (i, spec) in chunk.iter().enumerate() {
-        let digest = spec.fields_digest();
-        match existing.get(&(spec.project_id, spec.reference.as_str())) {
-            Some(old) if *old == digest => unchanged.push(i),
-            Some(_) => changed.push(i),
-            None => fresh.push((TicketId::new(), spec, digest)),
-        }
-    }
+    let (changed, unchanged) = (&page.changed, &page.unchanged);
     report.unchanged += unchanged.len() as u64;
     if !(changed.is_empty() && unchanged.is_empty()) {
-        note_changes(conn, chunk, &changed, &unchanged, load.source, report).await?;
+        note_changes(conn, &page.tickets, changed, unchanged, load.source, report).await?;
     }
-    if fresh.is_empty() {
+    if page.fresh.is_empty() {
         return Ok(());
     }
+    let fresh: Vec<(TicketId, &TicketSpec, &str)> = page
+        .fresh
+        .iter()
+        .map(|(id, i, digest)| (*id, &page.tickets[*i], digest.as_str()))
+        .collect();
 
     let inserted = insert_tickets(conn, batch, &fresh).await?;
     // A concurrent load of the same refs won the race for any ticket not returned here.
@@ -556,7 +568,7 @@ async fn existing_digests(
 async fn insert_tickets(
     conn: &mut Conn<'_>,
     batch: BatchId,
-    fresh: &[(TicketId, &TicketSpec, String)],
+    fresh: &[(TicketId, &TicketSpec, &str)],
 ) -> Result<Vec<TicketId>, StoreError> {
     Ok(match conn {
         Conn::Postgres(c) => {
@@ -612,7 +624,7 @@ async fn insert_tickets(
                     .map(|f| f.1.contact_email.as_deref())
                     .collect::<Vec<_>>(),
             )
-            .bind(fresh.iter().map(|f| Some(f.2.as_str())).collect::<Vec<_>>())
+            .bind(fresh.iter().map(|f| Some(f.2)).collect::<Vec<_>>())
             .fetch_all(&mut **c)
             .await?
         }
@@ -636,7 +648,7 @@ async fn insert_tickets(
                         .push_bind(t.priority.map(Priority::as_str))
                         .push_bind(t.contact_name.as_deref())
                         .push_bind(t.contact_email.as_deref())
-                        .push_bind(digest.as_str());
+                        .push_bind(*digest);
                 });
                 insert.push(" ON CONFLICT (project_id, ref) DO NOTHING RETURNING id");
                 ids.extend(
