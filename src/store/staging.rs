@@ -14,11 +14,12 @@ use super::{Conn, StoreError};
 use crate::domain::{Priority, ProjectId};
 use crate::manifest::{AttachmentSpec, Row};
 
-/// The staging tables, per store. Rows are appended in line order; the indexes the rules
-/// need are built once every row is in ([`index`]).
+/// The staging tables, per store. Rows are appended in line order (so the index on the line
+/// grows at its right edge); the other indexes the rules need are built once every row is
+/// in ([`index`]).
 const POSTGRES_TABLES: &str = "
     CREATE TEMP TABLE stage_rows (
-        line bigint NOT NULL, ref text NOT NULL, project_id uuid,
+        line bigint PRIMARY KEY, ref text NOT NULL, project_id uuid,
         title text, address text, priority text, contact_name text, contact_email text,
         bad boolean NOT NULL, title_unreadable boolean NOT NULL);
     CREATE TEMP TABLE stage_files (
@@ -141,7 +142,7 @@ fn bytes(path: &std::path::Path) -> &[u8] {
 
 /// Rows per multi-row `INSERT … VALUES` in SQLite: at ten columns, well under its limit of
 /// 32,766 parameters a statement.
-const SQLITE_ROWS_PER_INSERT: usize = 500;
+const SQLITE_ROWS_PER_INSERT: usize = 1_000;
 
 /// Appends a chunk: its rows, their files, its problems and poisoned refs.
 pub async fn append(conn: &mut Conn<'_>, chunk: &Chunk) -> Result<(), StoreError> {
@@ -432,13 +433,10 @@ macro_rules! index_statements {
     };
 }
 
-const POSTGRES_INDEX: &str = concat!(
-    "ALTER TABLE stage_rows ADD PRIMARY KEY (line);",
-    index_statements!(
-        "ANALYZE stage_rows, stage_files, stage_poisoned, stage_multi, stage_projects,
+const POSTGRES_INDEX: &str = concat!(index_statements!(
+    "ANALYZE stage_rows, stage_files, stage_poisoned, stage_multi, stage_projects,
                  stage_links;"
-    )
-);
+));
 const SQLITE_INDEX: &str = index_statements!("");
 
 /// A continuation row (blank `project_id`) whose ref has no project, or more than one.

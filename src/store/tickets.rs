@@ -19,7 +19,7 @@ const LOAD_CHUNK: usize = 2_000;
 
 /// Rows per multi-row `INSERT … VALUES` in SQLite: at eleven columns, well under its limit
 /// of 32,766 parameters a statement.
-const SQLITE_ROWS_PER_INSERT: usize = 500;
+const SQLITE_ROWS_PER_INSERT: usize = 1_000;
 
 /// A batch, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -563,17 +563,39 @@ async fn existing_digests(
     })
 }
 
-/// Inserts the new tickets (one statement); the ids of those inserted — a ref a concurrent
-/// load inserted first is skipped.
+/// Inserts the new tickets; the ids of those inserted — a ref a concurrent load inserted
+/// first is skipped. The ids are asked for only then: read back row by row, they cost as
+/// much as the insert.
 async fn insert_tickets(
     conn: &mut Conn<'_>,
     batch: BatchId,
     fresh: &[(TicketId, &TicketSpec, &str)],
 ) -> Result<Vec<TicketId>, StoreError> {
+    let inserted = insert_ticket_rows(conn, batch, fresh).await?;
+    let ids = fresh.iter().map(|f| f.0);
+    if inserted == fresh.len() as u64 {
+        return Ok(ids.collect());
+    }
+    let ids: Vec<uuid::Uuid> = ids.map(|id| id.0).collect();
+    Ok(on!(
+        &mut *conn,
+        sql!("SELECT id FROM tickets WHERE id {in_ids $1}"),
+        |c, q| sqlx::query_scalar(q)
+            .bind(queue::List(&ids))
+            .fetch_all(c)
+            .await
+    )?)
+}
+
+/// Inserts the new tickets but those a concurrent load inserted first; how many it did.
+async fn insert_ticket_rows(
+    conn: &mut Conn<'_>,
+    batch: BatchId,
+    fresh: &[(TicketId, &TicketSpec, &str)],
+) -> Result<u64, StoreError> {
     Ok(match conn {
-        Conn::Postgres(c) => {
-            sqlx::query_scalar(
-                "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
+        Conn::Postgres(c) => sqlx::query(
+            "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
                                       priority, contact_name, contact_email, fields_digest)
                  SELECT t.id, $1, t.project_id, t.ref, t.line, t.title, t.address, t.priority,
                         t.contact_name, t.contact_email, t.digest
@@ -581,57 +603,56 @@ async fn insert_tickets(
                                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
                      AS t (id, project_id, ref, line, title, address, priority, contact_name,
                            contact_email, digest)
-                 ON CONFLICT (project_id, ref) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(batch)
-            .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| Some(f.1.reference.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| Some(f.1.title.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.address.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.priority.map(Priority::as_str))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.contact_name.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.contact_email.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(fresh.iter().map(|f| Some(f.2)).collect::<Vec<_>>())
-            .fetch_all(&mut **c)
-            .await?
-        }
+                 ON CONFLICT (project_id, ref) DO NOTHING",
+        )
+        .bind(batch)
+        .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
+        .bind(
+            fresh
+                .iter()
+                .map(|f| Some(f.1.reference.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
+        .bind(
+            fresh
+                .iter()
+                .map(|f| Some(f.1.title.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.address.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.priority.map(Priority::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.contact_name.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.contact_email.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(fresh.iter().map(|f| Some(f.2)).collect::<Vec<_>>())
+        .execute(&mut **c)
+        .await?
+        .rows_affected(),
         Conn::Sqlite(c) => {
             // Bound values, not a JSON document: SQLite would parse a row's JSON again for
             // each field it takes out of it.
-            let mut ids = Vec::with_capacity(fresh.len());
+            let mut inserted = 0;
             for part in fresh.chunks(SQLITE_ROWS_PER_INSERT) {
                 let mut insert = QueryBuilder::<Sqlite>::new(
                     "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
@@ -650,15 +671,10 @@ async fn insert_tickets(
                         .push_bind(t.contact_email.as_deref())
                         .push_bind(*digest);
                 });
-                insert.push(" ON CONFLICT (project_id, ref) DO NOTHING RETURNING id");
-                ids.extend(
-                    insert
-                        .build_query_scalar::<TicketId>()
-                        .fetch_all(&mut **c)
-                        .await?,
-                );
+                insert.push(" ON CONFLICT (project_id, ref) DO NOTHING");
+                inserted += insert.build().execute(&mut **c).await?.rows_affected();
             }
-            ids
+            inserted
         }
     })
 }
