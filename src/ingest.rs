@@ -551,7 +551,6 @@ pub async fn check(
     }
     seal(&mut conn, &mut counts).await?;
     self::each_problem(&mut conn, &staged, each_problem).await?;
-    drop(conn);
     connection.close().await;
     Ok(counts)
 }
@@ -576,7 +575,6 @@ pub async fn check_collected(manifest: Opened, chunk: usize) -> Result<Checked, 
         true
     })
     .await?;
-    drop(conn);
     connection.close().await;
     Ok(Checked {
         tickets,
@@ -670,7 +668,6 @@ pub async fn enqueue(
         }
         seal(&mut conn, &mut counts).await?;
         each_problem(&mut conn, &staged, |p| out.problem(p)).await?;
-        drop(conn);
         staging.close().await;
         return Ok(Loaded::Refused { counts });
     }
@@ -724,7 +721,6 @@ pub async fn enqueue(
         .await?;
         out.skipped(counts.skipped, refs);
     }
-    drop(conn);
     let keep = receipts.is_ok() && !refused;
     if keep {
         tx.commit().await?;
@@ -759,7 +755,6 @@ pub async fn enqueue(
             }
         }
     };
-    drop(reader);
     staging.close().await;
     loader.close().await;
     Ok(loaded)
@@ -798,7 +793,6 @@ async fn read_pages(
     while let Some(changed) = noted.recv().await {
         staging::add_changed(&mut conn, &changed).await?;
     }
-    drop(conn);
     Ok((session, staged, counts))
 }
 

@@ -37,7 +37,7 @@ fn spread() -> Vec<String> {
         format!("F-1,{Q},Pipe,,,,,"),
         "F-1,,,,,,,files/a.jpg".to_owned(),
         format!("G-1,{P},Vent,,,,,"),
-        format!("G-1,not-a-uuid,Vent,,,,,"),
+        "G-1,not-a-uuid,Vent,,,,,".to_owned(),
         "H-1,,,,,,,files/a.jpg".to_owned(),
     ]
     .into()

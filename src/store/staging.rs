@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::{QueryBuilder, Sqlite};
 use visibuild_queue::{on, sql};
 
@@ -107,13 +107,14 @@ pub async fn clear(conn: &mut Conn<'_>) -> Result<(), StoreError> {
 }
 
 /// A problem as staged: its place in the report is `(line, phase, seq)`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StagedProblem {
     pub line: i64,
     pub phase: i16,
     pub seq: i64,
     pub field: Option<String>,
     pub message: String,
+    #[sqlx(rename = "ref")]
     pub reference: Option<String>,
 }
 
@@ -790,7 +791,7 @@ pub async fn problems(
     after: (i64, i16, i64),
     limit: i64,
 ) -> Result<Vec<StagedProblem>, StoreError> {
-    let rows: Vec<(i64, i16, i64, Option<String>, String, Option<String>)> = on!(
+    Ok(on!(
         &mut *conn,
         sql!(
             "SELECT line, phase, seq, field, message, ref FROM stage_problems
@@ -805,20 +806,7 @@ pub async fn problems(
             .bind(limit)
             .fetch_all(c)
             .await
-    )?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(line, phase, seq, field, message, reference)| StagedProblem {
-                line,
-                phase,
-                seq,
-                field,
-                message,
-                reference,
-            },
-        )
-        .collect())
+    )?)
 }
 
 /// A page of skipped refs after `after` (`(line, ref)`), in line order.
