@@ -131,6 +131,28 @@ async fn every_chunk_size_gives_the_answer_of_one_pass_over_the_whole_manifest()
 }
 
 #[tokio::test]
+async fn rows_of_a_ref_no_row_gives_a_project_still_report_their_disagreements() {
+    let (_dir, path) = manifest(&["X-1,,Leak,,,,,".into(), "X-1,,Crack,,,,,".into()]);
+    for chunk in [1, 1_000] {
+        let checked = ingest::check_collected(open(&path), chunk).await.unwrap();
+        let problems: Vec<String> = checked.problems.iter().map(Problem::to_string).collect();
+        assert_eq!(
+            problems,
+            expected(
+                &path,
+                &[
+                    "2: project_id: missing required value",
+                    r#"3: title: "Crack" disagrees with "Leak" on line 2 (rows of one ticket must agree or leave it blank)"#,
+                    "3: project_id: missing required value",
+                ]
+            ),
+            "in chunks of {chunk}"
+        );
+        assert_eq!(checked.skipped_refs, ["X-1"]);
+    }
+}
+
+#[tokio::test]
 async fn check_of_a_manifest_of_several_chunks_reports_rows_thousands_of_lines_apart() {
     // 4,500 tickets (three default chunks), then a continuation row of the first ticket
     // and a row that disagrees with the second.

@@ -43,17 +43,13 @@ pub(crate) struct Merged {
 /// Merges a ticket's rows. `header_broken`: the columns cannot be trusted, so no ticket is.
 pub(crate) fn merge(file: &Path, ticket: TicketRows, header_broken: bool) -> Merged {
     let mut problems = Vec::new();
-    let Some(project_id) = ticket.project_id else {
-        return Merged {
-            ticket: None,
-            problems,
-        };
-    };
     let reference = ticket.reference;
+    // A ticket whose ref no row gives a project is left out (its rows say so), but its rows
+    // are merged all the same: their disagreements are problems too.
     let mut spec = TicketSpec {
         line: ticket.line,
         reference,
-        project_id,
+        project_id: ticket.project_id.unwrap_or(ProjectId(uuid::Uuid::nil())),
         title: String::new(),
         address: None,
         priority: None,
@@ -96,6 +92,12 @@ pub(crate) fn merge(file: &Path, ticket: TicketRows, header_broken: bool) -> Mer
             let problem = problem(file, row.line, column, message, &spec.reference);
             problems.push((Phase::Merge, problem));
         }
+    }
+    if ticket.project_id.is_none() {
+        return Merged {
+            ticket: None,
+            problems,
+        };
     }
     let Some(title) = title else {
         if !title_unreadable {
