@@ -143,7 +143,7 @@ fn bytes(path: &std::path::Path) -> &[u8] {
 
 /// Rows per multi-row `INSERT … VALUES` in SQLite: at ten columns, well under its limit of
 /// 32,766 parameters a statement.
-const SQLITE_ROWS_PER_INSERT: usize = 1_000;
+const SQLITE_ROWS_PER_INSERT: usize = 500;
 
 /// Appends a chunk: its rows, their files, its problems and poisoned refs.
 pub async fn append(conn: &mut Conn<'_>, chunk: &Chunk) -> Result<(), StoreError> {

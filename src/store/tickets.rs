@@ -19,7 +19,7 @@ const LOAD_CHUNK: usize = 2_000;
 
 /// Rows per multi-row `INSERT … VALUES` in SQLite: at eleven columns, well under its limit
 /// of 32,766 parameters a statement.
-const SQLITE_ROWS_PER_INSERT: usize = 1_000;
+const SQLITE_ROWS_PER_INSERT: usize = 500;
 
 /// A batch, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
