@@ -22,7 +22,7 @@ use crate::store::staging::{self, Chunk, PageRow, StagedProblem};
 use crate::store::tickets::{self, ChangedRef, ReceiptSource, SortedPage};
 use crate::store::{Conn, Store, StoreError};
 
-/// Rows per staging write, rows per page of tickets read back, problems per page reported:
+/// Rows per staging write, lines per page of tickets read back, problems per page reported:
 /// what bounds memory (with the 4,096 file paths the parser remembers).
 pub const DEFAULT_CHUNK: usize = 2_000;
 

@@ -153,8 +153,7 @@ pub struct Checked {
     pub problems: Vec<Problem>,
     /// Refs of the tickets left out of `tickets` because of problems.
     pub skipped_refs: Vec<String>,
-    /// The files root the paths were resolved against (canonical; empty when the manifest
-    /// could not be read at all).
+    /// The files root the paths were resolved against (canonical).
     pub files_root: PathBuf,
 }
 
