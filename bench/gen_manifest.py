@@ -4,10 +4,12 @@
 pipeline/rate:  gen_manifest.py DIR --tickets 400 --files 800 --min-kb 1 --max-kb 40
 ingest:         gen_manifest.py DIR --tickets 100000 --shared-files 100
 large file:     gen_manifest.py DIR --tickets 1 --attach PATH   (one ticket naming PATH)
+ingest-large:   gen_manifest.py DIR --tickets 1000000 --no-files
 
-Files are random bytes named .jpg/.pdf; every ticket has at least one file, and with
---files N the remainder is spread at random. --shared-files N makes N small (1 KB) files
-that the rows name round-robin, so a huge manifest costs little disk.
+Files are random bytes named .jpg/.pdf; every ticket has at least one file (none with
+--no-files, the rows then have an empty attachments cell), and with --files N the remainder
+is spread at random. --shared-files N makes N small (1 KB) files that the rows name
+round-robin, so a huge manifest costs little disk.
 """
 import argparse
 import os
@@ -22,6 +24,7 @@ p.add_argument("--min-kb", type=int, default=1)
 p.add_argument("--max-kb", type=int, default=40)
 p.add_argument("--shared-files", type=int, default=0)
 p.add_argument("--attach", default=None)
+p.add_argument("--no-files", action="store_true")
 p.add_argument("--seed", type=int, default=6)
 a = p.parse_args()
 
@@ -37,7 +40,9 @@ def make_file(name, size):
     return "files/" + name
 
 
-if a.attach:
+if a.no_files:
+    per_ticket = ([] for _ in range(a.tickets))
+elif a.attach:
     per_ticket = [[a.attach]]
 elif a.shared_files:
     shared = [make_file(f"shared-{i:03}.jpg", 1024) for i in range(a.shared_files)]

@@ -2,7 +2,9 @@
 # Runs every benchmark (each BENCH_RUNS=3 times, medians) and prints one markdown table ready
 # for the README. About 5–10 minutes on 2 cores. Needs Postgres at BENCH_PG (default
 # postgres://postgres@127.0.0.1:5432, a role that can create databases), python3, jq, curl,
-# psql and GNU time. Usage: bash bench/run-all.sh [pipeline rate ingest large hash queue]
+# psql and GNU time. Usage: bash bench/run-all.sh [pipeline rate ingest large hash queue
+# ingest-large] (ingest-large, manifests of up to 1,000,000 rows, is not in the default set:
+# about 10 minutes and 400 MB of disk; BENCH_BASE_BIN compares it with a previous build)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export BENCH_RESULTS

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod domain;
 pub mod human;
+pub mod ingest;
 pub mod manifest;
 pub mod pipeline;
 pub mod rate;

@@ -14,7 +14,8 @@ pub use summary::{Summary, SummaryOut};
 
 use crate::domain::BatchId;
 use crate::human::count;
-use crate::manifest::{self, Checked, ManifestOptions};
+use crate::ingest;
+use crate::manifest::{self, ManifestOptions};
 use crate::pipeline::{self, PoolConfig, Progress, RunEnd};
 use crate::rate::{Rate, RateGate};
 use crate::secret::Secret;
@@ -220,38 +221,51 @@ pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
     Ok(Exit::Success)
 }
 
-/// Check a manifest, print every problem compiler-style and a summary line.
+/// Check a manifest, print every problem compiler-style and a summary line. Streams: the
+/// rows go through a private staging file, so memory stays flat whatever the manifest's size.
 pub async fn check(settings: &ManifestSettings) -> Result<Exit, anyhow::Error> {
-    let checked = check_manifest(settings).await?;
-    for problem in &checked.problems {
+    let manifest = open_manifest(settings).await?;
+    let counts = ingest::check(manifest, ingest::DEFAULT_CHUNK, |problem| {
         println!("{problem}");
-    }
+    })
+    .await
+    .map_err(ingest_error)?;
     println!(
         "{}: {}",
-        if checked.is_clean() { "ok" } else { "errors" },
-        checked.summary()
+        if counts.is_clean() { "ok" } else { "errors" },
+        counts.summary()
     );
-    Ok(if checked.is_clean() {
+    Ok(if counts.is_clean() {
         Exit::Success
     } else {
         Exit::Usage
     })
 }
 
-async fn check_manifest(settings: &ManifestSettings) -> Result<Checked, anyhow::Error> {
+/// Opens the manifest: a missing or unreadable one is said before anything else is done.
+async fn open_manifest(settings: &ManifestSettings) -> Result<manifest::Opened, anyhow::Error> {
     let path = settings.manifest.clone();
     let options = settings.options();
-    Ok(tokio::task::spawn_blocking(move || manifest::check(&path, &options)).await??)
+    Ok(tokio::task::spawn_blocking(move || manifest::open(&path, &options)).await??)
 }
 
-/// Validate and load a manifest as a batch. Returns the batch.
-pub async fn enqueue(
-    database_url: &str,
-    settings: &EnqueueSettings,
-) -> Result<(BatchId, store::Store), anyhow::Error> {
-    let manifest = &settings.manifest;
-    let checked = check_manifest(manifest).await?;
-    for problem in &checked.problems {
+/// A staging error as the exit code wants it: the store's own error, so that an unreachable
+/// store is exit 3 and a misconfigured one exit 2.
+fn ingest_error(e: ingest::IngestError) -> anyhow::Error {
+    match e {
+        ingest::IngestError::Store(e) => e.into(),
+        other => other.into(),
+    }
+}
+
+/// What `enqueue` says as it loads: problems as errors, left-out and changed refs as
+/// warnings (each with its fields in JSON logs).
+struct EnqueueOutput<'a> {
+    source: &'a str,
+}
+
+impl ingest::LoadOutput for EnqueueOutput<'_> {
+    fn problem(&mut self, problem: manifest::Problem) {
         say(
             Level::Error,
             &problem.to_string(),
@@ -264,82 +278,38 @@ pub async fn enqueue(
             }),
         );
     }
-    if !checked.is_clean() && !settings.skip_invalid {
-        return Err(UsageError(format!(
-            "{} has {}; nothing was loaded (fix them, or pass --skip-invalid to load the valid tickets)",
-            manifest.manifest.display(),
-            count(checked.problems.len() as u64, "problem")
-        ))
-        .into());
-    }
-    if !checked.skipped_refs.is_empty() {
+
+    fn skipped(&mut self, total: u64, refs: Vec<String>) {
+        let more = total.saturating_sub(refs.len() as u64);
+        let more = match more {
+            0 => String::new(),
+            n => format!(", … and {n} more (each named by its problems above)"),
+        };
         say(
             Level::Warn,
             &format!(
-                "skipped {} with problems: {}",
-                count(checked.skipped_refs.len() as u64, "ticket"),
-                checked.skipped_refs.join(", ")
+                "skipped {} with problems: {}{more}",
+                count(total, "ticket"),
+                refs.join(", ")
             ),
-            serde_json::json!({ "skipped_refs": checked.skipped_refs }),
+            serde_json::json!({ "skipped": total, "skipped_refs": refs }),
         );
     }
-    let db = open_store(database_url).await?;
-    let name = settings.batch_name();
-    // The canonical folder the paths were checked against (for information: each file
-    // records the folder it is opened inside).
-    let root = checked.files_root.clone();
-    let source = manifest.manifest.display().to_string();
-    let mut tx = db.begin().await?;
-    let mut conn = tx.conn();
-    let batch_id =
-        tickets::upsert_batch(&mut conn, &name, &source, &root.to_string_lossy()).await?;
-    if let Err(loaded_with) =
-        tickets::set_batch_receipts(&mut conn, batch_id, settings.receipts).await?
-    {
-        let flag = |on: bool| {
-            if on {
-                "with --receipts"
-            } else {
-                "without --receipts"
-            }
-        };
-        return Err(UsageError(format!(
-            "batch {name:?} was loaded {} and this load is {}: receipts are chosen once per \
-             batch; load again {}, or under another --batch name; nothing was loaded",
-            flag(loaded_with),
-            flag(settings.receipts),
-            flag(loaded_with)
-        ))
-        .into());
-    }
-    let receipts = settings.receipts.then(|| tickets::ReceiptSource {
-        manifest: default_batch_name(&manifest.manifest),
-        batch: name.clone(),
-    });
-    let loaded = tickets::load_tickets(
-        &mut conn,
-        batch_id,
-        &checked.tickets,
-        settings.max_attempts,
-        &source,
-        receipts.as_ref(),
-    )
-    .await?;
-    tx.commit().await?;
-    for changed in &loaded.changed {
+
+    fn changed(&mut self, changed: ingest::Changed) {
         say(
             Level::Warn,
             &format!(
                 "{}:{}: ref {:?} (project {}) differs from when it was loaded ({}); kept as it \
                  was, not loaded again (`report` shows it in changed_fields)",
-                source,
+                self.source,
                 changed.line,
                 changed.reference,
                 changed.project_id,
                 changed.fields.join(", ")
             ),
             serde_json::json!({
-                "file": source,
+                "file": self.source,
                 "line": changed.line,
                 "ref": changed.reference,
                 "project_id": changed.project_id.to_string(),
@@ -347,20 +317,73 @@ pub async fn enqueue(
             }),
         );
     }
+}
+
+/// Validate and load a manifest as a batch. Returns the batch. Streams through a staging
+/// table in the store, so memory stays flat; loads in one transaction, all or nothing.
+pub async fn enqueue(
+    database_url: &str,
+    settings: &EnqueueSettings,
+) -> Result<(BatchId, store::Store), anyhow::Error> {
+    let manifest = open_manifest(&settings.manifest).await?;
+    let db = open_store(database_url).await?;
+    let name = settings.batch_name();
+    let source = settings.manifest.manifest.display().to_string();
+    let load = ingest::Load {
+        batch: name.clone(),
+        source: source.clone(),
+        skip_invalid: settings.skip_invalid,
+        max_attempts: settings.max_attempts,
+        receipts: settings.receipts.then(|| tickets::ReceiptSource {
+            manifest: default_batch_name(&settings.manifest.manifest),
+            batch: name.clone(),
+        }),
+    };
+    let mut out = EnqueueOutput { source: &source };
+    let loaded = ingest::enqueue(&db, manifest, &load, ingest::DEFAULT_CHUNK, &mut out)
+        .await
+        .map_err(ingest_error)?;
+    let (batch_id, added) = match loaded {
+        ingest::Loaded::Done { batch, added, .. } => (batch, added),
+        ingest::Loaded::Refused { counts } => {
+            return Err(UsageError(format!(
+                "{source} has {}; nothing was loaded (fix them, or pass --skip-invalid to load the valid tickets)",
+                count(counts.problems, "problem")
+            ))
+            .into());
+        }
+        ingest::Loaded::ReceiptsDiffer { batch_has } => {
+            let flag = |on: bool| {
+                if on {
+                    "with --receipts"
+                } else {
+                    "without --receipts"
+                }
+            };
+            return Err(UsageError(format!(
+                "batch {name:?} was loaded {} and this load is {}: receipts are chosen once per \
+                 batch; load again {}, or under another --batch name; nothing was loaded",
+                flag(batch_has),
+                flag(settings.receipts),
+                flag(batch_has)
+            ))
+            .into());
+        }
+    };
     logging::result(
         &format!(
             "batch {name}: {} and {} added; {} already known; {} reported",
-            count(loaded.tickets_added, "ticket"),
-            count(loaded.attachments_added, "file"),
-            loaded.unchanged,
-            count(loaded.changed.len() as u64, "changed ref")
+            count(added.tickets, "ticket"),
+            count(added.files, "file"),
+            added.unchanged,
+            count(added.changed, "changed ref")
         ),
         serde_json::json!({
             "batch": name,
-            "tickets_added": loaded.tickets_added,
-            "files_added": loaded.attachments_added,
-            "already_known": loaded.unchanged,
-            "changed_refs": loaded.changed.len(),
+            "tickets_added": added.tickets,
+            "files_added": added.files,
+            "already_known": added.unchanged,
+            "changed_refs": added.changed,
         }),
     );
     Ok((batch_id, db))

@@ -1,7 +1,8 @@
-//! Attachment paths: resolved against the files root, checked on disk once each (exists,
-//! regular, readable, non-empty, within S3's single-PUT limit) and given a content type.
+//! Attachment paths: resolved against the files root, checked on disk (exists, regular,
+//! readable, non-empty, within S3's single-PUT limit) and given a content type; the paths
+//! met lately are remembered, so rows naming the same files cost one look each.
 
-use std::collections::HashMap;
+use hashlink::LruCache;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use super::MAX_FILE_SIZE;
 use crate::domain::FileStamp;
 
-/// What the disk says about one attachment path. Every row naming the path shares it.
+/// What the disk says about one attachment path. Rows naming a remembered path share it.
 #[derive(Debug, Clone)]
 pub(crate) struct FileInfo {
     /// The path as written.
@@ -26,11 +27,16 @@ pub(crate) struct FileInfo {
     pub content_type: Arc<str>,
 }
 
-/// Resolves and checks attachment paths, each distinct path once.
+/// How many paths [`Files`] remembers: enough for the files a register names again and again
+/// (a site plan on every row) while memory stays flat however many files a manifest names.
+const REMEMBERED_PATHS: usize = 4096;
+
+/// Resolves and checks attachment paths: a path met among the last [`REMEMBERED_PATHS`] is
+/// not looked at again.
 pub(crate) struct Files {
     root: Arc<Path>,
     allow_outside_root: bool,
-    cache: HashMap<Arc<str>, Result<FileInfo, String>>,
+    cache: LruCache<Arc<str>, Result<FileInfo, String>>,
 }
 
 impl Files {
@@ -39,7 +45,7 @@ impl Files {
         Self {
             root: root.into(),
             allow_outside_root,
-            cache: HashMap::new(),
+            cache: LruCache::new(REMEMBERED_PATHS),
         }
     }
 
@@ -67,11 +73,6 @@ impl Files {
             });
         self.cache.insert(path, outcome.clone());
         outcome
-    }
-
-    /// The files root (canonical).
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// The resolved path, size and modification time, and content type of a path as written.
@@ -220,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn a_path_is_inspected_once_and_then_served_from_the_cache() {
+    fn a_path_met_lately_is_served_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         std::fs::write(root.join("a.jpg"), b"\xFF\xD8\xFF").unwrap();

@@ -1,8 +1,9 @@
 //! The manifest: a CSV of defect tickets and their files, read in one streaming pass into
-//! typed `TicketSpec`s, with every problem reported by file, line and column.
+//! typed rows, merged into `TicketSpec`s, with every problem reported by file, line and column.
 
 mod files;
-mod parse;
+pub(crate) mod merge;
+pub(crate) mod parse;
 mod reader;
 
 use std::fmt;
@@ -96,6 +97,26 @@ pub struct AttachmentSpec {
     pub mtime_ns: i64,
 }
 
+/// One row of a ticket, parsed and checked on its own (its problems are reported as it is
+/// read); several rows of one ticket are merged by [`merge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub line: u64,
+    pub reference: String,
+    /// `None` on a continuation row (blank `project_id`): it joins its ref's ticket.
+    pub project_id: Option<ProjectId>,
+    pub title: Option<String>,
+    pub address: Option<String>,
+    pub priority: Option<Priority>,
+    pub contact_name: Option<String>,
+    pub contact_email: Option<String>,
+    pub attachments: Vec<AttachmentSpec>,
+    /// The row has a problem of its own: its ticket is left out.
+    pub bad: bool,
+    /// The title could not be read (bad UTF-8, a NUL), already reported.
+    pub title_unreadable: bool,
+}
+
 /// Something wrong with a manifest, at a line (1 for the header) and maybe a column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -122,7 +143,8 @@ pub fn render_problems(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("{p}\n")).collect()
 }
 
-/// The outcome of checking a manifest.
+/// The outcome of checking a manifest, every ticket in memory ([`check`]). The commands
+/// stream instead (`crate::ingest`): only counts are kept.
 #[derive(Debug, Clone, Default)]
 pub struct Checked {
     /// The valid tickets, in manifest order.
@@ -131,8 +153,7 @@ pub struct Checked {
     pub problems: Vec<Problem>,
     /// Refs of the tickets left out of `tickets` because of problems.
     pub skipped_refs: Vec<String>,
-    /// The files root the paths were resolved against (canonical; empty when the manifest
-    /// could not be read at all).
+    /// The files root the paths were resolved against (canonical).
     pub files_root: PathBuf,
 }
 
@@ -155,29 +176,37 @@ impl Checked {
         self.problems.is_empty()
     }
 
-    /// `"12 tickets, 30 files, 4096 bytes; 0 problems"`.
-    /// `3 tickets, 5 files, 78 B; 0 problems`; with tickets left out for problems,
-    /// `2 tickets (1 valid, 1 with problems), 1 file, 4.0 KiB; 1 problem` (files and bytes
-    /// are the valid tickets').
+    /// See [`summary`].
     pub fn summary(&self) -> String {
-        use crate::human::count;
-        let valid = self.tickets.len() as u64;
-        let skipped = self.skipped_refs.len() as u64;
-        let tickets = if skipped == 0 {
-            count(valid, "ticket")
-        } else {
-            format!(
-                "{} ({valid} valid, {skipped} with problems)",
-                count(valid + skipped, "ticket")
-            )
-        };
-        format!(
-            "{tickets}, {}, {}; {}",
-            count(self.files() as u64, "file"),
-            crate::human::bytes(self.bytes()),
-            count(self.problems.len() as u64, "problem")
+        summary(
+            self.tickets.len() as u64,
+            self.skipped_refs.len() as u64,
+            self.files() as u64,
+            self.bytes(),
+            self.problems.len() as u64,
         )
     }
+}
+
+/// `3 tickets, 5 files, 78 B; 0 problems`; with tickets left out for problems,
+/// `2 tickets (1 valid, 1 with problems), 1 file, 4.0 KiB; 1 problem` (files and bytes are
+/// the valid tickets').
+pub fn summary(valid: u64, skipped: u64, files: u64, bytes: u64, problems: u64) -> String {
+    use crate::human::count;
+    let tickets = if skipped == 0 {
+        count(valid, "ticket")
+    } else {
+        format!(
+            "{} ({valid} valid, {skipped} with problems)",
+            count(valid + skipped, "ticket")
+        )
+    };
+    format!(
+        "{tickets}, {}, {}; {}",
+        count(files, "file"),
+        crate::human::bytes(bytes),
+        count(problems, "problem")
+    )
 }
 
 /// A manifest that cannot be read at all. Anything wrong inside it is a [`Problem`].
@@ -199,11 +228,65 @@ pub enum ManifestError {
         #[source]
         source: io::Error,
     },
+    /// The private staging file of [`check`] could not be written (a full or read-only
+    /// temporary folder: `TMPDIR`).
+    #[error("cannot stage manifest {path} in a temporary file (TMPDIR)")]
+    Staging {
+        path: PathBuf,
+        #[source]
+        source: anyhow::Error,
+    },
 }
 
 /// Reads and checks a manifest and every file it names, in one pass: the valid tickets
-/// and every problem. Touches nothing but reads.
+/// and every problem, all in memory (for tests and tools; the commands stream through
+/// `crate::ingest` instead). The rules between rows are answered in a private staging file,
+/// as `check` answers them. Touches nothing but reads.
 pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, ManifestError> {
+    let opened = open(manifest, opts)?;
+    // Its own thread and runtime: callers may be sync, or inside a runtime of their own.
+    let staged = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(crate::ingest::check_collected(
+                    opened,
+                    crate::ingest::DEFAULT_CHUNK,
+                ))
+            })
+            .join()
+    });
+    let staged = match staged {
+        Ok(staged) => staged,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    staged.map_err(|source| ManifestError::Staging {
+        path: manifest.to_owned(),
+        source,
+    })
+}
+
+/// A manifest opened for one pass over its rows: found, a file or a pipe, its files root
+/// resolved, its first bytes read.
+#[derive(Debug)]
+pub struct Opened {
+    path: PathBuf,
+    file: File,
+    /// The first bytes, already read from `file`.
+    head: Vec<u8>,
+    /// A second handle on a regular file and its length (to rescan its last record).
+    tail: Option<(File, u64)>,
+    root: PathBuf,
+    allow_outside_root: bool,
+    /// Why the start of the file says it is no CSV at all.
+    not_csv: Option<String>,
+}
+
+/// Opens a manifest: what makes it unreadable as a whole is an error here, before anything
+/// else is done; anything wrong inside it is a problem of the pass.
+pub fn open(manifest: &Path, opts: &ManifestOptions) -> Result<Opened, ManifestError> {
     let unreadable = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => ManifestError::NotFound {
             path: manifest.to_owned(),
@@ -226,27 +309,49 @@ pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, Manifes
         false => None,
     };
     let root = files_root(manifest, opts)?;
-
-    let mut head = [0u8; 8192];
+    let mut head = vec![0u8; 8192];
     let n = files::read_head(&mut file, &mut head).map_err(unreadable)?;
-    if let Some(message) = not_csv(&head[..n]) {
-        let problem = Problem {
-            file: manifest.to_owned(),
-            line: 1,
-            field: None,
-            message,
-            reference: None,
-        };
-        return Ok(Checked {
-            problems: vec![problem],
-            ..Checked::default()
-        });
+    head.truncate(n);
+    let not_csv = not_csv(&head);
+    Ok(Opened {
+        path: manifest.to_owned(),
+        file,
+        head,
+        tail,
+        root,
+        allow_outside_root: opts.allow_outside_root,
+        not_csv,
+    })
+}
+
+impl Opened {
+    /// The manifest's path, as given.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
-    let source = io::Cursor::new(head[..n].to_vec()).chain(file);
-    let records = reader::Records::new(Box::new(source), tail);
-    let files = files::Files::new(root, opts.allow_outside_root);
-    Ok(parse::Parser::new(manifest, files).run(records))
+    /// The files root the paths are resolved against (canonical).
+    pub fn files_root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Reads every row into `sink`, one at a time (blocking reads: call it off the runtime).
+    pub(crate) fn parse(self, sink: &mut impl parse::RowSink) -> parse::Parsed {
+        if let Some(message) = self.not_csv {
+            sink.problem(Problem {
+                file: self.path,
+                line: 1,
+                field: None,
+                message,
+                reference: None,
+            });
+            return parse::Parsed::default();
+        }
+        let source = io::Cursor::new(self.head).chain(self.file);
+        let records = reader::Records::new(Box::new(source), self.tail);
+        let files = files::Files::new(self.root, self.allow_outside_root);
+        parse::Parser::new(&self.path, files, sink).run(records)
+    }
 }
 
 fn files_root(manifest: &Path, opts: &ManifestOptions) -> Result<PathBuf, ManifestError> {

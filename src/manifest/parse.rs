@@ -1,22 +1,19 @@
-//! Header and rows of a manifest into typed tickets: each value parsed once, rows of one
-//! ticket merged (a blank `project_id` joins its ref's), every problem kept with its line.
+//! Header and rows of a manifest, one row at a time: each value parsed once, every problem
+//! of a row reported with its line and column. Nothing is kept between rows: the rules that
+//! need several rows (a ticket's rows merged, continuation rows) are applied in staging.
 
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::hash::{BuildHasher, Hash};
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use super::files::Files;
 use super::reader::{Field, Next, Records, Unreadable};
-use super::{AttachmentSpec, Checked, MAX_REF_LEN, Problem, TicketSpec};
+use super::{AttachmentSpec, MAX_REF_LEN, Problem, Row};
 use crate::domain::{Priority, ProjectId};
 
 /// The manifest's columns, in the order they are listed to users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Column {
+pub(crate) enum Column {
     Ref,
     ProjectId,
     Title,
@@ -28,7 +25,7 @@ enum Column {
 }
 
 impl Column {
-    const ALL: [Column; 8] = [
+    pub(crate) const ALL: [Column; 8] = [
         Column::Ref,
         Column::ProjectId,
         Column::Title,
@@ -39,7 +36,7 @@ impl Column {
         Column::Attachments,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Column::Ref => "ref",
             Column::ProjectId => "project_id",
@@ -68,7 +65,7 @@ pub(crate) fn column_list() -> String {
     Column::ALL.map(Column::name).join(", ")
 }
 
-const MISSING: &str = "missing required value";
+pub(crate) const MISSING: &str = "missing required value";
 
 /// Why a value cannot be read, for its row's problem.
 fn unreadable_message(why: Unreadable) -> &'static str {
@@ -92,18 +89,6 @@ impl Columns {
     }
 }
 
-/// What the parser keeps about a ticket besides its `TicketSpec`, until `finish`.
-#[derive(Default, Clone, Copy)]
-struct Marks {
-    /// A row had a problem: the ticket is left out.
-    bad: bool,
-    /// A row's title could not be read (bad UTF-8, a NUL), already reported.
-    title_unreadable: bool,
-    /// Made of continuation rows (blank `project_id`) whose ref no row has given a project
-    /// yet; its `project_id` is a placeholder until one does.
-    provisional: bool,
-}
-
 /// How a row's `project_id` cell reads.
 enum ProjectCell {
     Given(ProjectId),
@@ -113,150 +98,59 @@ enum ProjectCell {
     Bad,
 }
 
-/// A ref under more than one project, beside its first ticket.
-struct OtherProjects {
-    /// The ticket of the ref's second project.
-    second: usize,
-    /// Projects with the ref, the first included.
-    count: usize,
-}
-
-/// Ticket positions by a 64-bit hash of a key, without a second copy of the key: a hash
-/// points at a position, and the caller compares the ticket there in full.
-#[derive(Default)]
-struct KeyIndex {
-    hasher: RandomState,
-    first: HashMap<u64, usize>,
-    /// Positions of later keys whose hash collided with an earlier one (almost never).
-    collided: HashMap<u64, Vec<usize>>,
-}
-
-impl KeyIndex {
-    fn hash(&self, key: impl Hash) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    /// The first position under `hash` whose ticket `is` the key.
-    fn find(&self, hash: u64, is: impl Fn(usize) -> bool) -> Option<usize> {
-        let first = self.first.get(&hash).copied().filter(|&index| is(index));
-        first.or_else(|| {
-            let mut later = self.collided.get(&hash)?.iter().copied();
-            later.find(|&index| is(index))
-        })
-    }
-
-    fn insert(&mut self, hash: u64, index: usize) {
-        match self.first.entry(hash) {
-            Entry::Vacant(slot) => {
-                slot.insert(index);
-            }
-            Entry::Occupied(_) => self.collided.entry(hash).or_default().push(index),
-        }
+/// Where the rows of a manifest go as they are read, one at a time: nothing here is kept.
+pub(crate) trait RowSink {
+    /// A row that belongs to a ticket (it has a ref, and a project or a blank one).
+    fn row(&mut self, row: Row);
+    /// A problem of one row or of the header (never of a ticket: those need every row).
+    fn problem(&mut self, problem: Problem);
+    /// A row too broken to say which ticket it belongs to: every ticket with its ref is
+    /// dropped.
+    fn poison(&mut self, line: u64, reference: String);
+    /// Whoever takes the rows stopped taking them: reading on is pointless.
+    fn stopped(&self) -> bool {
+        false
     }
 }
 
-/// Tickets by ref alone, for continuation rows: the first ticket of each ref, and the other
-/// projects of a ref that has several. Built at the first continuation row from the tickets
-/// so far, so that a manifest without one pays nothing for it.
-#[derive(Default)]
-struct RefIndex {
-    first: KeyIndex,
-    /// By the first ticket of a ref that more than one project has.
-    others: HashMap<usize, OtherProjects>,
-    /// The line that gave a provisional ticket its project, by ticket.
-    adopted: HashMap<usize, u64>,
+/// What a pass over the rows leaves for the rules that need all of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Parsed {
+    /// Unknown, duplicate or unnamed columns: no ticket can be trusted.
+    pub header_broken: bool,
+    /// The line of the last record read.
+    pub last_line: u64,
 }
 
-impl RefIndex {
-    fn build(tickets: &[TicketSpec]) -> Self {
-        let mut index = Self::default();
-        for position in 0..tickets.len() {
-            index.add(tickets, position);
-        }
-        index
-    }
-
-    /// The first ticket with `reference`.
-    fn first(&self, tickets: &[TicketSpec], reference: &str) -> Option<usize> {
-        let hash = self.first.hash(reference);
-        let same_ref = |index: usize| tickets.get(index).is_some_and(|t| t.reference == reference);
-        self.first.find(hash, same_ref)
-    }
-
-    /// Adds a new ticket: the first of its ref, or one more project of it.
-    fn add(&mut self, tickets: &[TicketSpec], position: usize) {
-        let Some(reference) = tickets.get(position).map(|t| t.reference.as_str()) else {
-            return;
-        };
-        match self.first(tickets, reference) {
-            Some(first) => {
-                let other = self.others.entry(first).or_insert(OtherProjects {
-                    second: position,
-                    count: 1,
-                });
-                other.count += 1;
-            }
-            None => {
-                let hash = self.first.hash(reference);
-                self.first.insert(hash, position);
-            }
-        }
-    }
-}
-
-/// One pass over a manifest's records.
-pub(crate) struct Parser {
+/// One pass over a manifest's records, each row parsed and checked on its own. Rules that
+/// need several rows (merging, continuation rows, disagreements) are the staging's.
+pub(crate) struct Parser<'s, S> {
     file: PathBuf,
     files: Files,
     columns: Columns,
-    /// Unknown, duplicate or unnamed columns: no ticket can be trusted.
     header_broken: bool,
-    problems: Vec<Problem>,
-    /// Every ticket met so far, built in place from its rows (a title not yet given is
-    /// empty); `finish` drops those with problems.
-    tickets: Vec<TicketSpec>,
-    /// Beside `tickets`, one per ticket.
-    marks: Vec<Marks>,
-    /// The line of a value first given on a later row than its ticket's first line, by
-    /// ticket and column (any other value came from the first line).
-    later_lines: HashMap<(usize, Column), u64>,
-    /// Tickets by `(project_id, ref)`.
-    by_key: KeyIndex,
-    /// Tickets by ref, from the first continuation row on.
-    by_ref: Option<RefIndex>,
-    /// Continuation rows: the ticket each joined, and its line. Checked in `finish`, once
-    /// every project of the ref is known.
-    continuations: Vec<(usize, u64)>,
-    /// Refs of rows too broken to say which ticket they belong to, with the first line:
-    /// every ticket with that ref is dropped.
-    poisoned: Vec<(u64, String)>,
-    poisoned_set: HashSet<String>,
+    last_line: u64,
+    sink: &'s mut S,
 }
 
-impl Parser {
-    pub fn new(file: &Path, files: Files) -> Self {
+impl<'s, S: RowSink> Parser<'s, S> {
+    pub fn new(file: &Path, files: Files, sink: &'s mut S) -> Self {
         Self {
             file: file.to_owned(),
             files,
             columns: Columns::default(),
             header_broken: false,
-            problems: Vec::new(),
-            tickets: Vec::new(),
-            marks: Vec::new(),
-            later_lines: HashMap::new(),
-            by_key: KeyIndex::default(),
-            by_ref: None,
-            continuations: Vec::new(),
-            poisoned: Vec::new(),
-            poisoned_set: HashSet::new(),
+            last_line: 0,
+            sink,
         }
     }
 
-    pub fn run(mut self, mut records: Records) -> Checked {
+    pub fn run(mut self, mut records: Records) -> Parsed {
         if self.header(records.next_record()) {
-            loop {
+            while !self.sink.stopped() {
                 match records.next_record() {
                     Next::Record { line, fields } => {
+                        self.last_line = line;
                         if fields
                             .iter()
                             .any(|f| f.unreadable().is_some() || f.value().is_some())
@@ -269,10 +163,11 @@ impl Parser {
                         message,
                         fields,
                     } => {
+                        self.last_line = line;
                         let reference = self.column_text(&fields, Column::Ref).map(str::to_owned);
                         self.problem(line, None, message, reference.as_deref());
                         if let Some(reference) = reference {
-                            self.poison(line, reference);
+                            self.sink.poison(line, reference);
                         }
                     }
                     Next::Fatal { line, message } => {
@@ -283,7 +178,10 @@ impl Parser {
                 }
             }
         }
-        self.finish()
+        Parsed {
+            header_broken: self.header_broken,
+            last_line: self.last_line,
+        }
     }
 
     /// Reads the header; false when the rows cannot be read against it.
@@ -465,218 +363,27 @@ impl Parser {
 
         let title_unreadable = self.unreadable(fields, Column::Title).is_some();
         let Some(reference) = reference else { return };
-        let index = match project {
-            ProjectCell::Given(project_id) => self.ticket_of(line, project_id, reference),
-            ProjectCell::Blank => {
-                let index = self.continued_ticket(line, reference);
-                self.continuations.push((index, line));
-                index
-            }
+        let project_id = match project {
+            ProjectCell::Given(project_id) => Some(project_id),
+            ProjectCell::Blank => None,
             ProjectCell::Bad => {
-                self.poison(line, reference.to_owned());
+                self.sink.poison(line, reference.to_owned());
                 return;
             }
         };
-        let (Some(ticket), Some(marks)) = (self.tickets.get_mut(index), self.marks.get_mut(index))
-        else {
-            return;
-        };
-        let mut merge = Merge {
-            ticket: index,
-            first_line: ticket.line,
-            line,
-            later_lines: &mut self.later_lines,
-            disagreements: Vec::new(),
-        };
-        let mut given_title = Some(std::mem::take(&mut ticket.title)).filter(|t| !t.is_empty());
-        merge.merge(&mut given_title, title, Column::Title);
-        ticket.title = given_title.unwrap_or_default();
-        merge.merge(&mut ticket.address, address, Column::Address);
-        merge.merge(&mut ticket.priority, priority, Column::Priority);
-        merge.merge(&mut ticket.contact_name, contact_name, Column::ContactName);
-        merge.merge(
-            &mut ticket.contact_email,
-            contact_email,
-            Column::ContactEmail,
-        );
-        // Moved, not extended: `extend` into an empty Vec reserves room for four.
-        if ticket.attachments.is_empty() {
-            ticket.attachments = attachments;
-        } else {
-            ticket.attachments.extend(attachments);
-        }
-        let disagreements = merge.disagreements;
-        marks.title_unreadable |= title_unreadable;
-        marks.bad |= bad || !disagreements.is_empty();
-        for (column, message) in disagreements {
-            self.problem(line, Some(column), message, Some(reference));
-        }
-    }
-
-    /// The ticket of a row that gives `project_id`: the one with that key, else the
-    /// provisional ticket of the ref's earlier continuation rows, else a new one.
-    fn ticket_of(&mut self, line: u64, project_id: ProjectId, reference: &str) -> usize {
-        let tickets = &self.tickets;
-        let key_hash = self.by_key.hash((project_id, reference));
-        let same_key = |index: usize| {
-            tickets
-                .get(index)
-                .is_some_and(|t| t.project_id == project_id && t.reference == reference)
-        };
-        if let Some(index) = self.by_key.find(key_hash, same_key) {
-            return index;
-        }
-        let provisional = self
-            .by_ref
-            .as_ref()
-            .and_then(|by_ref| by_ref.first(tickets, reference))
-            .filter(|&first| self.marks.get(first).is_some_and(|m| m.provisional));
-        if let Some(first) = provisional {
-            // The ref's continuation rows came first: their ticket is this project's.
-            if let (Some(ticket), Some(marks)) =
-                (self.tickets.get_mut(first), self.marks.get_mut(first))
-            {
-                ticket.project_id = project_id;
-                marks.provisional = false;
-            }
-            self.by_key.insert(key_hash, first);
-            if let Some(by_ref) = &mut self.by_ref {
-                by_ref.adopted.insert(first, line);
-            }
-            return first;
-        }
-        let index = self.new_ticket(line, project_id, reference);
-        self.by_key.insert(key_hash, index);
-        if let Some(by_ref) = &mut self.by_ref {
-            by_ref.add(&self.tickets, index);
-        }
-        index
-    }
-
-    /// The ticket a continuation row joins: the first with its ref, or a provisional one
-    /// until a row gives the ref a project.
-    fn continued_ticket(&mut self, line: u64, reference: &str) -> usize {
-        let by_ref = self
-            .by_ref
-            .get_or_insert_with(|| RefIndex::build(&self.tickets));
-        if let Some(first) = by_ref.first(&self.tickets, reference) {
-            return first;
-        }
-        let index = self.new_ticket(line, ProjectId(Uuid::nil()), reference);
-        if let Some(marks) = self.marks.get_mut(index) {
-            marks.provisional = true;
-        }
-        if let Some(by_ref) = &mut self.by_ref {
-            by_ref.add(&self.tickets, index);
-        }
-        index
-    }
-
-    fn new_ticket(&mut self, line: u64, project_id: ProjectId, reference: &str) -> usize {
-        self.tickets.push(TicketSpec {
+        self.sink.row(Row {
             line,
             reference: reference.to_owned(),
             project_id,
-            title: String::new(),
-            address: None,
-            priority: None,
-            contact_name: None,
-            contact_email: None,
-            attachments: Vec::new(),
+            title,
+            address,
+            priority,
+            contact_name,
+            contact_email,
+            attachments,
+            bad,
+            title_unreadable,
         });
-        self.marks.push(Marks::default());
-        self.tickets.len() - 1
-    }
-
-    /// A continuation row needs its ref under exactly one project: none is a missing
-    /// value, several is a row that cannot say which ticket it belongs to.
-    fn check_continuations(&mut self) {
-        let by_ref = self.by_ref.take().unwrap_or_default();
-        for (index, line) in std::mem::take(&mut self.continuations) {
-            let (Some(ticket), Some(marks)) = (self.tickets.get(index), self.marks.get(index))
-            else {
-                continue;
-            };
-            let reference = ticket.reference.clone();
-            if marks.provisional {
-                let message = MISSING.to_owned();
-                self.problem(line, Some(Column::ProjectId), message, Some(&reference));
-                continue;
-            }
-            let Some(other) = by_ref.others.get(&index) else {
-                continue;
-            };
-            let Some(second) = self.tickets.get(other.second) else {
-                continue;
-            };
-            let first_line = by_ref.adopted.get(&index).copied().unwrap_or(ticket.line);
-            let (projects, more) = match other.count {
-                2 => ("two".to_owned(), ""),
-                count => (count.to_string(), ", ..."),
-            };
-            let message = format!(
-                "blank, but ref {reference:?} exists under {projects} projects ({} on line \
-                 {first_line}, {} on line {}{more}); give the project_id",
-                ticket.project_id, second.project_id, second.line
-            );
-            self.problem(line, Some(Column::ProjectId), message, Some(&reference));
-            self.poison(line, reference);
-        }
-    }
-
-    fn finish(mut self) -> Checked {
-        self.check_continuations();
-        // What only the rows needed goes first, to make room for the result.
-        self.by_key = KeyIndex::default();
-        self.later_lines = HashMap::new();
-        let mut skipped: Vec<(u64, String)> = std::mem::take(&mut self.poisoned);
-        let mut marks = std::mem::take(&mut self.marks).into_iter();
-        let mut tickets = std::mem::take(&mut self.tickets);
-        tickets.retain_mut(|ticket| {
-            let marks = marks.next().unwrap_or_default();
-            if marks.provisional {
-                // Its rows are reported: no row gave the ref a project.
-                skipped.push((ticket.line, std::mem::take(&mut ticket.reference)));
-                return false;
-            }
-            if ticket.title.is_empty() {
-                if !marks.title_unreadable {
-                    let message = MISSING.to_owned();
-                    let line = ticket.line;
-                    self.problem(line, Some(Column::Title), message, Some(&ticket.reference));
-                }
-                skipped.push((ticket.line, std::mem::take(&mut ticket.reference)));
-                return false;
-            }
-            if marks.bad || self.header_broken || self.poisoned_set.contains(&ticket.reference) {
-                skipped.push((ticket.line, std::mem::take(&mut ticket.reference)));
-                return false;
-            }
-            // A ticket of several rows grew its attachments by doubling.
-            ticket.attachments.shrink_to_fit();
-            true
-        });
-        tickets.shrink_to_fit();
-        skipped.sort_by_key(|(line, _)| *line);
-        let mut seen = HashSet::new();
-        let skipped_refs = skipped
-            .into_iter()
-            .map(|(_, reference)| reference)
-            .filter(|reference| seen.insert(reference.clone()))
-            .collect();
-        self.problems.sort_by_key(|p| p.line);
-        Checked {
-            tickets,
-            problems: self.problems,
-            skipped_refs,
-            files_root: self.files.root().to_path_buf(),
-        }
-    }
-
-    fn poison(&mut self, line: u64, reference: String) {
-        if self.poisoned_set.insert(reference.clone()) {
-            self.poisoned.push((line, reference));
-        }
     }
 
     fn problem(
@@ -686,7 +393,7 @@ impl Parser {
         message: String,
         reference: Option<&str>,
     ) {
-        self.problems.push(Problem {
+        self.sink.problem(Problem {
             file: self.file.clone(),
             line,
             field: field.map(|c| c.name().to_owned()),
@@ -711,53 +418,6 @@ impl Parser {
             .get(column)
             .and_then(|i| fields.get(i))
             .and_then(Field::unreadable)
-    }
-}
-
-/// One row's values being merged into its ticket.
-struct Merge<'a> {
-    ticket: usize,
-    /// The ticket's first line: where its values came from unless `later_lines` says.
-    first_line: u64,
-    line: u64,
-    later_lines: &'a mut HashMap<(usize, Column), u64>,
-    disagreements: Vec<(Column, String)>,
-}
-
-impl Merge<'_> {
-    /// Merges the row's value of a column into the ticket's: blank inherits, equal agrees,
-    /// anything else is a disagreement naming the line of the first value.
-    fn merge<T: PartialEq + fmt::Display>(
-        &mut self,
-        slot: &mut Option<T>,
-        new: Option<T>,
-        column: Column,
-    ) {
-        let Some(new) = new else { return };
-        match slot {
-            None => {
-                if self.line != self.first_line {
-                    self.later_lines.insert((self.ticket, column), self.line);
-                }
-                *slot = Some(new);
-            }
-            Some(old) if *old == new => {}
-            Some(old) => {
-                let first = self
-                    .later_lines
-                    .get(&(self.ticket, column))
-                    .copied()
-                    .unwrap_or(self.first_line);
-                self.disagreements.push((
-                    column,
-                    format!(
-                        "{:?} disagrees with {:?} on line {first} (rows of one ticket must agree or leave it blank)",
-                        new.to_string(),
-                        old.to_string()
-                    ),
-                ));
-            }
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod budgets;
 pub mod dashboard;
+pub(crate) mod staging;
 pub mod status;
 pub mod tickets;
 

@@ -9,12 +9,17 @@ use crate::domain::{
 };
 use crate::manifest::TicketSpec;
 use serde_json::json;
+use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 use visibuild_queue::{self as queue, JobRef, NewJob, Transition, on, sql};
 
 /// Tickets loaded per statement.
 const LOAD_CHUNK: usize = 2_000;
+
+/// Rows per multi-row `INSERT … VALUES` in SQLite: at eleven columns, well under its limit
+/// of 32,766 parameters a statement.
+const SQLITE_ROWS_PER_INSERT: usize = 500;
 
 /// A batch, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -148,19 +153,72 @@ pub async fn load_tickets(
     source: &str,
     receipts: Option<&ReceiptSource>,
 ) -> Result<LoadReport, StoreError> {
-    let mut report = LoadReport::default();
     let loaded_at = OffsetDateTime::now_utc();
+    let load = Load {
+        batch,
+        max_attempts,
+        source,
+        receipts,
+        loaded_at,
+    };
+    let mut report = LoadReport::default();
     for chunk in tickets.chunks(LOAD_CHUNK) {
-        let load = Load {
-            batch,
-            max_attempts,
-            source,
-            receipts,
-            loaded_at,
-        };
-        load_chunk(conn, &load, chunk, &mut report).await?;
+        let sorted = sort_page(conn, chunk.to_vec()).await?;
+        load_sorted(conn, &load, &sorted, &mut report).await?;
     }
     Ok(report)
+}
+
+/// A page of checked tickets sorted against what the store holds: the new ones with their
+/// ids and digests, the ones loaded before (changed or not).
+#[derive(Debug)]
+pub struct SortedPage {
+    tickets: Vec<TicketSpec>,
+    /// `(id, ticket index, fields digest)` of the tickets not loaded before.
+    fresh: Vec<(TicketId, usize, String)>,
+    changed: Vec<usize>,
+    unchanged: Vec<usize>,
+}
+
+/// Sorts a page of tickets against the store (read only: any connection will do).
+pub async fn sort_page(
+    conn: &mut Conn<'_>,
+    tickets: Vec<TicketSpec>,
+) -> Result<SortedPage, StoreError> {
+    let existing = existing_digests(conn, &tickets).await?;
+    let existing: HashMap<(ProjectId, &str), &str> = existing
+        .iter()
+        .map(|(p, r, d)| ((*p, r.as_str()), d.as_str()))
+        .collect();
+    let mut fresh = Vec::new();
+    let (mut changed, mut unchanged) = (Vec::new(), Vec::new());
+    for (i, spec) in tickets.iter().enumerate() {
+        let digest = spec.fields_digest();
+        match existing.get(&(spec.project_id, spec.reference.as_str())) {
+            Some(old) if *old == digest => unchanged.push(i),
+            Some(_) => changed.push(i),
+            None => fresh.push((TicketId::new(), i, digest)),
+        }
+    }
+    drop(existing);
+    Ok(SortedPage {
+        tickets,
+        fresh,
+        changed,
+        unchanged,
+    })
+}
+
+/// What every page of one load shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Load<'a> {
+    pub batch: BatchId,
+    pub max_attempts: i32,
+    /// The manifest, for the notes of refs that changed since they were loaded.
+    pub source: &'a str,
+    pub receipts: Option<&'a ReceiptSource>,
+    /// The load's time (a receipt says it), the same on every page.
+    pub loaded_at: OffsetDateTime,
 }
 
 /// One attachment row to insert.
@@ -221,16 +279,6 @@ fn upload_job(load: &Load<'_>, attachment: AttachmentId) -> NewJob {
         max_attempts: load.max_attempts,
         ..NewJob::available(JobKind::Upload.as_str())
     }
-}
-
-/// What every chunk of one load shares.
-struct Load<'a> {
-    batch: BatchId,
-    max_attempts: i32,
-    /// The manifest, for the notes of refs that changed since they were loaded.
-    source: &'a str,
-    receipts: Option<&'a ReceiptSource>,
-    loaded_at: OffsetDateTime,
 }
 
 /// The loaded fields of a ticket, to name what a re-load changed.
@@ -381,36 +429,28 @@ fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> String {
     serde_json::Value::Array(rows.collect()).to_string()
 }
 
-async fn load_chunk(
+/// Loads a sorted page in the caller's transaction: the new tickets with their attachments
+/// and jobs; the changed ones noted, the unchanged ones' notes cleared.
+pub async fn load_sorted(
     conn: &mut Conn<'_>,
     load: &Load<'_>,
-    chunk: &[TicketSpec],
+    page: &SortedPage,
     report: &mut LoadReport,
 ) -> Result<(), StoreError> {
     let batch = load.batch;
-    let existing = existing_digests(conn, chunk).await?;
-    let existing: HashMap<(ProjectId, &str), &str> = existing
-        .iter()
-        .map(|(p, r, d)| ((*p, r.as_str()), d.as_str()))
-        .collect();
-
-    let mut fresh: Vec<(TicketId, &TicketSpec, String)> = Vec::new();
-    let (mut changed, mut unchanged) = (Vec::new(), Vec::new());
-    for (i, spec) in chunk.iter().enumerate() {
-        let digest = spec.fields_digest();
-        match existing.get(&(spec.project_id, spec.reference.as_str())) {
-            Some(old) if *old == digest => unchanged.push(i),
-            Some(_) => changed.push(i),
-            None => fresh.push((TicketId::new(), spec, digest)),
-        }
-    }
+    let (changed, unchanged) = (&page.changed, &page.unchanged);
     report.unchanged += unchanged.len() as u64;
     if !(changed.is_empty() && unchanged.is_empty()) {
-        note_changes(conn, chunk, &changed, &unchanged, load.source, report).await?;
+        note_changes(conn, &page.tickets, changed, unchanged, load.source, report).await?;
     }
-    if fresh.is_empty() {
+    if page.fresh.is_empty() {
         return Ok(());
     }
+    let fresh: Vec<(TicketId, &TicketSpec, &str)> = page
+        .fresh
+        .iter()
+        .map(|(id, i, digest)| (*id, &page.tickets[*i], digest.as_str()))
+        .collect();
 
     let inserted = insert_tickets(conn, batch, &fresh).await?;
     // A concurrent load of the same refs won the race for any ticket not returned here.
@@ -523,17 +563,39 @@ async fn existing_digests(
     })
 }
 
-/// Inserts the new tickets (one statement); the ids of those inserted — a ref a concurrent
-/// load inserted first is skipped.
+/// Inserts the new tickets; the ids of those inserted — a ref a concurrent load inserted
+/// first is skipped. The ids are asked for only then: read back row by row, they cost as
+/// much as the insert.
 async fn insert_tickets(
     conn: &mut Conn<'_>,
     batch: BatchId,
-    fresh: &[(TicketId, &TicketSpec, String)],
+    fresh: &[(TicketId, &TicketSpec, &str)],
 ) -> Result<Vec<TicketId>, StoreError> {
+    let inserted = insert_ticket_rows(conn, batch, fresh).await?;
+    let ids = fresh.iter().map(|f| f.0);
+    if inserted == fresh.len() as u64 {
+        return Ok(ids.collect());
+    }
+    let ids: Vec<uuid::Uuid> = ids.map(|id| id.0).collect();
+    Ok(on!(
+        &mut *conn,
+        sql!("SELECT id FROM tickets WHERE id {in_ids $1}"),
+        |c, q| sqlx::query_scalar(q)
+            .bind(queue::List(&ids))
+            .fetch_all(c)
+            .await
+    )?)
+}
+
+/// Inserts the new tickets but those a concurrent load inserted first; how many it did.
+async fn insert_ticket_rows(
+    conn: &mut Conn<'_>,
+    batch: BatchId,
+    fresh: &[(TicketId, &TicketSpec, &str)],
+) -> Result<u64, StoreError> {
     Ok(match conn {
-        Conn::Postgres(c) => {
-            sqlx::query_scalar(
-                "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
+        Conn::Postgres(c) => sqlx::query(
+            "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
                                       priority, contact_name, contact_email, fields_digest)
                  SELECT t.id, $1, t.project_id, t.ref, t.line, t.title, t.address, t.priority,
                         t.contact_name, t.contact_email, t.digest
@@ -541,81 +603,78 @@ async fn insert_tickets(
                                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
                      AS t (id, project_id, ref, line, title, address, priority, contact_name,
                            contact_email, digest)
-                 ON CONFLICT (project_id, ref) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(batch)
-            .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
-            .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| Some(f.1.reference.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| Some(f.1.title.as_str()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.address.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.priority.map(Priority::as_str))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.contact_name.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                fresh
-                    .iter()
-                    .map(|f| f.1.contact_email.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(fresh.iter().map(|f| Some(f.2.as_str())).collect::<Vec<_>>())
-            .fetch_all(&mut **c)
-            .await?
-        }
+                 ON CONFLICT (project_id, ref) DO NOTHING",
+        )
+        .bind(batch)
+        .bind(fresh.iter().map(|f| f.0).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|f| f.1.project_id).collect::<Vec<_>>())
+        .bind(
+            fresh
+                .iter()
+                .map(|f| Some(f.1.reference.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(fresh.iter().map(|f| f.1.line as i64).collect::<Vec<_>>())
+        .bind(
+            fresh
+                .iter()
+                .map(|f| Some(f.1.title.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.address.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.priority.map(Priority::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.contact_name.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|f| f.1.contact_email.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(fresh.iter().map(|f| Some(f.2)).collect::<Vec<_>>())
+        .execute(&mut **c)
+        .await?
+        .rows_affected(),
         Conn::Sqlite(c) => {
-            sqlx::query_scalar(
-                "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
-                                      priority, contact_name, contact_email, fields_digest)
-                 SELECT unhex(value ->> 0), $1, unhex(value ->> 1), value ->> 2, value ->> 3,
-                        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
-                        value ->> 9
-                   FROM json_each($2) WHERE true
-                 ON CONFLICT (project_id, ref) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(batch)
-            .bind(json_rows(fresh.iter().map(|(id, t, digest)| {
-                json!([
-                    hex(id.0),
-                    hex(t.project_id.0),
-                    t.reference,
-                    t.line,
-                    t.title,
-                    t.address,
-                    t.priority.map(Priority::as_str),
-                    t.contact_name,
-                    t.contact_email,
-                    digest
-                ])
-            })))
-            .fetch_all(&mut **c)
-            .await?
+            // Bound values, not a JSON document: SQLite would parse a row's JSON again for
+            // each field it takes out of it.
+            let mut inserted = 0;
+            for part in fresh.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, address,
+                                          priority, contact_name, contact_email, fields_digest) ",
+                );
+                insert.push_values(part, |mut row, (id, t, digest)| {
+                    row.push_bind(*id)
+                        .push_bind(batch)
+                        .push_bind(t.project_id)
+                        .push_bind(t.reference.as_str())
+                        .push_bind(t.line as i64)
+                        .push_bind(t.title.as_str())
+                        .push_bind(t.address.as_deref())
+                        .push_bind(t.priority.map(Priority::as_str))
+                        .push_bind(t.contact_name.as_deref())
+                        .push_bind(t.contact_email.as_deref())
+                        .push_bind(*digest);
+                });
+                insert.push(" ON CONFLICT (project_id, ref) DO NOTHING");
+                inserted += insert.build().execute(&mut **c).await?.rows_affected();
+            }
+            inserted
         }
     })
 }
@@ -648,32 +707,28 @@ async fn insert_attachments(
             .await?;
         }
         Conn::Sqlite(c) => {
-            let json = json_rows((0..rows.ids.len()).map(|i| {
-                json!([
-                    hex(rows.ids[i].0),
-                    hex(rows.tickets[i].0),
-                    rows.positions[i],
-                    rows.paths[i],
-                    rows.resolved[i],
-                    rows.filenames[i],
-                    rows.content_types[i],
-                    rows.sizes[i],
-                    rows.mtimes[i],
-                    rows.inline[i].as_deref().map(hex::encode),
-                    rows.roots[i]
-                ])
-            }));
-            sqlx::query(
-                "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
-                                          content_type, size, mtime_ns, inline_content, root)
-                 SELECT unhex(value ->> 0), unhex(value ->> 1), value ->> 2, value ->> 3,
-                        value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8,
-                        unhex(value ->> 9), value ->> 10
-                   FROM json_each($1)",
-            )
-            .bind(json)
-            .execute(&mut **c)
-            .await?;
+            let all: Vec<usize> = (0..rows.ids.len()).collect();
+            for part in all.chunks(SQLITE_ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO attachments (id, ticket_id, position, path, resolved_path,
+                                              filename, content_type, size, mtime_ns,
+                                              inline_content, root) ",
+                );
+                insert.push_values(part, |mut row, &i| {
+                    row.push_bind(rows.ids[i])
+                        .push_bind(rows.tickets[i])
+                        .push_bind(rows.positions[i])
+                        .push_bind(rows.paths[i])
+                        .push_bind(rows.resolved[i].as_str())
+                        .push_bind(rows.filenames[i])
+                        .push_bind(rows.content_types[i])
+                        .push_bind(rows.sizes[i])
+                        .push_bind(rows.mtimes[i])
+                        .push_bind(rows.inline[i].as_deref())
+                        .push_bind(rows.roots[i].as_str());
+                });
+                insert.build().execute(&mut **c).await?;
+            }
         }
     }
     Ok(())
