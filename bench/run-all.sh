@@ -3,7 +3,7 @@
 # for the README. About 5–10 minutes on 2 cores. Needs Postgres at BENCH_PG (default
 # postgres://postgres@127.0.0.1:5432, a role that can create databases), python3, jq, curl,
 # psql and GNU time. Usage: bash bench/run-all.sh [pipeline rate ingest large hash queue
-# ingest-large] (ingest-large, manifests of up to 1,000,000 rows, is not in the default set:
+# ingest-large register] (ingest-large, manifests of up to 1,000,000 rows, and register are not in the default set:
 # about 10 minutes and 400 MB of disk; BENCH_BASE_BIN compares it with a previous build)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -542,11 +542,23 @@ pub async fn check(
     chunk: usize,
     each_problem: impl FnMut(Problem),
 ) -> Result<Counts, IngestError> {
+    check_each(manifest, chunk, each_problem, |_| {}).await
+}
+
+/// [`check`], also handing every valid ticket to `each_ticket` in manifest order (for
+/// `check --preview`), a page at a time.
+pub async fn check_each(
+    manifest: Opened,
+    chunk: usize,
+    each_problem: impl FnMut(Problem),
+    mut each_ticket: impl FnMut(&TicketSpec),
+) -> Result<Counts, IngestError> {
     let mut connection = Session::private().await?;
     let mut conn = connection.conn();
     let mut staged = stage(&mut conn, manifest, chunk).await?;
     let mut counts = Counts::default();
     while let Some(page) = next_page(&mut conn, &mut staged).await? {
+        page.iter().for_each(&mut each_ticket);
         counts.add(&page);
     }
     seal(&mut conn, &mut counts).await?;

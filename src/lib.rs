@@ -9,6 +9,7 @@ pub mod domain;
 pub mod human;
 pub mod ingest;
 pub mod manifest;
+pub mod outage;
 pub mod pipeline;
 pub mod rate;
 pub mod receipt;

@@ -105,6 +105,8 @@ fn client_with_token(sandbox: &Sandbox, api_rate: Option<Rate>, token: &str) -> 
             api_gate: Arc::new(RateGate::new(api_rate)),
             upload_gate: Arc::new(RateGate::new(None)),
             timeout: Duration::from_secs(30),
+            answer_timeout: visibuild_import::visibuild::ANSWER_TIMEOUT,
+            outages: Arc::default(),
         })
         .unwrap(),
     )

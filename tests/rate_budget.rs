@@ -128,3 +128,47 @@ async fn processes_given_different_rates_share_the_lowest_and_say_so(db: Db) {
         "both left when they stopped: {json}"
     );
 }
+
+on_both!(three_processes_never_put_more_files_in_a_second_than_the_upload_rate);
+async fn three_processes_never_put_more_files_in_a_second_than_the_upload_rate(db: Db) {
+    const UPLOADS: u32 = 10;
+    // Two files a ticket, and every call slowed by latency: a presign that took long must
+    // not send its PUT late into the slots of the uploads after it.
+    let manifest = Manifest::new(24, |_| 2);
+    let sandbox = start(SandboxConfig {
+        latency: Duration::from_millis(30),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let api = sandbox.base_url();
+    let out = output(bin(&db, &["enqueue", manifest.arg(), "--quiet"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let upload_rate = format!("{UPLOADS}/s");
+    let runs: Vec<Running> = (0..3)
+        .map(|_| {
+            spawn(with_token(
+                &db,
+                &[
+                    "run",
+                    "--api-url",
+                    &api,
+                    "--api-rate",
+                    "1000/s",
+                    "--upload-rate",
+                    &upload_rate,
+                    "--quiet",
+                ],
+            ))
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait().await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    assert_eq!(created_by_title(&sandbox), each_once(24));
+    let peak = sandbox.stats().upload_peak_per_second;
+    assert!(
+        peak <= u64::from(UPLOADS),
+        "{peak} PUTs arrived within one second at a shared {UPLOADS}/s"
+    );
+}

@@ -1,4 +1,5 @@
-//! Fuzz target: `manifest::check` on arbitrary bytes must return (problems or an error),
+//! Fuzz target: `manifest::check` on arbitrary bytes (a manifest, or a register with a map
+//! file when the first byte's bit 2 is set) must return (problems or an error),
 //! never panic; and every ticket it accepts must load into the store as `enqueue` loads it,
 //! when `FUZZ_DATABASE_URL` names a Postgres database (created and migrated on first use;
 //! each load is rolled back). Odd first bytes put a valid header in front, so the fuzzer
@@ -64,14 +65,37 @@ async fn load(pool: &PgPool, specs: &[TicketSpec]) -> Result<(), StoreError> {
 const HEADER: &[u8] =
     b"ref,project_id,title,address,priority,contact_name,contact_email,attachments\n";
 
+/// A register's map, for inputs whose mode asks for the map layer: the input's text up to
+/// `\n---\n` is appended to it (more keys, or a broken map), the rest is the register.
+const MAP: &[u8] = b"header_row = 1\n[columns]\nref = \"Item #\"\nproject_id = \"Project\"\n\
+title = \"{Description} - {Location}\"\npriority = \"Severity\"\nattachments = [\"Photo\", \"Files\"]\n\
+[priority]\nCritical = \"high\"\nMinor = \"low\"\n[projects]\n\"Harbour\" = \"6d1f3a52-8c47-4b9e-a0d2-71e5c9b3f804\"\n";
+const REGISTER_HEADER: &[u8] = b"Item #;Project;Description;Location;Severity;Photo;Files\n";
+
 fuzz_target!(|data: &[u8]| {
-    let (_, manifest) = root();
+    let (dir, manifest) = root();
+    let mut opts = ManifestOptions::default();
     let bytes = match data.split_first() {
+        // The map layer: a map (the fixed one, plus whatever the input adds) and a register.
+        Some((mode, rest)) if mode & 2 == 2 => {
+            let split = rest.windows(5).position(|w| w == b"\n---\n");
+            let (extra, register) = match split {
+                Some(at) => (&rest[..at], &rest[at + 5..]),
+                None => (&b""[..], rest),
+            };
+            let map = dir.path().join("register.map.toml");
+            std::fs::write(&map, [MAP, extra].concat()).expect("write the map");
+            opts.map = Some(map);
+            match mode & 1 {
+                1 => [REGISTER_HEADER, register].concat(),
+                _ => register.to_vec(),
+            }
+        }
         Some((mode, rest)) if mode & 1 == 1 => [HEADER, rest].concat(),
         _ => data.to_vec(),
     };
     std::fs::write(manifest, &bytes).expect("write the manifest");
-    let Ok(checked) = manifest::check(manifest, &ManifestOptions::default()) else {
+    let Ok(checked) = manifest::check(manifest, &opts) else {
         return;
     };
     // What check accepts, enqueue loads (the valid tickets, as with --skip-invalid).

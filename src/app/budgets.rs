@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use visibuild_queue::budget::{Member, Tuning};
 use visibuild_queue::{Budget, BudgetSettings, Joined};
 
+use crate::pipeline::identity;
 use crate::rate::Rate;
 use crate::store::{self, Store};
 use crate::visibuild::Client;
@@ -49,6 +50,7 @@ pub async fn share(
             tuning: Tuning::default(),
         };
         let (budget, joined) = Budget::join(db.clone(), settings).await?;
+        let joined = forget_the_dead(&budget, joined).await;
         warn_of_disagreement(&budget, &joined);
         seen.push(disagreement_key(&budget, &joined));
         let budget = Arc::new(budget);
@@ -92,6 +94,7 @@ async fn check_in(
         for (budget, seen) in budgets.iter().zip(seen.iter_mut()) {
             match budget.check_in().await {
                 Ok(joined) => {
+                    let joined = forget_the_dead(budget, joined).await;
                     // Warn again only when the set of disagreeing processes changes.
                     let key = disagreement_key(budget, &joined);
                     if *seen != key {
@@ -104,6 +107,30 @@ async fn check_in(
             }
         }
     }
+}
+
+/// Members that are processes of this host found gone (`kill -9`, a crash) stop counting
+/// at once: a dead process's low rate must not hold the survivors back until its
+/// membership runs out.
+async fn forget_the_dead(budget: &Budget, mut joined: Joined) -> Joined {
+    let me = identity::Me::read();
+    let dead: Vec<String> = joined
+        .members
+        .iter()
+        .filter(|m| m.member != budget.settings().member && identity::is_dead(&m.member, &me))
+        .map(|m| m.member.clone())
+        .collect();
+    for member in dead {
+        match budget.evict(&member).await {
+            Ok(now) => {
+                tracing::info!(budget = %budget.settings().name, process = %member,
+                    "a process sharing the rate budget is gone; its rate no longer counts");
+                joined = now;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot forget a gone budget member yet"),
+        }
+    }
+    joined
 }
 
 fn disagreement_key(budget: &Budget, joined: &Joined) -> Vec<(String, u64)> {

@@ -4,6 +4,7 @@
 mod budgets;
 mod logging;
 mod operator;
+mod preview;
 mod summary;
 
 pub use logging::{Level, LogFormat, LogSettings, init_logging, say};
@@ -125,6 +126,8 @@ pub struct ManifestSettings {
     pub manifest: PathBuf,
     pub files_root: Option<PathBuf>,
     pub allow_outside_root: bool,
+    /// `--map FILE`: the register's map.
+    pub map: Option<PathBuf>,
 }
 
 impl ManifestSettings {
@@ -132,6 +135,7 @@ impl ManifestSettings {
         ManifestOptions {
             files_root: self.files_root.clone(),
             allow_outside_root: self.allow_outside_root,
+            map: self.map.clone(),
         }
     }
 }
@@ -179,6 +183,8 @@ pub struct WorkerSettings {
     pub quiet: bool,
     /// How long the database or Visibuild may stay unreachable before the run exits 3.
     pub outage_limit: Duration,
+    /// Create a ticket without a file Visibuild keeps refusing (quarantined), reporting it.
+    pub skip_quarantined: bool,
 }
 
 /// Where the dashboard listens, and the token it asks for (required off loopback).
@@ -223,11 +229,25 @@ pub async fn migrate(database_url: &str) -> Result<Exit, anyhow::Error> {
 
 /// Check a manifest, print every problem compiler-style and a summary line. Streams: the
 /// rows go through a private staging file, so memory stays flat whatever the manifest's size.
-pub async fn check(settings: &ManifestSettings) -> Result<Exit, anyhow::Error> {
+/// With `preview`, the first tickets are printed first, as they would be sent.
+pub async fn check(
+    settings: &ManifestSettings,
+    preview: Option<usize>,
+) -> Result<Exit, anyhow::Error> {
     let manifest = open_manifest(settings).await?;
-    let counts = ingest::check(manifest, ingest::DEFAULT_CHUNK, |problem| {
-        println!("{problem}");
-    })
+    let mut shown = 0;
+    let wanted = preview.unwrap_or(0);
+    let counts = ingest::check_each(
+        manifest,
+        ingest::DEFAULT_CHUNK,
+        |problem| println!("{problem}"),
+        |ticket| {
+            if shown < wanted {
+                shown += 1;
+                print!("{}", preview::ticket(ticket));
+            }
+        },
+    )
     .await
     .map_err(ingest_error)?;
     println!(
@@ -240,6 +260,14 @@ pub async fn check(settings: &ManifestSettings) -> Result<Exit, anyhow::Error> {
     } else {
         Exit::Usage
     })
+}
+
+/// `visibuild-import map REGISTER`: prints a starting map guessed from the register.
+pub async fn starting_map(register: &Path) -> Result<Exit, anyhow::Error> {
+    let register = register.to_owned();
+    let map = tokio::task::spawn_blocking(move || manifest::starting_map(&register)).await??;
+    print!("{map}");
+    Ok(Exit::Success)
 }
 
 /// Opens the manifest: a missing or unreadable one is said before anything else is done.
@@ -390,6 +418,9 @@ pub async fn enqueue(
 }
 
 fn default_batch_name(manifest: &Path) -> String {
+    if manifest == Path::new(manifest::STDIN) {
+        return "stdin".into();
+    }
     manifest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -429,21 +460,45 @@ async fn connect_api(
         api_gate: Arc::new(RateGate::new(Some(api.api_rate))),
         upload_gate: Arc::new(RateGate::new(Some(api.upload_rate))),
         timeout: Duration::from_secs(60),
+        answer_timeout: crate::visibuild::ANSWER_TIMEOUT,
+        outages: Arc::default(),
     })?;
     Ok((Arc::new(client), sandbox))
 }
 
-/// Exchange client credentials for a token before anything is loaded or claimed. Refused
-/// credentials, or an origin that is not Visibuild's, are the operator's to fix (exit 2); an
-/// unreachable Visibuild is waited for up to the outage limit (then exit 3). A long-lived
-/// token is only checked by its first call.
+/// Exchange client credentials for a token, then ask the API whether it is there, before
+/// anything is loaded or claimed. Refused credentials, or an origin that does not serve the
+/// API (404 on its path), are the operator's to fix (exit 2); an unreachable or silent
+/// Visibuild is waited for up to the outage limit (then exit 3).
 async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), anyhow::Error> {
     use crate::visibuild::ApiError;
     let started = std::time::Instant::now();
     let mut logged: Option<std::time::Instant> = None;
     loop {
-        let error = match client.authenticate().await {
-            Ok(()) => return Ok(()),
+        let checked = match client.authenticate().await {
+            Ok(()) => match client.probe_api().await {
+                // Refused connections sent nothing: the pool tries its jobs and pauses on
+                // the outage as it would mid-run. A silent API (no answer) is waited for here,
+                // so that no create is sent into it.
+                Err(ApiError::Unreachable { .. }) => {
+                    client.outages().forget_remote();
+                    return Ok(());
+                }
+                probed => probed,
+            },
+            Err(e) => Err(e),
+        };
+        let error = match checked {
+            Ok(crate::visibuild::Probe::Answered) => return Ok(()),
+            Ok(crate::visibuild::Probe::NotServed) => {
+                return Err(UsageError(
+                    "this origin does not serve the Visibuild API (POST /api/core/v1/attachments \
+                     answered 404): check --api-url (the origin only, e.g. \
+                     https://app.visibuild.com.au) or use --region; nothing was loaded or sent"
+                        .into(),
+                )
+                .into());
+            }
             Err(ApiError::Unauthorized { reason }) => {
                 return Err(UsageError(format!(
                     "Visibuild refused the credentials ({reason}); check VISIBUILD_CLIENT_ID and VISIBUILD_CLIENT_SECRET"
@@ -460,7 +515,8 @@ async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), any
         };
         if started.elapsed() > outage_limit {
             return Err(UnreachableError(format!(
-                "no access token after {}s: {error}; nothing was loaded or sent",
+                "the Visibuild API down since the run started ({}s, longer than --outage-secs): \
+                 {error}; nothing was loaded or sent",
                 started.elapsed().as_secs()
             ))
             .into());
@@ -468,7 +524,7 @@ async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), any
         if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
             logged = Some(std::time::Instant::now());
             tracing::warn!(error = %error, gives_up_after_secs = outage_limit.as_secs(),
-                "cannot fetch an access token yet; trying again");
+                "Visibuild does not answer yet (access token or API check); trying again");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -534,6 +590,25 @@ pub fn default_store_url() -> Result<String, UsageError> {
     Ok(store::sqlite_url(
         &state.join("visibuild-import").join("queue.db"),
     ))
+}
+
+/// Where a run keeps answers the store could not take yet (see [`pipeline::journal`]):
+/// beside an embedded store's file; for Postgres, in the state directory, named for the
+/// server and database (never the password).
+fn journal_base(database_url: &str) -> PathBuf {
+    if let Some(path) = store::sqlite_path(database_url) {
+        let mut name = path.into_os_string();
+        name.push("-answers");
+        return PathBuf::from(name);
+    }
+    let dir = default_store_url()
+        .ok()
+        .and_then(|url| store::sqlite_path(&url))
+        .and_then(|db| db.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    let shown = store::redact_url(database_url);
+    let digest = <md5::Md5 as md5::Digest>::digest(shown.as_bytes());
+    dir.join(format!("answers-{}", hex::encode(&digest[..8])))
 }
 
 /// Opens the store, saying which embedded file it is (every run prints its path).
@@ -620,6 +695,7 @@ async fn import_batch(
         watch: false,
         summary,
         dashboard: None,
+        journal: journal_base(&database_url),
     };
     work(db, (client, sandbox, shared), workers, run).await
 }
@@ -669,6 +745,7 @@ pub async fn run(
         // Shared before the first call: the token fetch counts against the budget too.
         let shared = share_budgets(&db, &client, &api).await?;
         authenticate(&client, workers.outage_limit).await?;
+        let journal = journal_base(&database_url);
         let dashboard = listener.zip(ui).map(|(listener, settings)| {
             let config = crate::ui::UiConfig {
                 token: settings.token,
@@ -682,6 +759,7 @@ pub async fn run(
             watch,
             summary: summary.as_ref(),
             dashboard,
+            journal,
         };
         work(db, (client, sandbox, shared), workers, run).await
     }
@@ -696,6 +774,8 @@ struct RunTarget<'a> {
     watch: bool,
     summary: Option<&'a SummaryOut>,
     dashboard: Option<(tokio::net::TcpListener, crate::ui::UiConfig)>,
+    /// Where answers the store cannot take yet are kept ([`journal_base`]).
+    journal: PathBuf,
 }
 
 /// Serve the dashboard while the pool runs; stopped (and waited for, briefly) by the guard.
@@ -757,11 +837,18 @@ async fn work(
         batch,
         watch: target.watch,
         outage_limit: workers.outage_limit,
+        journal: Some(target.journal.clone()),
+        skip_quarantined: workers.skip_quarantined,
         ..PoolConfig::default()
     };
     let stop = stop_on_signals();
     let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await;
-    shared.leave().await;
+    // Leaving the budgets writes to the store: not tried when it is the one down, else
+    // bounded (a silent member stops counting soon anyway).
+    let store_down = matches!(&end, Ok(RunEnd::Outage(o)) if o.what == crate::outage::Down::Store);
+    if !store_down {
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.leave()).await;
+    }
     if let Some((stop, handle)) = dashboard {
         stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
@@ -769,6 +856,53 @@ async fn work(
     let end = end?;
     if let Some(r) = reporter {
         r.finish().await;
+    }
+    if let RunEnd::Outage(outage) = &end {
+        // The store may be the one down: the summary is what it can say in a few seconds.
+        let wait = if store_down {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(5)
+        };
+        let totals = tokio::time::timeout(wait, async {
+            stats::run_summary(&mut db.acquire().await?.conn(), batch).await
+        })
+        .await;
+        if let Ok(Ok(totals)) = totals {
+            Summary::new(
+                target.batch.as_ref().map(|b| b.1.clone()),
+                &totals,
+                &progress,
+                &client.counters,
+                sandbox.as_ref().map(|s| s.tickets().len() as u64),
+                Exit::Unreachable,
+            )
+            .print();
+        }
+        let since = outage
+            .since_wall
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        say(
+            Level::Error,
+            &format!(
+                "error: {} down since {since} ({}s, longer than --outage-secs): {}; nothing \
+                 was marked failed for it and unfinished work returns to the queue — run again \
+                 when it is back",
+                outage.what.describe(),
+                outage.since.elapsed().as_secs(),
+                outage.reason
+            ),
+            serde_json::json!({
+                "exit_code": Exit::Unreachable.code(),
+                "down": outage.what.as_str(),
+                "since": since,
+            }),
+        );
+        if let Some(sandbox) = sandbox {
+            sandbox.shutdown().await;
+        }
+        return Ok(Exit::Unreachable);
     }
     let totals = stats::run_summary(&mut db.acquire().await?.conn(), batch).await?;
     // The summary comes first, then why the run stopped early, as the operator's last line.
@@ -780,20 +914,7 @@ async fn work(
                  fix VISIBUILD_TOKEN or VISIBUILD_CLIENT_ID/VISIBUILD_CLIENT_SECRET and run again"
             )),
         ),
-        RunEnd::ApiUnreachable { reason, for_secs } => (
-            Exit::Unreachable,
-            Some(format!(
-                "error: Visibuild unreachable for {for_secs}s ({reason}); nothing was marked \
-                 failed for it — run again when it answers"
-            )),
-        ),
-        RunEnd::StoreUnreachable { reason } => (
-            Exit::Unreachable,
-            Some(format!(
-                "error: the queue's database unreachable for longer than the outage limit \
-                 ({reason}); unfinished work returns to the queue — run again when it is back"
-            )),
-        ),
+        RunEnd::Outage(_) => unreachable!("an outage's end is reported above"),
         RunEnd::Interrupted => (Exit::Interrupted, None),
         RunEnd::Drained if totals.failed + totals.needs_review + totals.pending > 0 => {
             (Exit::TicketsFailed, None)

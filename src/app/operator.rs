@@ -131,6 +131,8 @@ pub struct RetrySettings {
     pub job: Option<JobId>,
     pub error_contains: Option<String>,
     pub force: bool,
+    /// Only this project's tickets (a refused project's gate re-opens).
+    pub project: Option<uuid::Uuid>,
 }
 
 pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, anyhow::Error> {
@@ -141,6 +143,7 @@ pub async fn retry(database_url: &str, settings: RetrySettings) -> Result<Exit, 
         jobs: settings.job.map(|job| vec![job]),
         error_contains: settings.error_contains,
         force: settings.force,
+        project: settings.project,
     };
     let in_batch = settings
         .batch
@@ -379,6 +382,7 @@ fn write_report(sink: impl Write, rows: &[stats::TicketResult]) -> Result<(), cs
             "error",
             "file_changes",
             "changed_fields",
+            "skipped_files",
         ],
     )?;
     for r in rows {
@@ -396,6 +400,7 @@ fn write_report(sink: impl Write, rows: &[stats::TicketResult]) -> Result<(), cs
                 r.last_error.as_deref().unwrap_or(""),
                 r.file_changes.as_deref().unwrap_or(""),
                 r.changed_fields.as_deref().unwrap_or(""),
+                r.skipped_files.as_deref().unwrap_or(""),
             ],
         )?;
     }
@@ -502,13 +507,14 @@ mod tests {
             last_error: Some("-1 files, \"bad\"".into()),
             file_changes: None,
             changed_fields: Some("=title (m.csv:7)".into()),
+            skipped_files: None,
         };
         let mut out = Vec::new();
         write_report(&mut out, &[row]).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().nth(1).unwrap(),
-            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",7,00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""",,'=title (m.csv:7)"##
+            r##"'=batch(),"'=HYPERLINK(""http://x"",""y"")",7,00000000-0000-0000-0000-000000000000,failed,,,2,"'-1 files, ""bad""",,'=title (m.csv:7),"##
         );
     }
 

@@ -122,6 +122,7 @@ impl StoreArgs {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => app::default_store_url()?,
         };
+        crate::store::check_url(&url)?;
         Ok(if rehearsal {
             app::rehearsal_database_url(&url)
         } else {
@@ -146,6 +147,12 @@ Examples:
 Example:
   visibuild-import check defects.csv --files-root /srv/defect-photos")]
     Check(CheckArgs),
+    /// Print a starting map (TOML) for a register, guessed from its header and values.
+    #[command(after_help = "\
+Example:
+  visibuild-import map register.xlsx > register.map.toml
+  visibuild-import check register.xlsx --map register.map.toml --preview 3")]
+    Map(MapArgs),
     /// Run the worker pool on whatever is queued.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
@@ -211,14 +218,19 @@ struct MigrateArgs {
 
 #[derive(Debug, Args)]
 struct ManifestArgs {
-    /// The CSV manifest.
+    /// The CSV manifest ("-" for standard input, which needs --files-root).
     manifest: PathBuf,
-    /// Folder the attachment paths are relative to (default: the manifest's folder).
+    /// Folder the attachment paths are relative to (default: the manifest's folder; required
+    /// for a manifest read from standard input, a pipe or /dev).
     #[arg(long, env = "VISIBUILD_FILES_ROOT", help_heading = "Manifest")]
     files_root: Option<PathBuf>,
     /// Allow absolute paths and paths outside the files root.
     #[arg(long, help_heading = "Manifest")]
     allow_outside_root: bool,
+    /// A register in its own shape (.csv of any delimiter, .xlsx, .xls, .ods): the TOML map
+    /// from its columns and words to the manifest's (see `visibuild-import map`).
+    #[arg(long, value_name = "FILE", help_heading = "Manifest")]
+    map: Option<PathBuf>,
 }
 
 /// What `enqueue` and `import` load.
@@ -261,6 +273,16 @@ struct EnqueueArgs {
 struct CheckArgs {
     #[command(flatten)]
     manifest: ManifestArgs,
+    /// Also print the first N tickets exactly as they would be sent: the JSON body and the
+    /// files with their sizes (after --map).
+    #[arg(long, value_name = "N")]
+    preview: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct MapArgs {
+    /// The register (.csv, .xlsx, .xls, .ods).
+    register: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +364,15 @@ struct ApiArgs {
         help_heading = "Visibuild"
     )]
     api_url: Option<String>,
+    /// Accept a plain http:// --api-url to a host that is not this machine (the token then
+    /// crosses the network in clear); loopback origins need no flag.
+    #[arg(
+        long,
+        env = "VISIBUILD_ALLOW_HTTP",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help_heading = "Visibuild"
+    )]
+    allow_http: bool,
     /// Visibuild region, instead of --api-url.
     #[arg(long, value_enum, env = "VISIBUILD_REGION", help_heading = "Visibuild")]
     region: Option<Region>,
@@ -383,6 +414,11 @@ struct WorkerArgs {
     /// Seconds between plain progress lines when stderr is not a terminal.
     #[arg(long, hide = true, env = "VISIBUILD_PROGRESS_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     progress_secs: u64,
+    /// A file Visibuild still refuses after one fresh upload (quarantined by its malware
+    /// scan) is left out of its ticket, which is created without it; `report` lists it in
+    /// skipped_files. Without this the ticket fails naming the file.
+    #[arg(long)]
+    skip_quarantined: bool,
 }
 
 #[derive(Debug, Args)]
@@ -411,6 +447,10 @@ struct RetryArgs {
     /// Only this ticket (manifest ref).
     #[arg(long = "ref")]
     reference: Option<String>,
+    /// Only this project's tickets (UUID); a refused project's gate opens again, so its
+    /// first ticket is created before its other files are uploaded.
+    #[arg(long, value_name = "UUID")]
+    project: Option<uuid::Uuid>,
     /// Only this job.
     #[arg(long)]
     job: Option<i64>,
@@ -495,7 +535,8 @@ impl Cli {
     pub async fn run(self) -> Result<Exit, anyhow::Error> {
         let quiet = self.global.quiet;
         match self.command {
-            Command::Check(a) => app::check(&a.manifest.into_settings()).await,
+            Command::Check(a) => app::check(&a.manifest.into_settings(), a.preview).await,
+            Command::Map(a) => app::starting_map(&a.register).await,
             Command::Enqueue(a) => {
                 let enqueue = a.load.into_settings(&a.attempts);
                 app::enqueue(&a.store.url(false)?, &enqueue)
@@ -538,6 +579,7 @@ impl Cli {
                         job: a.job.map(JobId),
                         error_contains: a.error_contains,
                         force: a.force,
+                        project: a.project,
                     },
                 )
                 .await
@@ -588,6 +630,7 @@ impl ManifestArgs {
             manifest: self.manifest,
             files_root: self.files_root,
             allow_outside_root: self.allow_outside_root,
+            map: self.map,
         }
     }
 }
@@ -671,7 +714,11 @@ impl ApiArgs {
             (None, None, None) => None,
         };
         let api_url = match (self.api_url, self.region) {
-            (Some(url), _) => Some(crate::visibuild::parse_origin(&url).map_err(app::UsageError)?),
+            (Some(url), _) => {
+                let origin = crate::visibuild::parse_origin(&url).map_err(app::UsageError)?;
+                check_plain_http(&origin, self.allow_http)?;
+                Some(origin)
+            }
             (None, Some(region)) => Some(region.origin().to_string()),
             (None, None) => None,
         };
@@ -685,6 +732,43 @@ impl ApiArgs {
     }
 }
 
+/// A plain `http://` origin off this machine sends the token in clear: refused unless
+/// `--allow-http`, and then said once. Loopback (`127.0.0.0/8`, `::1`, `localhost`) is fine.
+fn check_plain_http(origin: &str, allow_http: bool) -> Result<(), app::UsageError> {
+    if !origin.starts_with("http://") || is_loopback_origin(origin) {
+        return Ok(());
+    }
+    if !allow_http {
+        return Err(app::UsageError(format!(
+            "--api-url {origin} is plain http to another machine: the Visibuild token would cross \
+             the network in clear; use https://, or pass --allow-http (VISIBUILD_ALLOW_HTTP=1) to \
+             send it anyway"
+        )));
+    }
+    app::say(
+        app::Level::Warn,
+        &format!(
+            "--allow-http: talking to {origin} over plain http; the Visibuild token and every \
+             ticket cross the network unencrypted"
+        ),
+        serde_json::json!({ "api_url": origin, "allow_http": true }),
+    );
+    Ok(())
+}
+
+/// The origin's host is this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
+fn is_loopback_origin(origin: &str) -> bool {
+    match url::Url::parse(origin)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 impl WorkerArgs {
     fn into_settings(self, quiet: bool) -> WorkerSettings {
         WorkerSettings {
@@ -694,6 +778,7 @@ impl WorkerArgs {
             progress_every: std::time::Duration::from_secs(self.progress_secs),
             quiet,
             outage_limit: std::time::Duration::from_secs(self.outage_secs),
+            skip_quarantined: self.skip_quarantined,
         }
     }
 }
@@ -701,6 +786,32 @@ impl WorkerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_origins_count_as_this_machine() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_loopback_origin(local), "{local}");
+            assert!(check_plain_http(local, false).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5",
+            "http://app.visibuild.com.au",
+            "http://localhost.evil.example",
+            "http://[fe80::1]",
+            "http://128.0.0.1",
+        ] {
+            assert!(!is_loopback_origin(remote), "{remote}");
+            let refused = check_plain_http(remote, false).unwrap_err().to_string();
+            assert!(refused.contains("--allow-http"), "{refused}");
+        }
+        assert!(check_plain_http("https://app.visibuild.com.au", false).is_ok());
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {
@@ -712,7 +823,10 @@ mod tests {
         let cli = Cli::command();
         for sub in cli.get_subcommands() {
             let has = sub.get_arguments().any(|a| a.get_id() == "database_url");
-            let uses_store = !matches!(sub.get_name(), "check" | "sandbox" | "completions" | "man");
+            let uses_store = !matches!(
+                sub.get_name(),
+                "check" | "map" | "sandbox" | "completions" | "man"
+            );
             assert_eq!(has, uses_store, "{}", sub.get_name());
         }
     }

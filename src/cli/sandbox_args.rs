@@ -29,6 +29,11 @@ pub struct SandboxArgs {
     #[arg(long = "project", value_name = "UUID")]
     pub projects: Vec<Uuid>,
 
+    /// Refuse tickets of this project (repeatable): `422` on `projectId`, "projectId is not
+    /// a project of this company", as for a project of another company.
+    #[arg(long = "refuse-project", value_name = "UUID")]
+    pub refuse_projects: Vec<Uuid>,
+
     /// Where to store uploaded objects (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -114,6 +119,7 @@ impl SandboxArgs {
             tokens,
             clients,
             projects: self.projects,
+            refuse_projects: self.refuse_projects,
             data_dir: self.data_dir,
             rate,
             rate_burst: self.rate_burst,

@@ -4,7 +4,10 @@
 mod files;
 pub(crate) mod merge;
 pub(crate) mod parse;
-mod reader;
+pub(crate) mod reader;
+pub(crate) mod register;
+
+pub use register::{MapError, SheetError};
 
 use std::fmt;
 use std::fs::File;
@@ -30,6 +33,8 @@ pub struct ManifestOptions {
     pub files_root: Option<PathBuf>,
     /// Accept absolute paths, `..` and symlinks that leave the files root.
     pub allow_outside_root: bool,
+    /// `--map FILE`: how a register's own columns and words become the manifest's.
+    pub map: Option<PathBuf>,
 }
 
 /// One ticket of the manifest, from one or several rows sharing `(project_id, ref)` (or
@@ -222,12 +227,23 @@ pub enum ManifestError {
         #[source]
         source: io::Error,
     },
+    /// A manifest from stdin, a pipe or a device has no folder of its own to resolve its
+    /// attachment paths against (`/dev` would be taken for it).
+    #[error(
+        "manifest {path} is read from a stream, not a file in a folder: give --files-root \
+         (the folder its attachment paths are relative to)"
+    )]
+    StreamNeedsFilesRoot { path: PathBuf },
     #[error("files root {path} is not a readable directory")]
     FilesRoot {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Sheet(#[from] SheetError),
     /// The private staging file of [`check`] could not be written (a full or read-only
     /// temporary folder: `TMPDIR`).
     #[error("cannot stage manifest {path} in a temporary file (TMPDIR)")]
@@ -272,21 +288,48 @@ pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, Manifes
 /// resolved, its first bytes read.
 #[derive(Debug)]
 pub struct Opened {
+    /// Where its problems are: the file as given, and a spreadsheet's sheet
+    /// (`register.xlsx:Defects`).
     path: PathBuf,
-    file: File,
-    /// The first bytes, already read from `file`.
-    head: Vec<u8>,
-    /// A second handle on a regular file and its length (to rescan its last record).
-    tail: Option<(File, u64)>,
+    input: Input,
     root: PathBuf,
     allow_outside_root: bool,
-    /// Why the start of the file says it is no CSV at all.
-    not_csv: Option<String>,
+    map: Option<register::Map>,
+}
+
+/// What the rows are read from.
+enum Input {
+    Csv {
+        file: File,
+        /// The first bytes, already read from `file`.
+        head: Vec<u8>,
+        /// A second handle on a regular file and its length (to rescan its last record).
+        tail: Option<(File, u64)>,
+        /// Why the start of the file says it is no CSV at all.
+        not_csv: Option<String>,
+    },
+    Sheet(register::Sheet),
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Csv { .. } => f.write_str("Csv"),
+            Input::Sheet(sheet) => write!(f, "Sheet({:?})", sheet.name),
+        }
+    }
 }
 
 /// Opens a manifest: what makes it unreadable as a whole is an error here, before anything
 /// else is done; anything wrong inside it is a problem of the pass.
 pub fn open(manifest: &Path, opts: &ManifestOptions) -> Result<Opened, ManifestError> {
+    let given = manifest;
+    // `-` is standard input.
+    let manifest = if given == Path::new(STDIN) {
+        Path::new("/dev/stdin")
+    } else {
+        given
+    };
     let unreadable = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound => ManifestError::NotFound {
             path: manifest.to_owned(),
@@ -302,30 +345,50 @@ pub fn open(manifest: &Path, opts: &ManifestOptions) -> Result<Opened, ManifestE
             path: manifest.to_owned(),
         });
     }
+    let map = match &opts.map {
+        Some(map) => Some(register::Map::load(map)?),
+        None => None,
+    };
+    if register::is_spreadsheet(manifest) {
+        let root = files_root(manifest, opts)?;
+        let sheet_name = map.as_ref().and_then(|m| m.sheet.as_deref());
+        let sheet = register::Sheet::open(manifest, sheet_name)?;
+        return Ok(Opened {
+            path: PathBuf::from(format!("{}:{}", manifest.display(), sheet.name)),
+            input: Input::Sheet(sheet),
+            root,
+            allow_outside_root: opts.allow_outside_root,
+            map,
+        });
+    }
     let mut file = File::open(manifest).map_err(unreadable)?;
     // A pipe (`<(...)`, /dev/stdin) is read once; only a regular file is rescanned.
     let tail = match meta.is_file() {
         true => Some((File::open(manifest).map_err(unreadable)?, meta.len())),
         false => None,
     };
-    let root = files_root(manifest, opts)?;
+    let root = files_root(given, opts)?;
     let mut head = vec![0u8; 8192];
     let n = files::read_head(&mut file, &mut head).map_err(unreadable)?;
     head.truncate(n);
     let not_csv = not_csv(&head);
     Ok(Opened {
-        path: manifest.to_owned(),
-        file,
-        head,
-        tail,
+        path: given.to_owned(),
+        input: Input::Csv {
+            file,
+            head,
+            tail,
+            not_csv,
+        },
         root,
         allow_outside_root: opts.allow_outside_root,
-        not_csv,
+        map,
     })
 }
 
 impl Opened {
-    /// The manifest's path, as given.
+    /// Where the manifest's problems are: its path as given, with a spreadsheet's sheet
+    /// (`register.xlsx:Defects`).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -337,26 +400,95 @@ impl Opened {
 
     /// Reads every row into `sink`, one at a time (blocking reads: call it off the runtime).
     pub(crate) fn parse(self, sink: &mut impl parse::RowSink) -> parse::Parsed {
-        if let Some(message) = self.not_csv {
-            sink.problem(Problem {
-                file: self.path,
-                line: 1,
-                field: None,
-                message,
-                reference: None,
-            });
-            return parse::Parsed::default();
-        }
-        let source = io::Cursor::new(self.head).chain(self.file);
-        let records = reader::Records::new(Box::new(source), self.tail);
+        let header_row = self.map.as_ref().map_or(1, |m| m.header_row);
+        let records: Box<dyn reader::RecordSource> = match self.input {
+            Input::Csv {
+                not_csv: Some(message),
+                ..
+            } => {
+                sink.problem(Problem {
+                    file: self.path,
+                    line: 1,
+                    field: None,
+                    message,
+                    reference: None,
+                });
+                return parse::Parsed::default();
+            }
+            Input::Csv {
+                file, head, tail, ..
+            } => {
+                let delimiter = self
+                    .map
+                    .as_ref()
+                    .and_then(|m| m.delimiter)
+                    .unwrap_or_else(|| reader::detect_delimiter(&head, header_row - 1));
+                let source = io::Cursor::new(head).chain(file);
+                let skip = header_row - 1;
+                Box::new(reader::Records::new(
+                    Box::new(source),
+                    tail,
+                    delimiter,
+                    skip,
+                ))
+            }
+            Input::Sheet(mut sheet) => {
+                sheet.start_at(header_row);
+                Box::new(sheet)
+            }
+        };
         let files = files::Files::new(self.root, self.allow_outside_root);
-        parse::Parser::new(&self.path, files, sink).run(records)
+        match &self.map {
+            None => parse::Parser::new(&self.path, files, sink).run(records),
+            Some(map) => match register::Mapped::start(records, map) {
+                Ok(mapped) => parse::Parser::new(&self.path, files, sink).run(mapped),
+                Err((line, problems)) => {
+                    for problem in problems {
+                        sink.problem(Problem {
+                            file: self.path.clone(),
+                            line,
+                            field: problem.field.map(|c| c.name().to_owned()),
+                            message: problem.message,
+                            reference: None,
+                        });
+                    }
+                    parse::Parsed {
+                        header_broken: true,
+                        last_line: line,
+                    }
+                }
+            },
+        }
     }
+}
+
+/// The manifest path that means standard input.
+pub const STDIN: &str = "-";
+
+/// A manifest read from standard input, or from anywhere under `/dev` or `/proc` (a pipe,
+/// `/dev/stdin`, `<(…)`'s `/dev/fd/N`): it has no folder of its own.
+pub fn is_stream(manifest: &Path) -> bool {
+    let special = |p: &Path| p.starts_with("/dev") || p.starts_with("/proc");
+    manifest == Path::new(STDIN)
+        || special(manifest)
+        || manifest
+            .parent()
+            .map(|parent| match parent.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => parent,
+            })
+            .and_then(|parent| parent.canonicalize().ok())
+            .is_some_and(|parent| special(&parent))
 }
 
 fn files_root(manifest: &Path, opts: &ManifestOptions) -> Result<PathBuf, ManifestError> {
     let root = match &opts.files_root {
         Some(root) => root.clone(),
+        None if is_stream(manifest) => {
+            return Err(ManifestError::StreamNeedsFilesRoot {
+                path: manifest.to_owned(),
+            });
+        }
         None => match manifest.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
@@ -406,4 +538,41 @@ fn not_csv(head: &[u8]) -> Option<String> {
         ));
     }
     None
+}
+
+/// `visibuild-import map REGISTER`: a starting map for a register, as commented TOML.
+pub fn starting_map(register: &Path) -> Result<String, ManifestError> {
+    register::guess::starting_map(register)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_pipes_and_devices_are_streams_and_a_file_in_a_folder_is_not() {
+        for stream in [
+            "-",
+            "/dev/stdin",
+            "/dev/fd/63",
+            "/proc/self/fd/0",
+            "/dev/../dev/stdin",
+        ] {
+            assert!(is_stream(Path::new(stream)), "{stream}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            dir.path().join("manifest.csv"),
+            PathBuf::from("manifest.csv"),
+        ] {
+            assert!(!is_stream(&file), "{}", file.display());
+        }
+        let err = files_root(Path::new("/dev/stdin"), &ManifestOptions::default()).unwrap_err();
+        assert!(matches!(err, ManifestError::StreamNeedsFilesRoot { .. }));
+        let given = ManifestOptions {
+            files_root: Some(dir.path().to_owned()),
+            ..ManifestOptions::default()
+        };
+        assert!(files_root(Path::new("-"), &given).is_ok());
+    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::files::Files;
-use super::reader::{Field, Next, Records, Unreadable};
+use super::reader::{Field, Next, RecordSource, Unreadable};
 use super::{AttachmentSpec, MAX_REF_LEN, Problem, Row};
 use crate::domain::{Priority, ProjectId};
 
@@ -53,7 +53,7 @@ impl Column {
         matches!(self, Column::Ref | Column::ProjectId | Column::Title)
     }
 
-    fn from_header(name: &str) -> Option<Column> {
+    pub(crate) fn from_header(name: &str) -> Option<Column> {
         Column::ALL
             .into_iter()
             .find(|c| c.name().eq_ignore_ascii_case(name))
@@ -68,10 +68,11 @@ pub(crate) fn column_list() -> String {
 pub(crate) const MISSING: &str = "missing required value";
 
 /// Why a value cannot be read, for its row's problem.
-fn unreadable_message(why: Unreadable) -> &'static str {
+fn unreadable_message(why: &Unreadable) -> &str {
     match why {
         Unreadable::NotUtf8 => "not valid UTF-8 text (save the manifest as UTF-8)",
         Unreadable::Nul => "contains a NUL byte (0x00), which the store cannot hold",
+        Unreadable::Refused(message) => message,
     }
 }
 
@@ -145,7 +146,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
         }
     }
 
-    pub fn run(mut self, mut records: Records) -> Parsed {
+    pub fn run(mut self, mut records: impl RecordSource) -> Parsed {
         if self.header(records.next_record()) {
             while !self.sink.stopped() {
                 match records.next_record() {
@@ -226,6 +227,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
                         Unreadable::Nul => {
                             format!("column {position}: the name contains a NUL byte (0x00)")
                         }
+                        Unreadable::Refused(message) => format!("column {position}: {message}"),
                     };
                     self.problem(line, None, message, None);
                     self.header_broken = true;
@@ -282,8 +284,9 @@ impl<'s, S: RowSink> Parser<'s, S> {
         };
 
         for column in Column::ALL {
-            if let Some(why) = self.unreadable(fields, column) {
-                report(self, column, unreadable_message(why).to_owned());
+            if let Some(why) = self.unreadable(fields, column).cloned() {
+                let message = unreadable_message(&why).to_owned();
+                report(self, column, message);
             }
         }
         let columns = self.columns;
@@ -413,7 +416,7 @@ impl<'s, S: RowSink> Parser<'s, S> {
             .and_then(Field::value)
     }
 
-    fn unreadable(&self, fields: &[Field], column: Column) -> Option<Unreadable> {
+    fn unreadable<'f>(&self, fields: &'f [Field], column: Column) -> Option<&'f Unreadable> {
         self.columns
             .get(column)
             .and_then(|i| fields.get(i))

@@ -14,12 +14,15 @@ pub(crate) enum Field {
     Unreadable(Unreadable),
 }
 
-/// Why a field's bytes are not text the store can hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a field's bytes are not text the store can hold, or why a register's value has no
+/// manifest value (a map's translation refused it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unreadable {
     NotUtf8,
     /// Valid UTF-8, but Postgres `text` refuses a NUL byte (and C strings end at one).
     Nul,
+    /// The register's value is not one the map translates: the whole message.
+    Refused(String),
 }
 
 impl Field {
@@ -31,12 +34,90 @@ impl Field {
         }
     }
 
-    pub fn unreadable(&self) -> Option<Unreadable> {
+    pub fn unreadable(&self) -> Option<&Unreadable> {
         match self {
             Field::Text(_) => None,
-            Field::Unreadable(why) => Some(*why),
+            Field::Unreadable(why) => Some(why),
         }
     }
+}
+
+/// Where a pass takes its records from: a CSV file, a spreadsheet's sheet, or a register
+/// mapped into the manifest's columns.
+pub(crate) trait RecordSource {
+    fn next_record(&mut self) -> Next;
+}
+
+impl<T: RecordSource + ?Sized> RecordSource for Box<T> {
+    fn next_record(&mut self) -> Next {
+        (**self).next_record()
+    }
+}
+
+/// The delimiters a CSV register may use, in the order a tie is settled.
+pub(crate) const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+
+/// The delimiter of a CSV file, from its header line (the first non-blank line after
+/// `skip_lines` lines): the candidate found most often outside quotes (`,` when none is).
+pub(crate) fn detect_delimiter(head: &[u8], skip_lines: u64) -> u8 {
+    let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let mut rest = text;
+    for _ in 0..skip_lines {
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(at) => rest = &rest[at + 1..],
+            None => rest = &[],
+        }
+    }
+    let counts = delimiter_counts(rest.trim_ascii_start());
+    let mut best = 0;
+    for i in 1..DELIMITERS.len() {
+        if counts[i] > counts[best] {
+            best = i;
+        }
+    }
+    DELIMITERS[best]
+}
+
+/// The delimiter of a CSV file whose header line is not known: the one found most often
+/// on any of its first lines (a register may have title lines above its header).
+pub(crate) fn guess_delimiter(head: &[u8]) -> u8 {
+    let mut best = (0, b',');
+    for skip in 0..20 {
+        let d = detect_delimiter(head, skip);
+        let mut rest = head;
+        for _ in 0..skip {
+            let at = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |a| a + 1);
+            rest = &rest[at..];
+        }
+        let i = DELIMITERS.iter().position(|&x| x == d).unwrap_or(0);
+        let count = delimiter_counts(rest.trim_ascii_start())[i];
+        if count > best.0 {
+            best = (count, d);
+        }
+    }
+    best.1
+}
+
+/// How often each candidate delimiter occurs outside quotes on the first line of `text`.
+fn delimiter_counts(text: &[u8]) -> [usize; DELIMITERS.len()] {
+    let mut counts = [0usize; DELIMITERS.len()];
+    let mut in_quotes = false;
+    for &b in text {
+        match b {
+            b'"' => in_quotes = !in_quotes,
+            b'\n' | b'\r' if !in_quotes => break,
+            _ if !in_quotes => {
+                if let Some(i) = DELIMITERS.iter().position(|&d| d == b) {
+                    counts[i] += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    counts
 }
 
 /// What the next read produced.
@@ -68,20 +149,47 @@ pub(crate) struct Records {
     /// A second handle on the manifest, to rescan its last record; `None` for a pipe.
     tail: Option<(File, u64)>,
     record: csv::ByteRecord,
+    delimiter: u8,
+    /// The bytes skipped before the first record read (title rows).
+    base: u64,
 }
 
 impl Records {
     /// `source` yields the manifest from its first byte; `tail` is a second handle on the
     /// same (regular) file and its length, used only to look at the last record for an
-    /// unterminated quote.
-    pub fn new(source: Box<dyn Read>, tail: Option<(File, u64)>) -> Self {
-        let lines = Rc::new(RefCell::new(LineTracker::default()));
+    /// unterminated quote. The first `skip_lines` lines (a register's title rows above its
+    /// header) are passed over unread; lines keep their numbers in the file.
+    pub fn new(
+        source: Box<dyn Read>,
+        tail: Option<(File, u64)>,
+        delimiter: u8,
+        skip_lines: u64,
+    ) -> Self {
+        let mut source = io::BufReader::new(source);
+        let mut skipped = 0u64;
+        let mut base = 0u64;
+        let mut line = Vec::new();
+        while skipped < skip_lines {
+            line.clear();
+            match io::BufRead::read_until(&mut source, b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    base += n as u64;
+                    skipped += u64::from(line.ends_with(b"\n"));
+                }
+            }
+        }
+        let lines = Rc::new(RefCell::new(LineTracker {
+            newlines_before: skipped,
+            ..LineTracker::default()
+        }));
         let tracked = Tracked {
-            inner: source,
+            inner: Box::new(source),
             offset: 0,
             lines: Rc::clone(&lines),
         };
         let csv = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
             .has_headers(false)
             .flexible(false)
             .from_reader(tracked);
@@ -90,14 +198,18 @@ impl Records {
             lines,
             tail,
             record: csv::ByteRecord::new(),
+            delimiter,
+            base,
         }
     }
+}
 
-    pub fn next_record(&mut self) -> Next {
+impl RecordSource for Records {
+    fn next_record(&mut self) -> Next {
         let outcome = self.csv.read_byte_record(&mut self.record);
         let start = self.record.position().map_or(0, csv::Position::byte);
         let line = self.lines.borrow_mut().line_at(start);
-        let next_start = self.csv.position().byte();
+        let next_start = self.base + self.csv.position().byte();
         let at_eof = self
             .tail
             .as_ref()
@@ -135,7 +247,9 @@ impl Records {
             },
         }
     }
+}
 
+impl Records {
     fn unterminated(&self, line: u64) -> Next {
         Next::Malformed {
             line,
@@ -153,10 +267,10 @@ impl Records {
         let Some((tail, _)) = self.tail.as_mut() else {
             return false;
         };
-        if tail.seek(SeekFrom::Start(start)).is_err() {
+        if tail.seek(SeekFrom::Start(self.base + start)).is_err() {
             return false;
         }
-        let mut scan = QuoteScan::default();
+        let mut scan = QuoteScan::new(self.delimiter);
         let mut buf = [0u8; 8192];
         loop {
             match tail.read(&mut buf) {
@@ -196,19 +310,19 @@ struct QuoteScan {
     in_quotes: bool,
     at_field_start: bool,
     quote_pending: bool,
+    delimiter: u8,
 }
 
-impl Default for QuoteScan {
-    fn default() -> Self {
+impl QuoteScan {
+    fn new(delimiter: u8) -> Self {
         Self {
             in_quotes: false,
             at_field_start: true,
             quote_pending: false,
+            delimiter,
         }
     }
-}
 
-impl QuoteScan {
     fn feed(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if self.in_quotes {
@@ -226,7 +340,8 @@ impl QuoteScan {
                 }
             }
             match b {
-                b',' | b'\n' | b'\r' => self.at_field_start = true,
+                b'\n' | b'\r' => self.at_field_start = true,
+                _ if b == self.delimiter => self.at_field_start = true,
                 b'"' if self.at_field_start => {
                     self.in_quotes = true;
                     self.at_field_start = false;
@@ -304,7 +419,7 @@ mod tests {
     use super::*;
 
     fn scan(text: &str) -> bool {
-        let mut scan = QuoteScan::default();
+        let mut scan = QuoteScan::new(b',');
         for chunk in text.as_bytes().chunks(3) {
             scan.feed(chunk);
         }
@@ -326,7 +441,7 @@ mod tests {
         let path = dir.path().join("m.csv");
         std::fs::write(&path, input).unwrap();
         let tail = Some((File::open(&path).unwrap(), input.len() as u64));
-        let mut records = Records::new(Box::new(File::open(&path).unwrap()), tail);
+        let mut records = Records::new(Box::new(File::open(&path).unwrap()), tail, b',', 0);
         let mut lines = Vec::new();
         loop {
             match records.next_record() {
@@ -342,5 +457,22 @@ mod tests {
         assert_eq!(lines_of(b"a,b\r\n1,2\r\n\r\n3,4\r\n"), vec![1, 2, 4]);
         assert_eq!(lines_of(b"a,b\n1,\"x\ny\"\n3,4"), vec![1, 2, 4]);
         assert_eq!(lines_of(b"\n\na,b\n1,2\n"), vec![3, 4]);
+    }
+
+    #[test]
+    fn delimiter_is_the_one_the_header_line_uses_most_outside_quotes() {
+        assert_eq!(
+            detect_delimiter(b"ref,project_id,title\n1;2;3;4;5\n", 0),
+            b','
+        );
+        assert_eq!(
+            detect_delimiter(b"\xEF\xBB\xBFItem #;Description;Severity\n", 0),
+            b';'
+        );
+        assert_eq!(detect_delimiter(b"\n\na\tb\tc\n", 0), b'\t');
+        assert_eq!(detect_delimiter(b"a|b|\"c,d,e\"\n", 0), b'|');
+        assert_eq!(detect_delimiter(b"single\n", 0), b',');
+        assert_eq!(detect_delimiter(b"Title, of it\n\nA;B;C\n", 2), b';');
+        assert_eq!(guess_delimiter(b"Title, of it\n\nA;B;C\n1;2;3\n"), b';');
     }
 }

@@ -53,9 +53,15 @@ async fn run(db: Store, mut rx: mpsc::Receiver<Item>) {
                 }
             }
             Err(e) => {
-                let why = e.to_string();
+                let why = crate::outage::describe(&e);
+                let outage = e.is_outage();
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Batch(why.clone())));
+                    let e = if outage {
+                        StoreError::Unavailable(why.clone())
+                    } else {
+                        StoreError::Batch(why.clone())
+                    };
+                    let _ = reply.send(Err(e));
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The one table "this failure → that next step", for both kinds of job. Pure: it is
 //! unit-tested without a database or a network.
 
-use crate::domain::JobKind;
+use crate::domain::{JobKind, TicketId};
 use crate::visibuild::ApiError;
 use std::time::Duration;
 
@@ -27,6 +27,13 @@ pub enum Next {
     AlreadyCreated,
     /// Create, no attachments, outcome unknown: an operator must decide (`retry --force`).
     Review,
+    /// Create: the server refused the ticket's project (`422` on `projectId`, `403`, `404`):
+    /// this ticket fails, and so does every other ticket of the project, at once.
+    ProjectRefused,
+    /// The project's first ticket has not been answered yet: wait (blocked, no attempt
+    /// used) until the project's gate opens or is refused. Not an answer of the server's:
+    /// the project gate decides it ([`crate::pipeline::gate`]).
+    AwaitProject { ticket: TicketId },
     /// The credentials are refused: no job can succeed. Put this one back untouched and stop
     /// the run, so nothing is marked failed for what is an operator's fix.
     Halt,
@@ -41,6 +48,9 @@ pub struct Context {
     pub unanswered: bool,
     /// The ticket has attachments (so a repeat create is safe: Visibuild links a key once).
     pub has_attachments: bool,
+    /// The refused keys' files were already uploaded again after the same kind of refusal:
+    /// uploading once more will not help.
+    pub reuploaded_after_refusal: bool,
 }
 
 pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
@@ -52,9 +62,19 @@ pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
         (_, RateLimited { retry_after }) => Next::Wait {
             after: retry_after.unwrap_or(Duration::from_secs(1)),
         },
-        (_, Unreachable { .. }) => Next::Outage,
+        // No connection, or no answer: the service is down, not this job. No attempt is used;
+        // a create keeps its "may have landed" mark for the next attempt to weigh.
+        (_, Unreachable { .. } | NoAnswer { .. }) => Next::Outage,
         (_, Unauthorized { .. }) => Next::Halt,
         (_, Permanent { .. } | OtherCompany { .. }) => Next::Fail,
+        (JobKind::CreateTicket, Refused { status, error }) if refuses_project(*status, error) => {
+            Next::ProjectRefused
+        }
+        (_, Refused { .. }) => Next::Fail,
+        // One fresh upload of the refused files; the same answer after it is final.
+        (JobKind::CreateTicket, KeyRefused { .. }) if ctx.reuploaded_after_refusal => Next::Fail,
+        (JobKind::CreateTicket, KeyRefused { keys, .. }) => Next::Reupload { keys: keys.clone() },
+        (JobKind::Upload, KeyRefused { .. }) => Next::Fail,
         (JobKind::Upload, UploadUrlRejected { .. }) => Next::Presign,
         (JobKind::Upload, UploadContentMismatch { .. }) => Next::Rehash,
         (JobKind::Upload, OutcomeUnknown { .. }) => Next::Retry { after: None },
@@ -80,6 +100,19 @@ pub fn decide(kind: JobKind, error: &ApiError, ctx: Context) -> Next {
     }
 }
 
+/// A create refused for its project, not for the ticket: a `422` on the `projectId` field,
+/// or a `403`/`404` the server explained (a bare 404 is an origin that is not the API).
+fn refuses_project(status: u16, error: &crate::visibuild::error::ServerError) -> bool {
+    match status {
+        403 | 404 => true,
+        422 => error
+            .field
+            .as_deref()
+            .is_some_and(|f| f.eq_ignore_ascii_case("projectId")),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,17 +129,73 @@ mod tests {
         sent_before: false,
         unanswered: false,
         has_attachments: true,
+        reuploaded_after_refusal: false,
     };
     const RESENT_WITH_FILES: Context = Context {
         sent_before: true,
         unanswered: true,
         has_attachments: true,
+        reuploaded_after_refusal: false,
     };
     const RESENT_NO_FILES: Context = Context {
         sent_before: true,
         unanswered: true,
         has_attachments: false,
+        reuploaded_after_refusal: false,
     };
+
+    fn server_error(field: Option<&str>) -> crate::visibuild::error::ServerError {
+        crate::visibuild::error::ServerError {
+            code: Some("invalid_field".into()),
+            message: "projectId is not a project of this company".into(),
+            field: field.map(str::to_string),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn a_refused_project_fails_the_whole_project_other_refusals_only_the_ticket() {
+        for status in [403, 404] {
+            let e = ApiError::Refused {
+                status,
+                error: server_error(None),
+            };
+            assert_eq!(decide(CreateTicket, &e, WITH_FILES), Next::ProjectRefused);
+        }
+        let on_project = ApiError::Refused {
+            status: 422,
+            error: server_error(Some("projectId")),
+        };
+        assert_eq!(
+            decide(CreateTicket, &on_project, WITH_FILES),
+            Next::ProjectRefused
+        );
+        assert_eq!(decide(Upload, &on_project, WITH_FILES), Next::Fail);
+        let on_title = ApiError::Refused {
+            status: 422,
+            error: server_error(Some("title")),
+        };
+        assert_eq!(decide(CreateTicket, &on_title, WITH_FILES), Next::Fail);
+    }
+
+    #[test]
+    fn a_key_refused_for_an_undocumented_reason_is_uploaded_again_once_then_fails() {
+        let e = ApiError::KeyRefused {
+            keys: vec!["k1".into()],
+            error: server_error(None),
+        };
+        assert_eq!(
+            decide(CreateTicket, &e, WITH_FILES),
+            Next::Reupload {
+                keys: vec!["k1".into()]
+            }
+        );
+        let again = Context {
+            reuploaded_after_refusal: true,
+            ..WITH_FILES
+        };
+        assert_eq!(decide(CreateTicket, &e, again), Next::Fail);
+    }
 
     #[test]
     fn transient_failures_retry_with_backoff_or_the_servers_delay() {
@@ -227,6 +316,7 @@ mod tests {
             sent_before: true,
             unanswered: true,
             has_attachments: false,
+            reuploaded_after_refusal: false,
         };
         assert_eq!(decide(Upload, &e, Context::default()), Next::Outage);
         assert_eq!(decide(CreateTicket, &e, sent), Next::Outage);
@@ -239,6 +329,7 @@ mod tests {
             sent_before: true,
             unanswered: true,
             has_attachments: true,
+            reuploaded_after_refusal: false,
         };
         assert_eq!(decide(CreateTicket, &e, unanswered), Next::Review);
         let answered = Context {

@@ -4,9 +4,12 @@
 use super::Shared;
 use super::Subject;
 use super::decide::{self, Context, Next};
-use super::{hash, source};
+use super::gate::{self, Admission};
+use super::{hash, journal, source};
 use crate::domain::{AttachmentState, FileStamp, JobKind, Priority, TicketState};
+use crate::outage::{Down, is_out_of_descriptors};
 use crate::store::{StoreError, tickets};
+use crate::visibuild::error::ServerError;
 use crate::visibuild::{ApiError, Body, Contact, NewTicket, PresignRequest};
 use std::path::PathBuf;
 use visibuild_queue::ClaimedJob;
@@ -19,6 +22,8 @@ const UPLOAD_ROUNDS: u32 = 3;
 pub struct Failure {
     pub next: Next,
     pub reason: String,
+    /// The server's own error, when it gave one: kept structured for `--json` outputs.
+    pub detail: Option<Box<ServerError>>,
 }
 
 impl Failure {
@@ -26,6 +31,7 @@ impl Failure {
         Self {
             next: Next::Fail,
             reason: reason.into(),
+            detail: None,
         }
     }
 }
@@ -47,10 +53,71 @@ impl From<Failure> for HandlerError {
     }
 }
 
+/// A create refused for some of our files for a reason the vendor does not document (a
+/// quarantined file): the first time, those files are uploaded once more; refused again,
+/// the ticket fails naming them — or, with `--skip-quarantined`, is created without them.
+async fn refused_files(
+    shared: &Shared,
+    ticket: crate::domain::TicketId,
+    keys: &[String],
+    error: &crate::visibuild::error::ServerError,
+    next: Next,
+) -> Result<(Next, String), HandlerError> {
+    let words = error.to_string();
+    let files = tickets::note_refused(&shared.db, ticket, keys, &words)
+        .await?
+        .join(", ");
+    Ok(match next {
+        Next::Fail if shared.skip_quarantined => {
+            tickets::skip_files(&shared.db, ticket, keys, &words).await?;
+            tracing::warn!(files = %files, error = %words,
+                "refused again after a fresh upload; creating the ticket without it");
+            (
+                Next::Retry {
+                    after: Some(std::time::Duration::ZERO),
+                },
+                format!("left out {files} ({words}); creating the ticket without it"),
+            )
+        }
+        Next::Fail => (
+            Next::Fail,
+            format!("attachment {files}: {words} (refused again after a fresh upload)"),
+        ),
+        next => (
+            next,
+            format!("attachment {files}: {words}; uploading it once more"),
+        ),
+    })
+}
+
+/// Go on if the project's gate lets this ticket's work through; else wait, or fail.
+async fn gated(
+    shared: &Shared,
+    project: crate::domain::ProjectId,
+    ticket: crate::domain::TicketId,
+) -> HandlerResult {
+    match gate::admit(shared, project, ticket).await? {
+        Admission::Go => Ok(()),
+        Admission::Wait => Err(Failure {
+            next: Next::AwaitProject { ticket },
+            reason: gate::WAITING.into(),
+            detail: None,
+        }
+        .into()),
+        Admission::Refused(reason) => Err(Failure {
+            next: Next::ProjectRefused,
+            reason,
+            detail: None,
+        }
+        .into()),
+    }
+}
+
 fn api_failure(kind: JobKind, error: ApiError, ctx: Context) -> HandlerError {
     HandlerError::Job(Failure {
         next: decide::decide(kind, &error, ctx),
         reason: error.to_string(),
+        detail: error.server_error().cloned().map(Box::new),
     })
 }
 
@@ -70,6 +137,8 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         shared.completer.finish(done).await?;
         return Ok(());
     }
+    // A project's first ticket goes first: nothing else of it is presigned meanwhile.
+    gated(shared, work.project_id, work.ticket_id).await?;
     let root = PathBuf::from(&work.files_root);
     let path = PathBuf::from(&work.resolved_path);
     let last = work.last_stamp();
@@ -79,7 +148,18 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         let (body, stamp, md5) = match &inline {
             Some(bytes) => inline_body(bytes.clone()),
             None => {
-                let (file, stamp, md5) = open_and_hash(&root, &path, cached.take()).await?;
+                let (file, stamp, md5) = match open_and_hash(&root, &path, cached.take()).await {
+                    Ok(opened) => opened,
+                    Err(f) if f.next == Next::Outage => {
+                        // Out of file descriptors: the process's trouble, not the file's.
+                        shared
+                            .client
+                            .outages()
+                            .begin(Down::Descriptors, f.reason.clone());
+                        return Err(f.into());
+                    }
+                    Err(f) => return Err(f.into()),
+                };
                 (Body::File(file), stamp, md5)
             }
         };
@@ -97,7 +177,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             checksum: md5.clone(),
         };
         let ctx = Context::default();
-        shared.client.upload_turn().await;
+        let turn = shared.client.upload_turn().await;
         let upload = shared
             .client
             .presign(&request)
@@ -109,7 +189,11 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         {
             continue;
         }
-        match shared.client.put_file(&upload, body, stamp.size).await {
+        match shared
+            .client
+            .put_file(&upload, body, stamp.size, turn)
+            .await
+        {
             Ok(()) => {
                 shared.progress.file_done(stamp.size);
                 let done = tickets::UploadDone {
@@ -125,7 +209,17 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                         change,
                     }),
                 };
-                shared.completer.finish(done).await?;
+                if let Err(e) = shared.completer.finish(done.clone()).await {
+                    if e.is_outage()
+                        && let Some(uploaded) = &done.uploaded
+                    {
+                        // S3 has the file: kept until the store can take it.
+                        shared
+                            .journal
+                            .record(journal::Entry::uploaded(attachment, uploaded));
+                    }
+                    return Err(e.into());
+                }
                 return Ok(());
             }
             Err(e) => match decide::decide(JobKind::Upload, &e, ctx) {
@@ -140,6 +234,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                     return Err(Failure {
                         next: Next::Retry { after: None },
                         reason: e.to_string(),
+                        detail: e.server_error().cloned().map(Box::new),
                     }
                     .into());
                 }
@@ -147,6 +242,7 @@ pub async fn upload(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                     return Err(Failure {
                         next,
                         reason: e.to_string(),
+                        detail: e.server_error().cloned().map(Box::new),
                     }
                     .into());
                 }
@@ -174,6 +270,7 @@ fn kept_changing(path: &std::path::Path) -> Failure {
             "{} kept changing while it was being uploaded",
             path.display()
         ),
+        detail: None,
     }
 }
 
@@ -199,22 +296,6 @@ fn stamp_of(file: &std::fs::File, path: &std::path::Path) -> Result<FileStamp, F
         .map_err(|e| Failure::fail(format!("{}: cannot be read: {e}", path.display())))
 }
 
-/// Keep trying (for a few minutes) to record a ticket Visibuild created.
-async fn record_created(shared: &Shared, ticket: crate::domain::TicketId, id: Option<&str>) {
-    for _ in 0..180 {
-        match tickets::record_created(&shared.db, ticket, id).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record a created ticket yet; trying again");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
-    tracing::error!(
-        "could not record a ticket Visibuild created; its create job will find it unanswered"
-    );
-}
-
 /// Open the file inside the files root and hash it from that handle (or reuse the known
 /// MD5 while its stamp is unchanged): the handle, its stamp and the MD5 of its bytes.
 async fn open_and_hash(
@@ -225,10 +306,19 @@ async fn open_and_hash(
     let (root, path) = (root.to_path_buf(), path.to_path_buf());
     tokio::task::spawn_blocking(move || {
         let mut source = source::open(&root, &path).map_err(|e| match e {
-            // Out of file handles, a network share hiccup: may pass; uses an attempt.
+            // Out of file descriptors: an outage of this process; no attempt is used.
+            source::SourceError::Io { ref source, .. } if is_out_of_descriptors(source) => {
+                Failure {
+                    next: Next::Outage,
+                    reason: e.to_string(),
+                    detail: None,
+                }
+            }
+            // A network share hiccup: may pass; uses an attempt.
             source::SourceError::Io { .. } => Failure {
                 next: Next::Retry { after: None },
                 reason: e.to_string(),
+                detail: None,
             },
             _ => Failure::fail(e.to_string()),
         })?;
@@ -270,11 +360,16 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
     let t = &work.ticket;
     tracing::Span::current().record("ticket_ref", t.reference.as_str());
     if t.state == TicketState::Created {
+        // Recorded created without its job (an answer kept in the journal while the store
+        // was down): the job completes, and the project's gate opens as for any create.
         let mut tx = shared.db.begin().await.map_err(StoreError::from)?;
         tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, None, None).await?;
+        gate::open(shared, &mut tx.conn(), t.project_id).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        gate::opened(shared, t.project_id);
         return Ok(());
     }
+    gated(shared, t.project_id, t.id).await?;
     let keys: Vec<String> = work
         .attachments
         .iter()
@@ -284,6 +379,7 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         return Err(Failure {
             next: Next::Reupload { keys: vec![] },
             reason: "not every attachment is uploaded".into(),
+            detail: None,
         }
         .into());
     }
@@ -291,6 +387,7 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
         sent_before: t.create_sent_at.is_some(),
         unanswered: t.create_unanswered,
         has_attachments: !keys.is_empty(),
+        reuploaded_after_refusal: work.refused_before,
     };
     if ctx.unanswered && !ctx.has_attachments {
         return Err(Failure {
@@ -298,6 +395,7 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             reason: "an earlier create request left without an answer; the ticket may exist \
                      in Visibuild (check, then `retry --force` to send it again)"
                 .into(),
+            detail: None,
         }
         .into());
     }
@@ -315,8 +413,8 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
             email: t.contact_email.clone(),
         }),
     };
-    // Wait for the rate and a token first: the mark below says "this request may have
-    // landed", so nothing that can stall may come between it and the request leaving.
+    // Wait for a token and the rate's turn first: the mark below says "this request may
+    // have landed", so it is written only once the request may leave, just before it does.
     let turn = shared
         .client
         .create_turn()
@@ -329,14 +427,26 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                 let mut tx = shared.db.begin().await?;
                 tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, id.as_deref(), None)
                     .await?;
+                gate::open(shared, &mut tx.conn(), t.project_id).await?;
                 tx.commit().await?;
+                gate::opened(shared, t.project_id);
                 Ok::<(), StoreError>(())
             }
             .await;
             if let Err(e) = finished {
-                // The ticket exists whatever became of our claim (lease lost, database
-                // down): record that, or a later attempt would take it for unknown.
-                record_created(shared, ticket, id.as_deref()).await;
+                // The ticket exists whatever became of our claim (lease lost, store down):
+                // record that, or a later attempt would take it for unknown — now if the
+                // store takes it, else through the journal when it is back.
+                if let Err(not_now) =
+                    tickets::record_created(&shared.db, ticket, id.as_deref()).await
+                {
+                    tracing::warn!(error = %not_now,
+                        "the store cannot record a created ticket now; kept in the journal until it can");
+                    shared.journal.record(journal::Entry::Created {
+                        ticket,
+                        visibuild_id: id.clone(),
+                    });
+                }
                 return Err(e.into());
             }
             shared.progress.ticket_done();
@@ -350,18 +460,32 @@ pub async fn create(shared: &Shared, job: &ClaimedJob) -> HandlerResult {
                     "created by an earlier attempt whose answer was lost; Visibuild id unknown";
                 tickets::finish_create(&mut tx.conn(), job.job_ref(), ticket, None, Some(note))
                     .await?;
+                gate::open(shared, &mut tx.conn(), t.project_id).await?;
                 tx.commit().await.map_err(StoreError::from)?;
+                gate::opened(shared, t.project_id);
                 shared.progress.ticket_done();
                 Ok(())
             }
             next => {
-                if !matches!(e, ApiError::OutcomeUnknown { .. }) {
+                if !matches!(
+                    e,
+                    ApiError::OutcomeUnknown { .. } | ApiError::NoAnswer { .. }
+                ) {
                     // A definite "no": nothing landed, so a later attempt may send again.
                     tickets::mark_create_answered(&shared.db, job.job_ref(), ticket).await?;
                 }
+                let (next, reason) = match (&e, next) {
+                    (_, Next::ProjectRefused) => (Next::ProjectRefused, gate::refused_reason(&e)),
+                    (ApiError::KeyRefused { keys, error }, next) => {
+                        refused_files(shared, ticket, keys, error, next).await?
+                    }
+                    (_, next) => (next, e.to_string()),
+                };
+                let detail = e.server_error().cloned().map(Box::new);
                 Err(Failure {
                     next,
-                    reason: e.to_string(),
+                    reason,
+                    detail,
                 }
                 .into())
             }

@@ -4,15 +4,18 @@
 pub mod completer;
 pub mod counters;
 pub mod decide;
+pub mod gate;
 pub mod hash;
 pub mod identity;
 pub mod jobs;
+pub mod journal;
 pub mod progress;
 pub mod source;
 
 use crate::domain::{
     AttachmentId, AttachmentState, BatchId, JobId, JobKind, TicketId, TicketState,
 };
+use crate::outage::{Down, Outage, Outages};
 use crate::store::{Store, StoreError, tickets};
 use crate::visibuild::Client;
 use decide::Next;
@@ -37,26 +40,33 @@ pub const DEFAULT_OUTAGE_LIMIT: Duration = Duration::from_secs(300);
 const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
 const OUTAGE_PROBE_EVERY: Duration = Duration::from_secs(2);
 
+/// How long in-flight jobs may finish when the run ends for an outage.
+const OUTAGE_GRACE: Duration = Duration::from_secs(5);
+
 /// How often the pool looks for leases held by dead processes of this host.
 const DEAD_HOLDERS_EVERY: Duration = Duration::from_secs(5);
 
-/// Evaluate a store call inside the claim loop; on error wait a second and go round again,
-/// until the outage has lasted the configured outage limit.
+/// Evaluate a store call inside the claim loop: its failure begins (or continues) a store
+/// outage, and the loop waits a second and goes round again (the loop's head gives up once
+/// the outage has lasted the outage limit). A write's success ends the outage; a read's
+/// (`@read`) does not, as a full disk still serves reads.
 macro_rules! or_retry {
-    ($call:expr, $outage:ident, $stop:ident, $limit:expr) => {
+    (@read $call:expr, $outages:expr, $stop:ident) => {
+        or_retry!(@inner $call, $outages, $stop, false)
+    };
+    ($call:expr, $outages:expr, $stop:ident) => {
+        or_retry!(@inner $call, $outages, $stop, true)
+    };
+    (@inner $call:expr, $outages:expr, $stop:ident, $wrote:expr) => {
         match $call {
             Ok(value) => {
-                $outage = None;
+                if $wrote && $outages.end(Down::Store) {
+                    tracing::info!("the queue's store answers again; resuming");
+                }
                 value
             }
             Err(e) => {
-                let since = *$outage.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > $limit {
-                    break Ok(RunEnd::StoreUnreachable {
-                        reason: e.to_string(),
-                    });
-                }
-                tracing::warn!(error = %e, "database unavailable; trying again in 1s");
+                store_down(&$outages, &e);
                 tokio::select! {
                     _ = $stop.cancelled() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -65,6 +75,15 @@ macro_rules! or_retry {
             }
         }
     };
+}
+
+/// Note the store down, with the error's whole cause chain as the reason.
+fn store_down(outages: &Outages, e: &StoreError) {
+    let reason = crate::outage::describe(e);
+    if !outages.is_down(Down::Store) {
+        tracing::warn!(error = %reason, "the queue's store is unavailable; paused (no attempts are used)");
+    }
+    outages.begin(Down::Store, reason);
 }
 
 /// How the pool runs.
@@ -91,6 +110,12 @@ pub struct PoolConfig {
     pub outage_limit: Duration,
     /// How often the request counters are written to the store (for the dashboard).
     pub counters_every: Duration,
+    /// Where answers the store cannot take yet are kept (see [`journal`]); `None`: in
+    /// memory only.
+    pub journal: Option<std::path::PathBuf>,
+    /// A file refused again after one fresh upload (quarantined) is left out of its
+    /// ticket's create instead of failing the ticket.
+    pub skip_quarantined: bool,
 }
 
 impl Default for PoolConfig {
@@ -110,6 +135,8 @@ impl Default for PoolConfig {
             shutdown_grace: Duration::from_secs(20),
             outage_limit: DEFAULT_OUTAGE_LIMIT,
             counters_every: counters::DEFAULT_FLUSH_EVERY,
+            journal: None,
+            skip_quarantined: false,
         }
     }
 }
@@ -128,9 +155,18 @@ pub struct Shared {
     pub completer: completer::Completer,
     /// Set when the credentials are refused: the pool stops claiming and ends the run.
     pub halted: Mutex<Option<String>>,
+    /// Jobs whose outcome could not be written (the store was down): released as soon as
+    /// the store answers again, or left to the dead-holder take-back of the next run.
+    pub unsettled: Mutex<Vec<JobRef>>,
+    /// Answers received that the store could not take yet.
+    pub journal: Arc<journal::Journal>,
     pub client: Arc<Client>,
     pub progress: Arc<Progress>,
     pub backoff: Backoff,
+    /// Projects whose gate this process saw open (open is for good).
+    pub open_projects: gate::OpenProjects,
+    /// See [`PoolConfig::skip_quarantined`].
+    pub skip_quarantined: bool,
 }
 
 /// How a run ended.
@@ -143,11 +179,9 @@ pub enum RunEnd {
     /// Visibuild refused the credentials (401 after a refresh); unfinished jobs were
     /// released, nothing was failed for it.
     CredentialsRefused { reason: String },
-    /// Visibuild (or S3) could not be reached for longer than the outage limit; nothing was
-    /// failed for it.
-    ApiUnreachable { reason: String, for_secs: u64 },
-    /// The database could not be reached for longer than the outage limit.
-    StoreUnreachable { reason: String },
+    /// Something the run needs (Visibuild, S3, the store, file descriptors) was down for
+    /// longer than the outage limit; nothing was failed for it.
+    Outage(Outage),
 }
 
 /// Run the pool until no runnable work is left (or forever with `watch`), or until `stop`.
@@ -158,13 +192,22 @@ pub async fn run(
     config: PoolConfig,
     stop: CancellationToken,
 ) -> Result<RunEnd, StoreError> {
+    let outages = client.outages().clone();
+    let journal = Arc::new(match &config.journal {
+        Some(base) => journal::Journal::open(base),
+        None => journal::Journal::in_memory(),
+    });
     let shared = Arc::new(Shared {
         halted: Mutex::new(None),
+        unsettled: Mutex::default(),
+        journal,
         db: db.clone(),
         completer: completer::Completer::spawn(db.clone()),
         client,
         progress,
         backoff: config.backoff,
+        open_projects: gate::OpenProjects::default(),
+        skip_quarantined: config.skip_quarantined,
     });
     let in_flight: InFlight = Arc::default();
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
@@ -180,11 +223,11 @@ pub async fn run(
     );
     let mut listener = queue::listen(&db).await.ok();
 
-    let mut outage: Option<std::time::Instant> = None;
     let limit = config.outage_limit;
     let me = identity::Me::read();
     let mut dead_checked: Option<std::time::Instant> = None;
-    let mut api_logged: Option<std::time::Instant> = None;
+    let mut outage_logged: Option<std::time::Instant> = None;
+    let mut probed: Option<std::time::Instant> = None;
     let end: Result<RunEnd, StoreError> = loop {
         if let Some(reason) = lock(&shared.halted).clone() {
             break Ok(RunEnd::CredentialsRefused { reason });
@@ -195,73 +238,130 @@ pub async fn run(
         while let Some(done) = tasks.try_join_next() {
             log_panic(done);
         }
-        if dead_checked.is_none_or(|at| at.elapsed() >= DEAD_HOLDERS_EVERY) {
-            dead_checked = Some(std::time::Instant::now());
-            or_retry!(take_back_from_dead(&db, &me).await, outage, stop, limit);
-        }
-        // Visibuild unreachable: no new work but one probe now and then, one line in the log
-        // every half minute, and give up after the outage limit.
-        let api_down = shared.client.unreachable_since();
-        if let Some((since, reason)) = &api_down {
-            let for_secs = since.elapsed().as_secs();
-            if since.elapsed() > limit {
-                break Ok(RunEnd::ApiUnreachable {
-                    reason: reason.clone(),
-                    for_secs,
-                });
+        // Past the outage limit, stop; meanwhile one line every half minute.
+        let down = outages.oldest();
+        if let Some(outage) = &down {
+            if outage.since.elapsed() > limit {
+                break Ok(RunEnd::Outage(outage.clone()));
             }
-            if api_logged.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_EVERY) {
-                api_logged = Some(std::time::Instant::now());
+            if outage_logged.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_EVERY) {
+                outage_logged = Some(std::time::Instant::now());
                 tracing::warn!(
-                    down_for_secs = for_secs,
+                    down = outage.what.as_str(),
+                    down_for_secs = outage.since.elapsed().as_secs(),
                     gives_up_after_secs = limit.as_secs(),
-                    error = %reason,
-                    "Visibuild unreachable; paused (no attempts are used), trying one job every {}s",
+                    error = %outage.reason,
+                    "{} is down; paused (no attempts are used), probing every {}s",
+                    outage.what.describe(),
                     OUTAGE_PROBE_EVERY.as_secs()
                 );
             }
-            if !tasks.is_empty() {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    Some(done) = tasks.join_next() => log_panic(done),
+        } else if outage_logged.take().is_some() {
+            tracing::info!("everything answers again; resuming");
+        }
+        // Answers kept while the store was down go in first, then the jobs they belong to
+        // go back to the queue: a released create finds its ticket created.
+        if shared.journal.has_entries() {
+            or_retry!(shared.journal.replay(&db).await, outages, stop);
+        }
+        let unsettled = std::mem::take(&mut *lock(&shared.unsettled));
+        if !unsettled.is_empty() {
+            let release: Vec<_> = unsettled.iter().copied().map(Transition::release).collect();
+            match queue::apply(&db, &release).await {
+                Ok(_) => {
+                    outages.end(Down::Store);
                 }
-                continue;
+                Err(e) => {
+                    lock(&shared.unsettled).extend(unsettled);
+                    let e = StoreError::from(e);
+                    or_retry!(Err::<(), _>(e), outages, stop);
+                }
             }
-        } else if api_logged.take().is_some() {
-            tracing::info!("Visibuild answers again; resuming");
+        }
+        if dead_checked.is_none_or(|at| at.elapsed() >= DEAD_HOLDERS_EVERY) {
+            dead_checked = Some(std::time::Instant::now());
+            or_retry!(@read take_back_from_dead(&db, &me).await, outages, stop);
+        }
+        // Something is down: no new work. Each kind is probed its own way, every few
+        // seconds: the API with a call that changes nothing (never a create, which might
+        // land unanswered), S3 with one upload, the process's descriptors by opening one,
+        // the store by the loop's own calls.
+        if let Some(outage) = &down {
+            if probed.is_none_or(|at| at.elapsed() >= OUTAGE_PROBE_EVERY) {
+                probed = Some(std::time::Instant::now());
+                match outage.what {
+                    Down::Api => spawn_api_probe(&mut tasks, &shared),
+                    Down::Descriptors => {
+                        if std::fs::File::open("/dev/null").is_ok() {
+                            outages.end(Down::Descriptors);
+                        }
+                    }
+                    Down::Uploads if workers.available_permits() > 0 => {
+                        let probe = or_retry!(
+                            claim(&db, &config, &[JobKind::Upload], 1).await,
+                            outages,
+                            stop
+                        );
+                        if probe.is_empty()
+                            && tasks.is_empty()
+                            && !or_retry!(@read
+                                queue::has_available(&db, config.group())
+                                    .await
+                                    .map_err(StoreError::from),
+                                outages,
+                                stop
+                            )
+                        {
+                            // Nothing left to try: nothing can show the outage ended, so stop
+                            // pausing; the next call will tell.
+                            outages.forget_remote();
+                        }
+                        for job in probe {
+                            spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
+                        }
+                    }
+                    // The store: one job claimed (a write) shows it takes writes again.
+                    Down::Store if workers.available_permits() > 0 => {
+                        let kinds = [JobKind::CreateTicket, JobKind::Upload];
+                        let probe = or_retry!(claim(&db, &config, &kinds, 1).await, outages, stop);
+                        for job in probe {
+                            spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
+                        }
+                    }
+                    Down::Uploads | Down::Store => {}
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
         }
         // Creates first (they finish tickets), each batch spawned as soon as it is claimed:
-        // a failing second claim must not strand jobs the first one already holds. While
-        // Visibuild is unreachable, one job in all: the probe.
-        let mut budget = if api_down.is_some() { 1 } else { usize::MAX };
-        let free = workers.available_permits().min(budget);
+        // a failing second claim must not strand jobs the first one already holds.
+        let free = workers.available_permits();
         let mut got_work = false;
         // A claim that got all it asked for may have left more behind.
         let mut got_all = false;
         if free > 0 {
             let creates = or_retry!(
                 claim(&db, &config, &[JobKind::CreateTicket], free).await,
-                outage,
-                stop,
-                limit
+                outages,
+                stop
             );
             got_work |= !creates.is_empty();
             got_all |= creates.len() == free;
-            budget -= creates.len();
             for job in creates {
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
             }
         }
-        let free_uploads = uploads
-            .available_permits()
-            .min(workers.available_permits())
-            .min(budget);
+        let free_uploads = uploads.available_permits().min(workers.available_permits());
         if free_uploads > 0 {
             let claimed = or_retry!(
                 claim(&db, &config, &[JobKind::Upload], free_uploads).await,
-                outage,
-                stop,
-                limit
+                outages,
+                stop
             );
             got_work |= !claimed.is_empty();
             got_all |= claimed.len() == free_uploads;
@@ -269,43 +369,18 @@ pub async fn run(
                 spawn_job(&mut tasks, &shared, &in_flight, &workers, &uploads, job);
             }
         }
-        if api_down.is_some() {
-            if !got_work
-                && tasks.is_empty()
-                && !or_retry!(
-                    queue::has_available(&db, config.group())
-                        .await
-                        .map_err(StoreError::from),
-                    outage,
-                    stop,
-                    limit
-                )
-            {
-                // Nothing left to try (another worker took it, or it is all done): nothing
-                // can show the outage ended, so stop pausing; the next call will tell.
-                shared.client.clear_outage();
-                continue;
-            }
-            // One probe at a time: wait for it, then a pause before the next.
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(OUTAGE_PROBE_EVERY) => {}
-            }
-            continue;
-        }
         if got_all && workers.available_permits() > 0 {
             continue;
         }
         if !got_work
             && tasks.is_empty()
             && !config.watch
-            && !or_retry!(
+            && !or_retry!(@read
                 queue::has_runnable(&db, config.group())
                     .await
                     .map_err(StoreError::from),
-                outage,
-                stop,
-                limit
+                outages,
+                stop
             )
         {
             break Ok(RunEnd::Drained);
@@ -313,7 +388,7 @@ pub async fn run(
         // Wait for a slot, a notification, the next scheduled job, or a stop. While jobs run,
         // each one's end wakes the loop anyway: the store is asked only when nothing runs.
         let wake = if tasks.is_empty() {
-            or_retry!(next_wake(&db, &config).await, outage, stop, limit)
+            or_retry!(@read next_wake(&db, &config).await, outages, stop)
         } else {
             config.idle_poll
         };
@@ -335,38 +410,84 @@ pub async fn run(
                 log_panic(done);
             }
         };
-        if tokio::time::timeout(config.shutdown_grace, drain)
-            .await
-            .is_err()
-        {
+        // Past an outage limit, in-flight work is mostly waiting on what is down: a few
+        // seconds for the answers that can still come (the journal keeps them), no more.
+        let grace = match &end {
+            Ok(RunEnd::Outage(_)) => config.shutdown_grace.min(OUTAGE_GRACE),
+            _ => config.shutdown_grace,
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
     }
     heartbeat.abort();
-    // Whatever is still ours goes back to the queue now, not when its lease runs out.
-    let leftover = held_jobs(&in_flight);
-    if !leftover.is_empty() {
+    // With the store down, the last writes are not tried: the journal keeps the answers and
+    // the next run on this host takes back this process's leases at once.
+    let store_down = outages.is_down(Down::Store);
+    // Answers not yet recorded: now, if the store takes them; else they wait in the journal
+    // for the next run, which reads it before anything else.
+    if !store_down
+        && shared.journal.has_entries()
+        && let Err(e) = bounded(shared.journal.replay(&db)).await
+    {
+        tracing::warn!(error = %e, journal = %shared.journal.path().display(),
+            "answers received while the store was down are kept in the journal for the next run");
+    }
+    // Whatever is still ours goes back to the queue now, not when its lease runs out (or,
+    // with the store down, when the next run on this host takes back a dead process's work).
+    let mut leftover = held_jobs(&in_flight);
+    leftover.append(&mut lock(&shared.unsettled));
+    if !store_down && !leftover.is_empty() {
         let release: Vec<_> = leftover.into_iter().map(Transition::release).collect();
-        match queue::apply(&db, &release).await {
+        match bounded(async { Ok(queue::apply(&db, &release).await?) }).await {
             Ok(outcomes) => {
                 let n = outcomes.iter().filter(|o| **o == Outcome::Done).count();
                 tracing::info!(released = n, "released unfinished jobs")
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not release jobs; their leases will expire")
+                tracing::warn!(error = %e, "could not release jobs; the next run on this host takes them back at once (else their leases expire)")
             }
         }
     }
     // The last counts, after the work is given back: a slow store delays only these.
     flusher_stop.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), flusher)
-        .await
-        .is_err()
-    {
+    let wait = if store_down {
+        Duration::ZERO
+    } else {
+        LAST_WRITES
+    };
+    if tokio::time::timeout(wait, flusher).await.is_err() && !store_down {
         tracing::warn!("the last request counters were not written in time");
     }
     end
+}
+
+/// How long the pool's last writes may wait for the store when it is leaving.
+const LAST_WRITES: Duration = Duration::from_secs(5);
+
+/// A store call on the way out, bounded: a store that is down must not hold the exit.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(LAST_WRITES, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the store did not answer in time".into(),
+            ))
+        })
+}
+
+/// Ask the API, in a task of its own, whether it answers again: any answer ends its outage
+/// (the client notes it), no answer continues it.
+fn spawn_api_probe(tasks: &mut JoinSet<()>, shared: &Arc<Shared>) {
+    let client = shared.client.clone();
+    tasks.spawn(async move {
+        if let Err(e) = client.probe_api().await {
+            tracing::debug!(error = %e, "the API probe got no answer");
+        }
+    });
 }
 
 /// What a claimed job is for, read from the queue's kind and target: an upload's target is
@@ -580,9 +701,17 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
             tracing::warn!("lease lost to another worker; dropping this attempt's result");
             return;
         }
+        Err(HandlerError::Store(e)) if e.is_outage() => {
+            // The store is down, not the job: no attempt is used; the job goes back when the
+            // store answers.
+            store_down(shared.client.outages(), &e);
+            lock(&shared.unsettled).push(job.job_ref());
+            return;
+        }
         Err(HandlerError::Store(e)) => Failure {
             next: Next::Retry { after: None },
             reason: format!("database error: {e}"),
+            detail: None,
         },
         Err(HandlerError::Job(f)) => f,
     };
@@ -590,6 +719,10 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
         match e {
             StoreError::Fenced { .. } => {
                 tracing::warn!("lease lost to another worker; dropping this attempt's result")
+            }
+            e if e.is_outage() => {
+                store_down(shared.client.outages(), &e);
+                lock(&shared.unsettled).push(job.job_ref());
             }
             e => tracing::error!(error = %e, reason = %failure.reason,
                 "could not record a job's failure; it will run again when its lease expires"),
@@ -611,7 +744,7 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
         }
         Next::Outage => {
             // The pool logs the outage once every half minute; not once per job.
-            tracing::debug!(error = reason, "Visibuild unreachable; back in the queue");
+            tracing::debug!(error = reason, "a service is down; back in the queue");
             let snooze = Transition::snooze(job_ref, OUTAGE_PROBE_EVERY, Some(reason));
             queue::apply_one(&mut conn, snooze).await?;
         }
@@ -640,6 +773,15 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             tracing::error!(error = reason, "failed");
             queue::apply_one(&mut conn, Transition::fail(job_ref, reason)).await?;
             fail_subject(&mut conn, job, reason).await?;
+        }
+        Next::ProjectRefused => {
+            tracing::error!(error = reason, "project refused");
+            queue::apply_one(&mut conn, Transition::fail(job_ref, reason)).await?;
+            gate::refused(&mut conn, job, reason, failure.detail.as_deref()).await?;
+        }
+        Next::AwaitProject { ticket } => {
+            tracing::debug!("waiting for the project's first ticket");
+            crate::store::gates::park(&mut conn, job_ref, *ticket, reason).await?;
         }
         Next::Halt => {
             tracing::error!(error = reason, "credentials refused; stopping the run");
@@ -686,8 +828,16 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             tickets::reopen_uploads(&mut conn, job_ref, ticket, &again, reason).await?;
         }
     }
+    if matches!(failure.next, Next::Fail | Next::Review) {
+        let detail = failure.detail.as_deref().map(json_of);
+        tickets::set_error_detail(&mut conn, job.attachment(), job.ticket(), detail).await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+fn json_of(detail: &crate::visibuild::error::ServerError) -> String {
+    serde_json::to_string(detail).unwrap_or_default()
 }
 
 /// A job that will not run again fails what it was for: its attachment and ticket.

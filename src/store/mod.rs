@@ -5,6 +5,7 @@
 
 pub mod budgets;
 pub mod dashboard;
+pub mod gates;
 pub(crate) mod staging;
 pub mod status;
 pub mod tickets;
@@ -41,6 +42,13 @@ const DUPLICATE_DATABASE: &str = "42P04";
 /// by `***`; causes are kept as `source()` so they show in a logged cause chain.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A URL of a kind this program does not store in (MySQL, an in-memory SQLite, …).
+    #[error(
+        "DATABASE_URL {url} is not a store this program can use ({why}); accepted: unset (an \
+         embedded file in the state directory), sqlite:PATH (an embedded file) or \
+         postgres://… (Postgres)"
+    )]
+    Unsupported { url: String, why: &'static str },
     #[error("{url} is not a usable Postgres URL")]
     BadUrl {
         url: String,
@@ -85,6 +93,9 @@ pub enum StoreError {
     /// answers every write of the batch).
     #[error("{0}")]
     Batch(String),
+    /// As `Batch`, for a cause that [`is_outage`](Self::is_outage).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
 }
@@ -118,8 +129,24 @@ impl StoreError {
     pub fn is_misconfigured(&self) -> bool {
         matches!(
             self,
-            StoreError::BadUrl { .. } | StoreError::RootCert { .. } | StoreError::Open { .. }
+            StoreError::Unsupported { .. }
+                | StoreError::BadUrl { .. }
+                | StoreError::RootCert { .. }
+                | StoreError::Open { .. }
         ) || self.is_login_refused()
+    }
+
+    /// The store is down, not the statement wrong: no connection, a connection lost or
+    /// refused, a pool that timed out waiting for one, a disk that is full or failing, a
+    /// server shutting down. Work waits for it (no attempt used); the run exits 3 if it
+    /// lasts.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => !self.is_login_refused(),
+            StoreError::Unavailable(_) => true,
+            StoreError::Sqlx(e) => sqlx_is_outage(e),
+            _ => false,
+        }
     }
 
     /// The server refused the login in the URL: a configuration error, not an outage.
@@ -136,11 +163,80 @@ impl StoreError {
     }
 }
 
+/// SQLite's primary result codes that say the file or its disk failed, not the statement:
+/// BUSY (another writer past the busy timeout), IOERR, CORRUPT is not one (not transient),
+/// FULL, CANTOPEN, NOMEM.
+const SQLITE_OUTAGE_CODES: [u32; 5] = [5, 7, 10, 13, 14];
+
+/// SQLSTATE classes and codes that say the Postgres server is not there for us: connection
+/// exceptions (08), insufficient resources (53: disk full, out of memory, too many
+/// connections), operator intervention (57P01-57P05: shutdown, cannot connect now), system
+/// error (58).
+fn sqlstate_is_outage(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("58")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "57P05")
+}
+
+fn sqlx_is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::InvalidSavePointStatement
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| match code.parse::<u32>() {
+            // SQLite: an extended result code; its low byte is the primary one.
+            Ok(sqlite) => SQLITE_OUTAGE_CODES.contains(&(sqlite & 0xff)),
+            Err(_) => sqlstate_is_outage(&code),
+        }),
+        _ => false,
+    }
+}
+
 /// The file of an embedded store's URL (`sqlite:PATH`), or `None` for Postgres.
 pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
     let path = database_url.strip_prefix(SQLITE_SCHEME)?;
     let path = path.strip_prefix("//").unwrap_or(path);
     Some(PathBuf::from(path))
+}
+
+/// Refuses a URL that names no store this program can use: only `sqlite:PATH` (a file, not
+/// `:memory:`: every connection would see a database of its own) and `postgres://…` are.
+pub fn check_url(database_url: &str) -> Result<(), StoreError> {
+    let unsupported = |why| {
+        Err(StoreError::Unsupported {
+            url: redact_url(database_url),
+            why,
+        })
+    };
+    if let Some(path) = sqlite_path(database_url) {
+        let text = path.to_string_lossy();
+        return if text.is_empty() {
+            unsupported("no file named after sqlite:")
+        } else if text.starts_with(":memory:")
+            || text.starts_with("file::memory:")
+            || text.contains("mode=memory")
+        {
+            unsupported(
+                "an in-memory database is lost when the program ends, and each of its connections would see another one",
+            )
+        } else {
+            Ok(())
+        };
+    }
+    let scheme = database_url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => Ok(()),
+        Some("mysql" | "mariadb") => unsupported("MySQL is not supported"),
+        Some(_) => unsupported("an unknown scheme"),
+        None => unsupported("not a URL"),
+    }
 }
 
 /// The URL of the embedded store at `path`.
@@ -151,6 +247,7 @@ pub fn sqlite_url(path: &Path) -> String {
 /// Drops the database of `database_url` if it exists (a rehearsal's fresh start): the
 /// SQLite file with its journal, or the Postgres database.
 pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
+    check_url(database_url)?;
     if let Some(path) = sqlite_path(database_url) {
         for suffix in ["", "-wal", "-shm"] {
             let mut file = path.clone().into_os_string();
@@ -195,13 +292,16 @@ pub async fn connect(database_url: &str) -> Result<Store, StoreError> {
 /// `max_connections`, creating it first if it does not exist, and brings both schemas (the
 /// queue's and the importer's) up to date.
 pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    check_url(database_url)?;
     if let Some(path) = sqlite_path(database_url) {
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        create_private(&path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
         let store = Store::open_sqlite(&path, max_connections)
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(open_error)?;
         migrate(&store).await?;
         return Ok(store);
     }
@@ -209,6 +309,34 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<St
     let store = Store::Postgres(pool);
     migrate(&store).await?;
     Ok(store)
+}
+
+/// Creates the embedded store's folder (mode 0700) and file (0600) when they do not exist
+/// yet, whatever the umask: they hold contact names and e-mails. SQLite gives the `-wal`
+/// and `-shm` files it makes beside it the database file's mode. What exists is left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let private_dir = std::fs::Permissions::from_mode(0o700);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, private_dir)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // An empty file is an empty database to SQLite.
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn connect_postgres(
@@ -226,9 +354,11 @@ async fn connect_postgres(
         }
         Err(source) => return Err(StoreError::Connect { url, source }),
     }
+    // A server that is gone is noticed within seconds (then the run's outage handling
+    // waits for it), not after half a minute per statement.
     let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Connect { url, source })?;
@@ -353,6 +483,35 @@ mod tests {
         assert!(q.contains("sslmode=require"), "{q}");
         assert_eq!(redact_url("postgres://db/imp"), "postgres://db/imp");
         assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn only_sqlite_files_and_postgres_are_accepted_as_stores() {
+        for ok in [
+            "sqlite:/var/lib/x/queue.db",
+            "sqlite://relative.db",
+            "postgres://db/imp",
+            "postgresql://u:p@db:5432/imp?sslmode=require",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "mysql://app:hunter2@db/imp",
+            "sqlite::memory:",
+            "sqlite:",
+            "sqlite:file::memory:?cache=shared",
+            "redis://db",
+            "queue.db",
+        ] {
+            let err = check_url(bad).unwrap_err();
+            assert!(err.is_misconfigured(), "{bad}");
+            let text = err.to_string();
+            assert!(
+                text.contains("sqlite:PATH") && text.contains("postgres://"),
+                "{text}"
+            );
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 
     #[tokio::test]

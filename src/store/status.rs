@@ -149,6 +149,31 @@ pub struct JobCounts {
 pub struct ErrorCount {
     pub reason: String,
     pub count: i64,
+    /// The server's own error behind `reason`, structured (`code`, `message`, `field`,
+    /// `key`), when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_error: Option<serde_json::Value>,
+}
+
+/// The server's own errors (JSON) of failed or review tickets, by their `last_error`.
+async fn error_details(
+    conn: &mut Conn<'_>,
+    batch: Option<BatchId>,
+) -> Result<std::collections::HashMap<String, serde_json::Value>, StoreError> {
+    let rows: Vec<(String, String)> = on!(
+        conn.reborrow(),
+        sql!(
+            "SELECT last_error, MIN(error_detail) FROM tickets
+              WHERE state IN ('failed', 'needs_review') AND ($1::uuid IS NULL OR batch_id = $1)
+                AND last_error IS NOT NULL AND error_detail IS NOT NULL
+              GROUP BY last_error"
+        ),
+        |c, q| sqlx::query_as(q).bind(batch).fetch_all(c).await
+    )?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(reason, json)| Some((reason, serde_json::from_str(&json).ok()?)))
+        .collect())
 }
 
 pub async fn batch_status(
@@ -204,10 +229,15 @@ pub async fn batch_status(
     let files_pending: i64 = files.iter().filter(|f| f.0 == "pending").map(|f| f.1).sum();
     let eta_seconds = (files_last_minute > 0 && files_pending > 0)
         .then(|| files_pending * 60 / files_last_minute);
+    let mut details = error_details(conn, Some(batch)).await?;
     let top_errors = top_errors(conn.reborrow(), Some(batch), 5)
         .await?
         .into_iter()
-        .map(|(reason, count)| ErrorCount { reason, count })
+        .map(|(reason, count)| ErrorCount {
+            server_error: details.remove(&reason),
+            reason,
+            count,
+        })
         .collect();
     let changed_examples: Vec<String> = on!(
         conn.reborrow(),
@@ -251,7 +281,11 @@ pub async fn batch_status(
         top_errors,
         retry_reasons: retry_reasons
             .into_iter()
-            .map(|(reason, count)| ErrorCount { reason, count })
+            .map(|(reason, count)| ErrorCount {
+                reason,
+                count,
+                server_error: None,
+            })
             .collect(),
         changed_since_load,
         changed_examples,
@@ -276,6 +310,8 @@ pub struct TicketResult {
     pub file_changes: Option<String>,
     /// Manifest fields that differ from what was loaded, on a later load of the same ref.
     pub changed_fields: Option<String>,
+    /// Files left out of the ticket (`--skip-quarantined`): `path: why`, `;`-separated.
+    pub skipped_files: Option<String>,
 }
 
 /// Which tickets a report covers.
@@ -295,14 +331,18 @@ pub async fn ticket_results<'c>(
         sql!(
             "SELECT b.name AS batch, t.ref, t.line, t.project_id, t.state, t.visibuild_id,
                     (SELECT string_agg(a.key, ';' ORDER BY a.position) FROM attachments a
-                      WHERE a.ticket_id = t.id AND a.state = 'uploaded') AS attachment_keys,
+                      WHERE a.ticket_id = t.id AND a.state = 'uploaded'
+                        AND a.skipped IS NULL) AS attachment_keys,
                     (SELECT max(j.attempt) FROM jobs j
                       WHERE j.target_id = t.id AND j.kind = 'create_ticket') AS attempts,
                     t.last_error,
                     (SELECT string_agg(a.path || ': ' || a.change_note, '; ' ORDER BY a.position)
                        FROM attachments a
                       WHERE a.ticket_id = t.id AND a.change_note IS NOT NULL) AS file_changes,
-                    t.changed_since_load AS changed_fields
+                    t.changed_since_load AS changed_fields,
+                    (SELECT string_agg(a.path || ': ' || a.skipped, '; ' ORDER BY a.position)
+                       FROM attachments a
+                      WHERE a.ticket_id = t.id AND a.skipped IS NOT NULL) AS skipped_files
                FROM tickets t JOIN batches b ON b.id = t.batch_id
               WHERE ($1::uuid IS NULL OR t.batch_id = $1)
                 AND (NOT $2 OR t.state IN ('failed', 'needs_review'))
@@ -368,6 +408,8 @@ pub struct RetryScope {
     pub error_contains: Option<String>,
     /// Also tickets marked for review: their create is sent again.
     pub force: bool,
+    /// Only this project's tickets (its refused gate re-opens).
+    pub project: Option<Uuid>,
 }
 
 /// The states of the tickets with this ref (one per project that has it), in `batch` or
@@ -461,6 +503,7 @@ pub async fn retry(
                 AND ($4::text IS NULL OR {strpos}(j.last_error, $4) > 0
                      OR {strpos}(t.last_error, $4) > 0)
                 AND (t.state <> 'needs_review' OR $5)
+                AND ($6::uuid IS NULL OR t.project_id = $6)
               ORDER BY j.id"
         ),
         |c, q| sqlx::query_as(q)
@@ -469,6 +512,7 @@ pub async fn retry(
             .bind(only.as_deref().map(List))
             .bind(scope.error_contains.as_deref())
             .bind(scope.force)
+            .bind(scope.project)
             .fetch_all(c)
             .await
     )?;
@@ -551,6 +595,8 @@ pub async fn retry(
             .await
             .map(|_| ())
     )?;
+    // A refused project the operator retries gets its gate again: one ticket first.
+    super::gates::reopen_refused(conn, &tickets).await?;
     visibuild_queue::notify(conn.reborrow()).await?;
     Ok(Retried {
         jobs: revived as u64,

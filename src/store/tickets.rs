@@ -739,6 +739,7 @@ async fn insert_attachments(
 pub struct UploadWork {
     pub attachment_id: AttachmentId,
     pub ticket_id: TicketId,
+    pub project_id: ProjectId,
     pub ticket_ref: String,
     pub resolved_path: String,
     /// The folder the file is opened inside (empty on rows loaded before it was recorded:
@@ -786,7 +787,8 @@ pub async fn upload_work<'c>(
     Ok(on!(
         ex.into(),
         sql!(
-            "SELECT a.id AS attachment_id, a.ticket_id, t.ref AS ticket_ref, a.resolved_path,
+            "SELECT a.id AS attachment_id, a.ticket_id, t.project_id, t.ref AS ticket_ref,
+                    a.resolved_path,
                     COALESCE(a.root, '') AS files_root, a.filename, a.content_type, a.size,
                     a.mtime_ns, a.inline_content, a.state,
                     h.size AS cached_size, h.mtime_ns AS cached_mtime_ns, h.md5 AS cached_md5
@@ -888,6 +890,28 @@ pub async fn finish_uploads(
     Ok(results)
 }
 
+/// An upload S3 confirmed whose job could not record it (the store was down), recorded now
+/// unless the attachment was uploaded again meanwhile. Its job, when it runs again, finds
+/// the attachment uploaded and completes (with the fan-in to the ticket's create).
+pub async fn record_upload_found(
+    conn: &mut Conn<'_>,
+    attachment: AttachmentId,
+    u: &Uploaded,
+) -> Result<(), StoreError> {
+    let uploaded: Option<bool> = on!(
+        &mut *conn,
+        sql!("SELECT state = 'uploaded' FROM attachments WHERE id = $1"),
+        |c, q| sqlx::query_scalar(q)
+            .bind(attachment)
+            .fetch_optional(c)
+            .await
+    )?;
+    if uploaded == Some(false) {
+        record_upload(conn, attachment, u).await?;
+    }
+    Ok(())
+}
+
 /// The attachment is in S3 under `u.key`; its bytes' hash is cached by path.
 async fn record_upload(
     conn: &mut Conn<'_>,
@@ -939,7 +963,31 @@ pub async fn fail_attachment(
     attachment: AttachmentId,
     reason: &str,
 ) -> Result<(), StoreError> {
-    let (path, ticket): (String, TicketId) = on!(
+    let (path, ticket) = mark_attachment_failed(conn, attachment, reason).await?;
+    set_ticket_state(
+        conn,
+        ticket,
+        TicketState::Failed,
+        Some(&format!("attachment {path}: {reason}")),
+    )
+    .await
+}
+
+/// An attachment that will not upload, its ticket's state left to the caller: its ticket.
+pub async fn fail_attachment_only(
+    conn: &mut Conn<'_>,
+    attachment: AttachmentId,
+    reason: &str,
+) -> Result<TicketId, StoreError> {
+    Ok(mark_attachment_failed(conn, attachment, reason).await?.1)
+}
+
+async fn mark_attachment_failed(
+    conn: &mut Conn<'_>,
+    attachment: AttachmentId,
+    reason: &str,
+) -> Result<(String, TicketId), StoreError> {
+    Ok(on!(
         &mut *conn,
         sql!(
             "UPDATE attachments SET state = 'failed', last_error = $2 WHERE id = $1
@@ -950,14 +998,79 @@ pub async fn fail_attachment(
             .bind(reason)
             .fetch_one(c)
             .await
+    )?)
+}
+
+/// A create was refused for these keys of the ticket, for a reason uploading may not fix:
+/// note it on their files (kept across the one fresh upload they get). Their paths.
+pub async fn note_refused<'c>(
+    ex: impl Into<Ex<'c>>,
+    ticket: TicketId,
+    keys: &[String],
+    reason: &str,
+) -> Result<Vec<String>, StoreError> {
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "UPDATE attachments SET refused = $3
+              WHERE ticket_id = $1 AND key {in_list $2}
+             RETURNING path"
+        ),
+        |c, q| sqlx::query_scalar(q)
+            .bind(ticket)
+            .bind(queue::List(&keys))
+            .bind(reason)
+            .fetch_all(c)
+            .await
+    )?)
+}
+
+/// Leave these keys' files out of the ticket's create (`--skip-quarantined`), with why.
+pub async fn skip_files<'c>(
+    ex: impl Into<Ex<'c>>,
+    ticket: TicketId,
+    keys: &[String],
+    reason: &str,
+) -> Result<(), StoreError> {
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    on!(
+        ex.into(),
+        sql!("UPDATE attachments SET skipped = $3 WHERE ticket_id = $1 AND key {in_list $2}"),
+        |c, q| sqlx::query(q)
+            .bind(ticket)
+            .bind(queue::List(&keys))
+            .bind(reason)
+            .execute(c)
+            .await
+            .map(drop)
     )?;
-    set_ticket_state(
-        conn,
-        ticket,
-        TicketState::Failed,
-        Some(&format!("attachment {path}: {reason}")),
-    )
-    .await
+    Ok(())
+}
+
+/// The server's own error (JSON) of the ticket a job was for, or none: written when the job
+/// fails the ticket, so that `--json` outputs keep the structured form.
+pub async fn set_error_detail(
+    conn: &mut Conn<'_>,
+    attachment: Option<AttachmentId>,
+    ticket: Option<TicketId>,
+    detail: Option<String>,
+) -> Result<(), StoreError> {
+    on!(
+        &mut *conn,
+        sql!(
+            "UPDATE tickets SET error_detail = $3
+              WHERE id = COALESCE($2, (SELECT ticket_id FROM attachments WHERE id = $1))"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(attachment)
+            .bind(ticket)
+            .bind(detail)
+            .execute(c)
+            .await
+            .map(drop)
+    )?;
+    Ok(())
 }
 
 /// What a create job needs to know.
@@ -966,6 +1079,9 @@ pub struct CreateWork {
     pub ticket: TicketRow,
     /// `(attachment, key, state)` in manifest order.
     pub attachments: Vec<(AttachmentId, Option<String>, AttachmentState)>,
+    /// A create of this ticket was refused for one of its files before (a reason uploading
+    /// again was tried for once).
+    pub refused_before: bool,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -1001,12 +1117,24 @@ pub async fn create_work(conn: &mut Conn<'_>, ticket: TicketId) -> Result<Create
     )?;
     let attachments = on!(
         &mut *conn,
-        sql!("SELECT id, key, state FROM attachments WHERE ticket_id = $1 ORDER BY position"),
+        // A file left out (`--skip-quarantined`) is not the create's.
+        sql!(
+            "SELECT id, key, state FROM attachments WHERE ticket_id = $1 AND skipped IS NULL
+              ORDER BY position"
+        ),
         |c, q| sqlx::query_as(q).bind(ticket.id).fetch_all(c).await
+    )?;
+    let refused_before = on!(
+        &mut *conn,
+        sql!(
+            "SELECT EXISTS (SELECT 1 FROM attachments WHERE ticket_id = $1 AND refused IS NOT NULL)"
+        ),
+        |c, q| sqlx::query_scalar(q).bind(ticket.id).fetch_one(c).await
     )?;
     Ok(CreateWork {
         ticket,
         attachments,
+        refused_before,
     })
 }
 
@@ -1137,6 +1265,10 @@ pub async fn set_ticket_state(
             .await
             .map(drop)
     )?;
+    if matches!(state, TicketState::Failed | TicketState::NeedsReview) {
+        // A project's first ticket that ended uncreated hands the gate to the next one.
+        super::gates::probe_ended(conn, ticket).await?;
+    }
     Ok(())
 }
 

@@ -4,24 +4,29 @@
 //! Actions are POSTs carrying a per-server CSRF token, refused when their `Origin` is
 //! another site. With a token (`--ui-token`, required off loopback) every page asks for it:
 //! a login form that sets a `SameSite=Strict` session cookie, or `Authorization: Bearer`.
-//! Without one, only loopback `Host` names are answered (no DNS rebinding).
+//! Without one, only loopback `Host` names are answered (no DNS rebinding). Wrong tokens
+//! are slowed down per client address; every answer carries a `Content-Security-Policy`,
+//! `nosniff` and frame denial; the listener caps and times out its connections.
 
 mod charts;
 mod failures;
 mod html;
+pub mod listener;
 mod metrics;
 mod pages;
+mod throttle;
 
 use crate::secret::Secret;
 use crate::store::{self, Store, StoreError};
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +35,10 @@ const SESSION_COOKIE: &str = "visibuild_ui_session";
 
 /// Shortest `--ui-token` accepted: it guards retry actions on a network.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The pages' policy: their own inline stylesheet and `style` attributes, inline SVG
+/// charts, forms posting to this server; no scripts, no frames, nothing fetched elsewhere.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What the dashboard needs besides the store, injected by its caller.
 #[derive(Debug, Clone)]
@@ -144,16 +153,14 @@ pub async fn bind(
         .map_err(bind_error)
 }
 
-/// Serve `router` on `listener` until `stop`.
+/// Serve `router` on `listener` until `stop`, within this process's [`listener::Limits`]
+/// (a connection cap from its open-files limit, header-read and lifetime timeouts).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: CancellationToken,
 ) -> Result<(), UiError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(UiError::Serve)
+    listener::serve(listener, router, stop, listener::Limits::for_this_process()).await
 }
 
 /// The shared state of every request.
@@ -166,6 +173,8 @@ struct Inner {
     csrf: String,
     /// The login cookie's value; only meaningful with a token.
     session: String,
+    /// Wrong tokens per client address.
+    throttle: throttle::Throttle,
 }
 
 type AppState = Arc<Inner>;
@@ -178,6 +187,7 @@ pub fn router(db: Store, config: UiConfig) -> Router {
         config,
         csrf: random_hex(),
         session: random_hex(),
+        throttle: throttle::Throttle::default(),
     });
     Router::new()
         .route("/", get(pages::overview))
@@ -194,8 +204,49 @@ pub fn router(db: Store, config: UiConfig) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(healthz))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    let body = html::layout(
+        "not found",
+        false,
+        "<h1>404</h1><p class=error>No such page.</p><p><a href=\"/\">Back to the dashboard</a></p>",
+        "",
+    );
+    (StatusCode::NOT_FOUND, body).into_response()
+}
+
+/// Every answer, refusals and errors included: a content policy that allows no script and
+/// no framing, no MIME sniffing, no caching, and no referrer off this site.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        // Not `no-referrer`: under it a browser sends `Origin: null` with our own forms.
+        header::HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 fn random_hex() -> String {
@@ -221,7 +272,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// Every request: a loopback `Host` (without a token), the token or session (with one),
-/// and no cross-site POST.
+/// and no cross-site POST. A client that sent too many wrong tokens waits before its next
+/// token is looked at.
 async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if path == "/healthz" {
@@ -238,11 +290,22 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
     if request.method() == axum::http::Method::POST && !same_origin(headers) {
         return UiError::Forbidden.into_response();
     }
-    if let Some(token) = &state.config.token
-        && path != "/login"
-        && !authorized(headers, token, &state.session)
+    let Some(token) = &state.config.token else {
+        return next.run(request).await;
+    };
+    let client = client_ip(&request);
+    let bearer = headers.contains_key(header::AUTHORIZATION);
+    let signing_in = path == "/login" && request.method() == axum::http::Method::POST;
+    if (bearer || signing_in)
+        && let Some(wait) = state.throttle.wait(client, Instant::now())
     {
-        if path == "/metrics" || headers.contains_key(header::AUTHORIZATION) {
+        return too_many_wrong_tokens(wait);
+    }
+    if path != "/login" && !authorized(headers, token, &state.session) {
+        if bearer {
+            state.throttle.failed(client, Instant::now());
+        }
+        if path == "/metrics" || bearer {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -252,22 +315,47 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         }
         return Redirect::to("/login").into_response();
     }
-    let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    h.insert(
-        header::X_FRAME_OPTIONS,
-        header::HeaderValue::from_static("DENY"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        // Not `no-referrer`: under it a browser sends `Origin: null` with our own forms.
-        header::HeaderValue::from_static("same-origin"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
+    if bearer {
+        state.throttle.succeeded(client);
+    }
+    next.run(request).await
+}
+
+/// `429` with `Retry-After`: the client's next token is not looked at before then.
+fn too_many_wrong_tokens(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        format!("too many wrong tokens from this address: try again in {secs}s\n"),
+    )
+        .into_response()
+}
+
+/// The client's address, as the listener recorded it (unspecified when served otherwise:
+/// such clients then share one count).
+fn client_ip(request: &Request) -> IpAddr {
+    client_of(request.extensions())
+}
+
+fn client_of(extensions: &axum::http::Extensions) -> IpAddr {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// The client's address, for a handler.
+struct Client(IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Client(client_of(&parts.extensions)))
+    }
 }
 
 /// The `Host` names a loopback address (`localhost`, `127.x.y.z`, `[::1]`), any port.

@@ -3,7 +3,7 @@
 
 use super::failures::{self, FailureGroup};
 use super::html::{self, bar, csrf_field, esc, pills};
-use super::{AppState, Inner, SESSION_COOKIE, UiError, charts, check_csrf, equal};
+use super::{AppState, Client, Inner, SESSION_COOKIE, UiError, charts, check_csrf, equal};
 use crate::domain::{BatchId, JobId, TicketId};
 use crate::human::{bytes as human_bytes, count};
 use crate::store::StoreError;
@@ -529,7 +529,12 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+/// Sign in; a wrong token counts against the client's address (the guard slows it down).
+pub async fn login(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Form(form): Form<LoginForm>,
+) -> Response {
     if check_csrf(&state, &form.csrf).is_err() {
         return UiError::Forbidden.into_response();
     }
@@ -537,8 +542,10 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
         return Redirect::to("/").into_response();
     };
     if !equal(form.token.trim(), token.expose()) {
+        state.throttle.failed(client, std::time::Instant::now());
         return (StatusCode::UNAUTHORIZED, login_page(&state, true)).into_response();
     }
+    state.throttle.succeeded(client);
     (
         StatusCode::SEE_OTHER,
         [

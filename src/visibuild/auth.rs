@@ -3,7 +3,7 @@
 
 use crate::rate::RateGate;
 use crate::secret::Secret;
-use crate::visibuild::error::{ApiError, snippet};
+use crate::visibuild::error::ApiError;
 use serde::Deserialize;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -146,7 +146,7 @@ async fn fetch_token(
         400 | 401 | 403 => ApiError::Unauthorized {
             reason: format!(
                 "the client credentials were refused ({status}): {}",
-                snippet(&body)
+                super::error::readable(&body)
             ),
         },
         s if s >= 500 => ApiError::Transient {
@@ -155,7 +155,7 @@ async fn fetch_token(
         },
         s => ApiError::Permanent {
             status: s,
-            reason: format!("token endpoint: {}", snippet(&body)),
+            reason: format!("token endpoint: {}", super::error::readable(&body)),
         },
     })
 }

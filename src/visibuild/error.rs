@@ -16,6 +16,11 @@ pub enum ApiError {
     /// The pool pauses as for a database outage; no attempt is used.
     #[error("Visibuild unreachable: {reason}")]
     Unreachable { reason: String },
+    /// The request went out (for all we know) and no answer came within the answer timeout,
+    /// or an upload stopped making progress: the service is not answering. An outage, like
+    /// `Unreachable`, but where the outcome matters (a create) it may have landed.
+    #[error("no answer: {reason}")]
+    NoAnswer { reason: String },
     /// 429: wait `Retry-After` (every worker waits), and retry without using up an attempt.
     #[error("rate limited (429), retry after {retry_after:?}")]
     RateLimited { retry_after: Option<Duration> },
@@ -28,6 +33,16 @@ pub enum ApiError {
     /// A refusal that will not change on retry (400, 403 from the API, 404, other 422s).
     #[error("rejected ({status}): {reason}")]
     Permanent { status: u16, reason: String },
+    /// A refusal the server explained in a JSON error body: read as its own words.
+    #[error("{error}")]
+    Refused { status: u16, error: ServerError },
+    /// Ticket create refused for one of our keys with a reason other than the three the
+    /// vendor documents (the sandbox: a quarantined file). Uploading again may not fix it.
+    #[error("{error}")]
+    KeyRefused {
+        keys: Vec<String>,
+        error: ServerError,
+    },
     /// S3 said the presigned URL expired or its signature/headers do not match: presign again.
     #[error("upload refused by S3 ({status} {code}): {reason}; a new URL is needed")]
     UploadUrlRejected {
@@ -56,6 +71,100 @@ pub enum ApiError {
     AlreadyAssociated { keys: Vec<String> },
 }
 
+/// An API error body in the server's own words: `{"error": {"code", "message", "field"?,
+/// "key"?}}`, `{"error": "text"}`, OAuth's `{"error", "error_description"}`, or a bare
+/// `{"message"}`. Shown as `message (field F)`; `--json` outputs keep the parts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl ServerError {
+    /// The error a JSON body states, if it is one; `None` for anything else (HTML, text).
+    pub fn parse(body: &str) -> Option<Self> {
+        use serde_json::Value;
+        let value: Value = serde_json::from_str(body.trim()).ok()?;
+        let text = |v: Option<&Value>| -> Option<String> {
+            match v? {
+                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        let error = match value.get("error") {
+            Some(Value::Array(items)) => items.first().cloned(),
+            Some(e) => Some(e.clone()),
+            None => match value.get("errors") {
+                Some(Value::Array(items)) => items.first().cloned(),
+                _ => None,
+            },
+        };
+        let (code, message, field, key) = match &error {
+            Some(e @ Value::Object(_)) => (
+                text(e.get("code")),
+                text(e.get("message")).or_else(|| text(e.get("detail"))),
+                text(e.get("field")),
+                text(e.get("key")),
+            ),
+            // OAuth (RFC 6749): `error` is the code, `error_description` the words.
+            Some(Value::String(code)) => match text(value.get("error_description")) {
+                Some(description) => (Some(code.clone()), Some(description), None, None),
+                None => (None, Some(code.clone()), None, None),
+            },
+            _ => (
+                text(value.get("code")),
+                text(value.get("message")),
+                text(value.get("field")),
+                text(value.get("key")),
+            ),
+        };
+        Some(Self {
+            message: message.or_else(|| code.clone())?,
+            code,
+            field,
+            key,
+        })
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        match (&self.field, &self.key) {
+            (Some(field), _) if !self.message.contains(&format!("(field {field})")) => {
+                write!(f, " (field {field})")
+            }
+            (None, Some(key)) if !self.message.contains(key.as_str()) => write!(f, " (key {key})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A response body as words for an error message: the server's own message when it sent a
+/// JSON error, else a snippet.
+pub fn readable(body: &str) -> String {
+    match ServerError::parse(body) {
+        Some(error) => error.to_string(),
+        None => snippet(body),
+    }
+}
+
+impl ApiError {
+    /// The server's own error, when it explained the refusal in a JSON body.
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            ApiError::Refused { error, .. } | ApiError::KeyRefused { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
 fn describe_keys(keys: &[String]) -> String {
     if keys.is_empty() {
         "key not named".to_string()
@@ -80,6 +189,15 @@ pub fn classify_ticket_422(body: &str, our_keys: &[String]) -> Option<ApiError> 
         Some(ApiError::OtherCompany { keys })
     } else if text.contains("already associated") {
         Some(ApiError::AlreadyAssociated { keys })
+    } else if !keys.is_empty() {
+        // Refused for a key of ours, for a reason the vendor does not document.
+        let error = ServerError::parse(body).unwrap_or_else(|| ServerError {
+            code: None,
+            message: snippet(body),
+            field: None,
+            key: None,
+        });
+        Some(ApiError::KeyRefused { keys, error })
     } else {
         None
     }
@@ -149,6 +267,51 @@ mod tests {
             classify_ticket_422(r#"{"error":"title is blank"}"#, &keys),
             None
         );
+    }
+
+    #[test]
+    fn a_server_error_reads_as_its_message_and_field_never_as_json() {
+        let body = r#"{"error": {"code": "invalid_field", "message": "projectId is not a project of this company", "field": "projectId"}}"#;
+        let error = ServerError::parse(body).unwrap();
+        assert_eq!(error.code.as_deref(), Some("invalid_field"));
+        assert_eq!(error.field.as_deref(), Some("projectId"));
+        assert_eq!(
+            error.to_string(),
+            "projectId is not a project of this company (field projectId)"
+        );
+        assert_eq!(
+            readable(
+                r#"{"error":{"message":"attachment key not found","key":"attachment/a/x.jpg"}}"#
+            ),
+            "attachment key not found (key attachment/a/x.jpg)"
+        );
+        assert_eq!(readable(r#"{"error":"title is blank"}"#), "title is blank");
+        assert_eq!(
+            readable(r#"{"error":"invalid_client","error_description":"unknown client"}"#),
+            "unknown client"
+        );
+        assert_eq!(readable(r#"{"message":"Not Found"}"#), "Not Found");
+        assert_eq!(
+            readable("<html>bad gateway</html>"),
+            "<html>bad gateway</html>"
+        );
+        assert_eq!(ServerError::parse(r#"{"data":1}"#), None);
+    }
+
+    #[test]
+    fn a_422_naming_our_key_for_an_undocumented_reason_is_a_key_refusal() {
+        let keys = vec!["attachment/a/x.jpg".to_string()];
+        let body = r#"{"error":{"message":"attachment quarantined: attachment/a/x.jpg","key":"attachment/a/x.jpg"}}"#;
+        match classify_ticket_422(body, &keys) {
+            Some(ApiError::KeyRefused { keys, error }) => {
+                assert_eq!(keys, vec!["attachment/a/x.jpg".to_string()]);
+                assert_eq!(
+                    error.to_string(),
+                    "attachment quarantined: attachment/a/x.jpg"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -5,11 +5,14 @@ pub mod auth;
 pub mod error;
 
 use crate::domain::{Priority, ProjectId};
+use crate::outage::{Down, Outages};
 use crate::rate::RateGate;
 use crate::secret::{PresignedUrl, Secret};
 pub use auth::{Credentials, TokenSource};
 pub use error::ApiError;
-use error::{classify_ticket_422, parse_retry_after, s3_error_code, snippet};
+use error::{
+    ServerError, classify_ticket_422, parse_retry_after, readable, s3_error_code, snippet,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +21,11 @@ use std::time::Duration;
 
 /// Bytes read from disk per chunk when streaming an upload.
 pub const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// How long a call may wait for an answer (an API call for its response, an upload for its
+/// next chunk to be taken or, once sent, for S3's response) before the service counts as
+/// not answering: an outage, not a failure.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Visibuild regions and their origins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +54,10 @@ pub struct ClientConfig {
     pub upload_gate: Arc<RateGate>,
     /// Per-request timeout for API calls (uploads get no overall timeout, only a stall one).
     pub timeout: Duration,
+    /// How long a call waits for an answer (or an upload for progress): [`ANSWER_TIMEOUT`].
+    pub answer_timeout: Duration,
+    /// Where the client notes that Visibuild's API or S3 is down, shared with the pool.
+    pub outages: Arc<Outages>,
 }
 
 /// Request counters, for the summary and (flushed per minute to the store) the dashboard.
@@ -69,6 +81,8 @@ pub enum Endpoint {
     Upload,
     /// `POST /api/core/v1/tickets`.
     Create,
+    /// The check that the origin serves the API, and the probe while it does not answer.
+    Probe,
 }
 
 impl Endpoint {
@@ -77,6 +91,7 @@ impl Endpoint {
             Endpoint::Presign => "presign",
             Endpoint::Upload => "upload",
             Endpoint::Create => "create",
+            Endpoint::Probe => "probe",
         }
     }
 }
@@ -175,7 +190,6 @@ pub enum Body {
 /// A turn at the API rate gate with a valid token, from [`Client::create_turn`].
 pub struct CreateTurn {
     token: Secret,
-    turn: crate::rate::Turn,
 }
 
 /// The Visibuild API and its S3 uploads.
@@ -187,16 +201,10 @@ pub struct Client {
     api_gate: Arc<RateGate>,
     upload_gate: Arc<RateGate>,
     pub counters: Counters,
-    /// Since when no connection to the API, and to S3, could be made, and why; each cleared
-    /// only by an answer from that same endpoint.
-    unreachable: std::sync::Mutex<[Option<(std::time::Instant, String)>; 2]>,
-}
-
-/// The two services a run talks to, each with its own outage.
-#[derive(Debug, Clone, Copy)]
-enum Service {
-    Api = 0,
-    Uploads = 1,
+    answer_timeout: Duration,
+    /// Where a call that got no connection or no answer notes its service down, and an
+    /// answer notes it up again.
+    outages: Arc<Outages>,
 }
 
 /// Makes ring the process's rustls crypto provider (reqwest is built without one, so that
@@ -211,14 +219,18 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Self, reqwest::Error> {
         use_ring_for_tls();
         let api_url = config.api_url.trim_end_matches('/').to_string();
+        // An answer that does not start within the answer timeout is no answer (a read that
+        // waits that long); one that starts but never ends is cut by the overall timeout.
         let http = reqwest::Client::builder()
-            .timeout(config.timeout)
+            .timeout(config.timeout.max(config.answer_timeout))
+            .read_timeout(config.answer_timeout)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("visibuild-import/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        // Uploads have no overall timeout: a large file is judged by its progress.
         let uploads = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
+            .read_timeout(config.answer_timeout)
             .user_agent(concat!("visibuild-import/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -229,8 +241,14 @@ impl Client {
             api_gate: config.api_gate,
             upload_gate: config.upload_gate,
             counters: Counters::default(),
-            unreachable: std::sync::Mutex::new([None, None]),
+            answer_timeout: config.answer_timeout,
+            outages: config.outages,
         })
+    }
+
+    /// The outages this client notes (shared with the pool that reads them).
+    pub fn outages(&self) -> &Arc<Outages> {
+        &self.outages
     }
 
     /// The gate of Visibuild API calls (presigns, creates, token fetches).
@@ -275,19 +293,32 @@ impl Client {
         })
     }
 
-    /// Wait for the upload rate. Called *before* presigning, so that a URL is used the moment
-    /// it is made: a throttled upload never sits on a URL that expires while it waits.
-    pub async fn upload_turn(&self) {
-        self.upload_gate.acquire().await;
+    /// A turn of the upload rate, reserved *before* presigning (so that a URL is used the
+    /// moment it is made: a throttled upload never sits on a URL that expires while it
+    /// waits) and waited for with [`put_file`](Self::put_file), just before the PUT leaves:
+    /// a presign that took long does not send its PUT late into the next uploads' slots (a
+    /// slot that passed meanwhile is exchanged for a fresh one), so the PUTs of every process
+    /// never exceed the upload rate in any second.
+    pub async fn upload_turn(&self) -> crate::rate::Turn {
+        self.upload_gate.reserve().await
     }
 
     /// `PUT` the file to the presigned URL: streamed, with exactly the returned headers and
     /// an explicit `Content-Length` (S3 refuses chunked bodies), from the open handle the
-    /// file was hashed from (so what goes up is what was hashed). Take an
-    /// [`upload_turn`](Self::upload_turn) before presigning.
-    pub async fn put_file(&self, upload: &Upload, body: Body, size: u64) -> Result<(), ApiError> {
+    /// file was hashed from (so what goes up is what was hashed), once `turn` (an
+    /// [`upload_turn`](Self::upload_turn) taken before presigning) has come.
+    pub async fn put_file(
+        &self,
+        upload: &Upload,
+        body: Body,
+        size: u64,
+        turn: crate::rate::Turn,
+    ) -> Result<(), ApiError> {
         use std::io::Seek as _;
+        self.upload_gate.wait(turn).await;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        // Chunks taken by the connection so far: an upload is judged by its progress.
+        let progress = Arc::new(AtomicU64::new(0));
         let body = match body {
             Body::File(mut file) => {
                 // The handle the bytes were hashed from, read again from its start.
@@ -298,7 +329,10 @@ impl Client {
                     })?;
                 let file = tokio::fs::File::from_std(file);
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
-                reqwest::Body::wrap_stream(stream)
+                let progress = progress.clone();
+                reqwest::Body::wrap_stream(futures_util::StreamExt::inspect(stream, move |_| {
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }))
             }
             Body::Bytes(bytes) => reqwest::Body::from(bytes),
         };
@@ -310,18 +344,27 @@ impl Client {
         for (name, value) in &upload.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let sent = request.send().await;
+        let sent = self.watch_progress(request.send(), &progress).await;
         let response = match sent {
-            Ok(response) => response,
-            Err(e) => {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
                 self.counters.answered(Endpoint::Upload, 0, 0);
+                let service = service_or_descriptors(Down::Uploads, &e);
                 let error =
                     transport_failure(&format!("upload to {} failed", upload.url), e, false);
-                self.note(Service::Uploads, Some(&error));
+                self.note(service, Some(&error));
+                return Err(error);
+            }
+            Err(stalled) => {
+                self.counters.answered(Endpoint::Upload, 0, 0);
+                let error = ApiError::NoAnswer {
+                    reason: format!("upload to {}: {stalled}", upload.url.redacted()),
+                };
+                self.note(Down::Uploads, Some(&error));
                 return Err(error);
             }
         };
-        self.note(Service::Uploads, None);
+        self.note(Down::Uploads, None);
         let status = response.status();
         let sent = if status.is_success() { size } else { 0 };
         self.counters
@@ -378,20 +421,14 @@ impl Client {
         self.create_ticket_inner(ticket, None).await
     }
 
-    /// A valid token and an API turn that is near (the rate and any 429 pause waited
-    /// for, but for the last stretch to the turn's slot): everything a create waits for
-    /// before its request leaves. A caller that must durably note "a create is about to
-    /// leave" takes the turn first, notes, then calls
-    /// [`create_ticket_in_turn`](Self::create_ticket_in_turn), which waits out that last
-    /// stretch (a slot that passed while the note was written is exchanged for the next):
-    /// a crash while waiting for the rate is never mistaken for a create that may have
-    /// landed, and the note's time does not eat into the gap between two calls.
+    /// A valid token and an API turn granted: everything a create waits for before its
+    /// request leaves. A caller that must durably note "a create is about to leave" takes
+    /// the turn first, notes, then calls [`create_ticket_in_turn`](Self::create_ticket_in_turn),
+    /// which sends at once: a process killed while it waits for the rate (however low) has
+    /// noted nothing, so a create that never left is never taken for one that may have landed.
     pub async fn create_turn(&self) -> Result<CreateTurn, ApiError> {
-        let turn = self.api_gate.reserve().await;
-        // A token fetched now takes a turn of its own; the reserved one is then likely
-        // past, and `wait` exchanges it for the next.
-        let token = self.token().await?;
-        Ok(CreateTurn { token, turn })
+        let token = self.token_and_turn().await?;
+        Ok(CreateTurn { token })
     }
 
     /// A token, then an API turn. In that order: fetching a token is itself an API call that
@@ -464,10 +501,8 @@ impl Client {
         let mut refreshed = false;
         loop {
             let token = match turn.take() {
-                // Reserved before the caller's note; waited for now, so the note's time
-                // is not taken out of the gap to the previous call.
+                // Granted before the caller's note: the request leaves now.
                 Some(turn) => {
-                    self.api_gate.wait(turn.turn).await;
                     if self.tokens.is_current(&turn.token).await {
                         turn.token
                     } else {
@@ -493,12 +528,13 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     self.counters.answered(endpoint, 0, 0);
+                    let service = service_or_descriptors(Down::Api, &e);
                     let error = transport_failure(path, e, outcome_matters);
-                    self.note(Service::Api, Some(&error));
+                    self.note(service, Some(&error));
                     return Err(error);
                 }
             };
-            self.note(Service::Api, None);
+            self.note(Down::Api, None);
             let status = response.status();
             self.counters.answered(endpoint, status.as_u16(), 0);
             let retry_after = retry_after_of(&response);
@@ -511,7 +547,7 @@ impl Client {
                 }
                 401 => {
                     return Err(ApiError::Unauthorized {
-                        reason: format!("{path}: {}", snippet(&text)),
+                        reason: format!("{path}: {}", readable(&text)),
                     });
                 }
                 429 => {
@@ -546,7 +582,7 @@ impl Client {
     pub async fn authenticate(&self) -> Result<(), ApiError> {
         self.token().await?;
         // A token fetched (or one we hold) after a failed try: the API is back.
-        self.note(Service::Api, None);
+        self.note(Down::Api, None);
         Ok(())
     }
 
@@ -555,39 +591,86 @@ impl Client {
         // A token fetch that could not connect is an outage; a cached token says nothing
         // about whether Visibuild answers.
         if let Err(e @ ApiError::Unreachable { .. }) = &token {
-            self.note(Service::Api, Some(e));
+            self.note(Down::Api, Some(e));
         }
         token
     }
 
-    /// Since when, and why, Visibuild's API or S3 cannot be reached (the longer outage of
-    /// the two); `None` while both answer.
-    pub fn unreachable_since(&self) -> Option<(std::time::Instant, String)> {
-        let state = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        state.iter().flatten().min_by_key(|(at, _)| *at).cloned()
-    }
-
-    /// Forget the outages: nothing is left to try, so nothing can show they ended.
-    pub fn clear_outage(&self) {
-        *self.unreachable.lock().unwrap_or_else(|e| e.into_inner()) = [None, None];
-    }
-
-    /// Note how a call to `service` ended: a connection failure starts (or continues) its
-    /// outage, any answer ends it.
-    fn note(&self, service: Service, error: Option<&ApiError>) {
-        let mut state = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = &mut state[service as usize];
-        match error {
-            Some(ApiError::Unreachable { reason }) => {
-                let since = slot.as_ref().map(|(at, _)| *at);
-                *slot = Some((
-                    since.unwrap_or_else(std::time::Instant::now),
-                    reason.clone(),
-                ));
+    /// Ask the API whether it is there, with a request that changes nothing: a presign
+    /// with an empty body, which Visibuild refuses as invalid (400/422). Any answer but a
+    /// 404 says the origin serves the API (and ends an API outage); a 404 says it does not.
+    /// Takes an API turn like any call.
+    pub async fn probe_api(&self) -> Result<Probe, ApiError> {
+        let answer = self
+            .api_post(
+                (Endpoint::Probe, "/api/core/v1/attachments"),
+                &serde_json::json!({}),
+                false,
+                None,
+            )
+            .await;
+        let status = match answer {
+            Ok((status, _)) => status,
+            // A 5xx or a 429 is an answer too: the API is there.
+            Err(ApiError::Transient { .. } | ApiError::RateLimited { .. }) => {
+                return Ok(Probe::Answered);
             }
-            _ => *slot = None,
+            Err(e) => return Err(e),
+        };
+        Ok(if status.as_u16() == 404 {
+            Probe::NotServed
+        } else {
+            Probe::Answered
+        })
+    }
+
+    /// Wait for `send` while the upload makes progress: no chunk taken by the connection for
+    /// the answer timeout (or, once all is sent, no answer for as long) stops it.
+    async fn watch_progress<F: std::future::Future>(
+        &self,
+        send: F,
+        progress: &AtomicU64,
+    ) -> Result<F::Output, String> {
+        tokio::pin!(send);
+        let mut seen = progress.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                out = &mut send => return Ok(out),
+                _ = tokio::time::sleep(self.answer_timeout) => {
+                    let now = progress.load(Ordering::Relaxed);
+                    if now == seen {
+                        return Err(format!(
+                            "no progress for {}s (S3 took no bytes and gave no answer)",
+                            self.answer_timeout.as_secs()
+                        ));
+                    }
+                    seen = now;
+                }
+            }
         }
     }
+
+    /// Note how a call to `service` ended: no connection or no answer starts (or continues)
+    /// its outage, any answer ends it.
+    fn note(&self, service: Down, error: Option<&ApiError>) {
+        match error {
+            Some(e @ (ApiError::Unreachable { .. } | ApiError::NoAnswer { .. })) => {
+                self.outages.begin(service, e.to_string())
+            }
+            _ => {
+                self.outages.end(service);
+            }
+        }
+    }
+}
+
+/// What [`Client::probe_api`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The API answered (any status but 404).
+    Answered,
+    /// 404 on the API's own path: this origin does not serve the Visibuild API.
+    NotServed,
 }
 
 /// Visibuild's origin from what the operator gave: `http(s)://host[:port]`, a trailing `/`
@@ -620,11 +703,28 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
     Ok(url.origin().ascii_serialization())
 }
 
-/// A non-2xx API answer that is not a 401, 429 or 5xx.
+/// The service a failed request counts against: `service`, unless the process ran out of
+/// file descriptors (then no service is to blame).
+fn service_or_descriptors(service: Down, e: &reqwest::Error) -> Down {
+    if crate::outage::chain_is_out_of_descriptors(e) {
+        Down::Descriptors
+    } else {
+        service
+    }
+}
+
+/// A non-2xx API answer that is not a 401, 429 or 5xx: the server's own words when it
+/// sent a JSON error, else a snippet of the body.
 fn api_failure(status: reqwest::StatusCode, body: &str) -> ApiError {
-    ApiError::Permanent {
-        status: status.as_u16(),
-        reason: snippet(body),
+    match ServerError::parse(body) {
+        Some(error) => ApiError::Refused {
+            status: status.as_u16(),
+            error,
+        },
+        None => ApiError::Permanent {
+            status: status.as_u16(),
+            reason: snippet(body),
+        },
     }
 }
 
@@ -633,10 +733,15 @@ fn api_failure(status: reqwest::StatusCode, body: &str) -> ApiError {
 /// never "outcome unknown". When the request may have reached the server and its outcome
 /// matters (ticket create), the outcome is unknown; otherwise it is transient.
 pub(crate) fn transport_failure(path: &str, e: reqwest::Error, outcome_matters: bool) -> ApiError {
-    let (connect, builder) = (e.is_connect(), e.is_builder());
+    let (connect, builder, timeout) = (e.is_connect(), e.is_builder(), e.is_timeout());
     let reason = format!("{path}: {}", describe_reqwest(e));
     if connect {
         return ApiError::Unreachable { reason };
+    }
+    if timeout {
+        // Sent (for all we know) and not answered: an outage of the service; where the
+        // outcome matters the caller keeps the request's "may have landed" mark.
+        return ApiError::NoAnswer { reason };
     }
     if builder {
         return ApiError::Permanent {

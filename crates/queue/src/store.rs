@@ -54,6 +54,12 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(SQLITE_BUSY_TIMEOUT)
+            // A COMMIT that failed (disk full, I/O error) can leave SQLite's transaction
+            // rolled back under sqlx's count of it: such a connection would refuse every
+            // later BEGIN. It is closed, never handed out again.
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await?;
         Ok(Store::Sqlite(pool))

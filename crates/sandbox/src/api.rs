@@ -5,7 +5,7 @@ use crate::model::{Priority, SandboxContact, SandboxTicket};
 use crate::s3;
 use crate::server::ConnectionKill;
 use crate::sigv4::PresignRequest;
-use crate::state::{Shared, Upload};
+use crate::state::{KeyRefusal, Shared, Upload};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -103,7 +103,8 @@ fn injected_fault(shared: &Shared) -> Response {
     ApiError::status(status, "injected fault").into_response()
 }
 
-/// A JSON API error: `{"error":{"message", "field"?, "key"?}}`.
+/// A JSON API error: `{"error":{"code"?, "message", "field"?, "key"?}}` (`code` is
+/// `invalid_field` on a field's error).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub(crate) struct ApiError {
@@ -153,6 +154,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = Map::new();
         if let Some(field) = self.field {
+            error.insert("code".into(), "invalid_field".into());
             error.insert("field".into(), field.into());
         }
         error.insert("message".into(), self.message.into());
@@ -217,6 +219,7 @@ async fn oauth_token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             let matches = known_id == id && known_secret.matches(secret);
             matches.then(|| company.clone())
         });
+    let company = company.filter(|_| !shared.lock().revoked);
     let Some(company) = company else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -380,6 +383,7 @@ async fn presign(
         size,
         md5: checksum.to_string(),
         stored: false,
+        quarantined: false,
         linked_to: None,
     };
     shared.lock().uploads.insert(key.clone(), upload);
@@ -408,8 +412,12 @@ async fn create_ticket(
     let project_id = required_string(&obj, "projectId")?;
     let project_id =
         Uuid::parse_str(project_id).map_err(|_| ApiError::field("projectId", "must be a UUID"))?;
-    if !shared.projects.is_empty() && !shared.projects.contains(&project_id) {
-        return Err(ApiError::field("projectId", "project not found"));
+    let unknown = !shared.projects.is_empty() && !shared.projects.contains(&project_id);
+    if unknown || shared.lock().refused_projects.contains(&project_id) {
+        return Err(ApiError::field(
+            "projectId",
+            "projectId is not a project of this company",
+        ));
     }
     let priority = optional_string(&obj, "priority")?
         .map(|p| match p {
@@ -473,7 +481,11 @@ async fn create_ticket(
     let ticket = shared
         .lock()
         .create_ticket(&company, draft, &keys)
-        .map_err(|(refusal, key)| ApiError::key(refusal.to_string(), key))?;
+        .map_err(|(refusal, key)| match refusal {
+            // The sandbox's assumption of the wording: the vendor publishes none.
+            KeyRefusal::Quarantined => ApiError::key(format!("{refusal}: {key}"), key),
+            _ => ApiError::key(refusal.to_string(), key),
+        })?;
     tracing::debug!(ticket = %ticket.id, keys = keys.len(), "sandbox created a ticket");
 
     if let Some(kill) = kill

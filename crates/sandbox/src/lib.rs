@@ -23,7 +23,7 @@ pub use clock::{Clock, ManualClock};
 pub use model::{
     Priority, SandboxAttachment, SandboxContact, SandboxObject, SandboxStats, SandboxTicket,
 };
-pub use s3::BUCKET;
+pub use s3::{BUCKET, EICAR};
 pub use secret::Secret;
 
 use state::{Behaviour, Shared, SharedParts};
@@ -46,6 +46,10 @@ pub struct SandboxConfig {
     pub clients: Vec<(String, Secret, String)>,
     /// Known projects; empty accepts any well-formed UUID.
     pub projects: Vec<Uuid>,
+    /// Projects whose tickets are refused with `422` on `projectId` ("projectId is not a
+    /// project of this company"), as Visibuild answers for a project of another company;
+    /// changeable while running ([`Sandbox::refuse_project`], [`Sandbox::accept_project`]).
+    pub refuse_projects: Vec<Uuid>,
     /// Where objects are stored; `None` is a temporary directory removed with the sandbox.
     pub data_dir: Option<PathBuf>,
     /// API requests (incl. OAuth) per second; above it `429` with `Retry-After` (whole
@@ -81,6 +85,7 @@ impl Default for SandboxConfig {
             tokens: vec![(Secret::new("sandbox-token"), "sandbox".to_string())],
             clients: Vec::new(),
             projects: Vec::new(),
+            refuse_projects: Vec::new(),
             data_dir: None,
             rate: None,
             rate_burst: None,
@@ -201,6 +206,7 @@ pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
             .collect(),
         clients: cfg.clients,
         projects: cfg.projects,
+        refused_projects: cfg.refuse_projects,
     }));
     let router = api::router(shared.clone());
     let task = tokio::spawn(server::serve(listener, router));
@@ -245,6 +251,22 @@ impl Sandbox {
 
     pub fn stats(&self) -> SandboxStats {
         self.shared.stats()
+    }
+
+    /// From now on, refuse tickets of `project` (`422` on `projectId`).
+    pub fn refuse_project(&self, project: Uuid) {
+        self.shared.lock().refused_projects.insert(project);
+    }
+
+    /// From now on, accept tickets of `project` again (the operator fixed its access).
+    pub fn accept_project(&self, project: Uuid) {
+        self.shared.lock().refused_projects.remove(&project);
+    }
+
+    /// Revoke every credential now: each token is refused (401) and no OAuth client gets a
+    /// new one, as when a company's API access is withdrawn mid-run.
+    pub fn revoke_credentials(&self) {
+        self.shared.lock().revoked = true;
     }
 
     /// Stops accepting and closes every open connection.

@@ -70,6 +70,8 @@ pub struct SandboxStats {
     /// The most API requests (OAuth included, refused ones too) that arrived within any one
     /// second: what a rate limit counting every arrival would have seen at its worst.
     pub api_peak_per_second: u64,
+    /// The most S3 PUTs that arrived within any one second (refused ones too).
+    pub upload_peak_per_second: u64,
     /// Random API 5xx served.
     pub faults_injected: u64,
     /// Tickets created whose response was never sent.

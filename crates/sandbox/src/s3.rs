@@ -104,6 +104,7 @@ pub(crate) async fn put_object(
     Path((bucket, key)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, S3Error> {
+    shared.upload_arrived();
     if shared.roll(shared.behaviour.s3_fail_rate) {
         let slow_down = {
             let mut inner = shared.lock();
@@ -201,12 +202,17 @@ pub(crate) async fn put_object(
         ));
     }
     let destination = shared.object_path(&upload_id);
-    tokio::task::spawn_blocking(move || incoming.persist(destination))
-        .await
-        .map_err(S3Error::internal)?
-        .map_err(S3Error::internal)?;
+    let quarantined = tokio::task::spawn_blocking(move || {
+        let infected = holds_eicar(incoming.path())?;
+        incoming.persist(destination)?;
+        Ok::<bool, std::io::Error>(infected)
+    })
+    .await
+    .map_err(S3Error::internal)?
+    .map_err(S3Error::internal)?;
     if let Some(upload) = shared.lock().uploads.get_mut(&key) {
         upload.stored = true;
+        upload.quarantined = quarantined;
     }
     tracing::debug!(%key, size, "sandbox S3 stored an object");
     let etag = format!("\"{}\"", hex::encode(digest));
@@ -249,4 +255,29 @@ async fn stream_to_file(
         return Err(incomplete());
     }
     Ok(hasher.finalize().into())
+}
+
+/// The EICAR anti-virus test string. The vendor scans uploads for malware and quarantines
+/// what it finds; the sandbox's "scan" finds exactly this string, anywhere in the object.
+pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// Whether the file holds [`EICAR`], read in chunks (objects may be large).
+fn holds_eicar(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut window: Vec<u8> = Vec::with_capacity(256 * 1024 + EICAR.len());
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        window.extend_from_slice(&chunk[..n]);
+        if window.windows(EICAR.len()).any(|w| w == EICAR) {
+            return Ok(true);
+        }
+        // Keep the tail that could start a match across chunks.
+        let keep = window.len().min(EICAR.len() - 1);
+        window.drain(..window.len() - keep);
+    }
 }

@@ -86,6 +86,8 @@ pub(crate) struct Upload {
     pub md5: String,
     /// Set by the first successful PUT; the key exists for tickets only then.
     pub stored: bool,
+    /// The stored bytes hold the EICAR test string: the "malware scan" quarantined it.
+    pub quarantined: bool,
     pub linked_to: Option<Uuid>,
 }
 
@@ -97,6 +99,11 @@ pub(crate) struct Inner {
     pub stats: SandboxStats,
     /// When the API requests of the last second arrived (for the busiest second).
     pub api_arrivals: std::collections::VecDeque<SystemTime>,
+    pub upload_arrivals: std::collections::VecDeque<SystemTime>,
+    /// Projects whose tickets are refused (`422` on `projectId`), changeable while running.
+    pub refused_projects: std::collections::HashSet<Uuid>,
+    /// Every token and OAuth client refused (revoked credentials), while set.
+    pub revoked: bool,
 }
 
 /// Why a ticket's attachment key is refused; the message is the API's own wording.
@@ -108,6 +115,9 @@ pub(crate) enum KeyRefusal {
     OtherCompany,
     #[error("attachment already associated")]
     AlreadyAssociated,
+    /// Not the vendor's words (it publishes none): the sandbox's assumption.
+    #[error("attachment quarantined")]
+    Quarantined,
 }
 
 pub(crate) struct SharedParts {
@@ -122,6 +132,7 @@ pub(crate) struct SharedParts {
     pub tokens: Vec<(String, String)>,
     pub clients: Vec<(String, Secret, String)>,
     pub projects: Vec<Uuid>,
+    pub refused_projects: Vec<Uuid>,
 }
 
 impl Shared {
@@ -164,6 +175,9 @@ impl Shared {
                 tickets: Vec::new(),
                 stats: SandboxStats::default(),
                 api_arrivals: std::collections::VecDeque::new(),
+                upload_arrivals: std::collections::VecDeque::new(),
+                refused_projects: parts.refused_projects.into_iter().collect(),
+                revoked: false,
             }),
         }
     }
@@ -185,17 +199,16 @@ impl Shared {
     pub fn arrived(&self) {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let window_start = now - Duration::from_secs(1);
-        while inner
-            .api_arrivals
-            .front()
-            .is_some_and(|at| *at <= window_start)
-        {
-            inner.api_arrivals.pop_front();
-        }
-        inner.api_arrivals.push_back(now);
-        let in_window = inner.api_arrivals.len() as u64;
+        let in_window = count_in_last_second(&mut inner.api_arrivals, now);
         inner.stats.api_peak_per_second = inner.stats.api_peak_per_second.max(in_window);
+    }
+
+    /// An S3 PUT arrived now: counted toward the busiest second of uploads.
+    pub fn upload_arrived(&self) {
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        let in_window = count_in_last_second(&mut inner.upload_arrivals, now);
+        inner.stats.upload_peak_per_second = inner.stats.upload_peak_per_second.max(in_window);
     }
 
     pub fn record(&self, endpoint: String, status: u16) {
@@ -212,6 +225,9 @@ impl Shared {
     /// The company a bearer token acts for, if it is known and not expired.
     pub fn company_for(&self, token: &str) -> Option<String> {
         let inner = self.lock();
+        if inner.revoked {
+            return None;
+        }
         let grant = inner.tokens.get(token)?;
         match grant.expires_at {
             Some(at) if self.clock.now() >= at => None,
@@ -285,6 +301,7 @@ impl Inner {
                 Some(upload) if !upload.stored => Some(KeyRefusal::NotFound),
                 Some(upload) if upload.company != company => Some(KeyRefusal::OtherCompany),
                 Some(upload) if upload.linked_to.is_some() => Some(KeyRefusal::AlreadyAssociated),
+                Some(upload) if upload.quarantined => Some(KeyRefusal::Quarantined),
                 // The same key twice in one request would link one file to the ticket twice.
                 Some(_) if keys[..i].contains(key) => Some(KeyRefusal::AlreadyAssociated),
                 Some(_) => None,
@@ -312,4 +329,17 @@ impl Inner {
         self.tickets.push(ticket.clone());
         Ok(ticket)
     }
+}
+
+/// Adds an arrival at `now` and answers how many arrived within the second up to it.
+fn count_in_last_second(
+    arrivals: &mut std::collections::VecDeque<SystemTime>,
+    now: SystemTime,
+) -> u64 {
+    let window_start = now - Duration::from_secs(1);
+    while arrivals.front().is_some_and(|at| *at <= window_start) {
+        arrivals.pop_front();
+    }
+    arrivals.push_back(now);
+    arrivals.len() as u64
 }

@@ -130,6 +130,14 @@ impl Budget {
         Ok(Joined { ceiling, members })
     }
 
+    /// Another member is known to be gone (its process died): it stops counting now, not
+    /// when its membership runs out; then reads who shares the budget, as [`check_in`](Self::check_in).
+    pub async fn evict(&self, member: &str) -> Result<Joined, Error> {
+        let now = self.clock.now(&self.store).await?;
+        leave_at(&self.store, &self.settings.name, member, now).await?;
+        self.check_in().await
+    }
+
     /// This process stops sharing the budget: the others' ceiling no longer counts its rate.
     pub async fn leave(&self) -> Result<(), Error> {
         let now = self.clock.now(&self.store).await?;
