@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bandwidth;
 pub mod cli;
 pub mod domain;
 pub mod human;

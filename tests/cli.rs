@@ -611,7 +611,7 @@ async fn secrets_never_reach_trace_level_logs_status_or_report() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_run_exits_130_holds_nothing_and_a_later_run_finishes_each_ticket_once() {
+async fn sigterm_mid_run_exits_143_holds_nothing_and_a_later_run_finishes_each_ticket_once() {
     let db = Db::new("sigterm");
     let sb = start(SandboxConfig {
         latency: Duration::from_millis(300),
@@ -633,7 +633,7 @@ async fn sigterm_mid_run_exits_130_holds_nothing_and_a_later_run_finishes_each_t
     .await;
     run.terminate();
     let out = run.wait().await;
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code, 143, "{out:?}");
     assert!(
         out.stderr.contains("stopping: finishing in-flight work"),
         "{out:?}"
@@ -680,7 +680,7 @@ async fn a_second_signal_exits_at_once_and_a_later_run_still_finishes_each_ticke
     .await;
     run.terminate();
     let out = run.wait().await;
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code, 143, "{out:?}");
     assert!(out.stderr.contains("second signal: exiting now"), "{out:?}");
 
     let out = output(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
@@ -715,7 +715,7 @@ async fn run_watch_serves_batches_enqueued_later_until_sigterm() {
     .await;
     watch.terminate();
     let out = watch.wait().await;
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code, 143, "{out:?}");
     let titles = created_by_title(&sb);
     assert_eq!(titles["Defect 0"], 2, "one per batch: {titles:?}");
     assert_eq!(titles["Defect 2"], 1, "{titles:?}");
@@ -912,14 +912,14 @@ async fn log_format_json_covers_the_rehearsal_line_and_the_signal_lines() {
     .await;
     run.terminate();
     let out = run.wait().await;
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code, 143, "{out:?}");
     let lines = json_lines(&out);
     assert_eq!(
         json_line(&lines, "stopping: finishing in-flight work")["level"],
         "WARN"
     );
     let summary = &json_line(&lines, "summary: ")["fields"]["summary"];
-    assert_eq!(summary["exit_code"], 130, "{summary}");
+    assert_eq!(summary["exit_code"], 143, "{summary}");
     assert_eq!(summary["outcome"], "interrupted", "{summary}");
 }
 

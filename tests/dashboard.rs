@@ -495,7 +495,7 @@ async fn a_worker_serves_metrics_and_healthz_while_it_runs() {
 
     worker.terminate();
     let out = worker.wait().await;
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code, 143, "{out:?}");
     assert!(
         out.stderr
             .contains(&format!("dashboard listening on http://{listen}/")),
@@ -746,16 +746,17 @@ async fn the_page_reloads_itself_only_while_work_is_going_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ui_serves_the_dashboard_until_a_signal() {
+    visibuild_import::visibuild::use_ring_for_tls();
     let db = Db::new("uibin");
     let manifest = Manifest::new(1, |_| 1);
     let out = output(bin(&db, &["enqueue", manifest.arg(), "--batch", "night-1"])).await;
     assert_eq!(out.code, 0, "{out:?}");
     let server = spawn(bin(&db, &["ui", "--listen", "127.0.0.1:0"]));
-    let base = until("ui says where it listens", || async {
-        let stdout = std::fs::read_to_string(&server.stdout).unwrap_or_default();
-        let at = stdout.find("dashboard listening on ")? + "dashboard listening on ".len();
+    let base = until("ui says on stderr where it listens", || async {
+        let stderr = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+        let at = stderr.find("dashboard listening on ")? + "dashboard listening on ".len();
         Some(
-            stdout[at..]
+            stderr[at..]
                 .split('/')
                 .take(3)
                 .collect::<Vec<_>>()

@@ -104,6 +104,7 @@ fn client_with_token(sandbox: &Sandbox, api_rate: Option<Rate>, token: &str) -> 
             credentials: Credentials::Token(Secret::new(token)),
             api_gate: Arc::new(RateGate::new(api_rate)),
             upload_gate: Arc::new(RateGate::new(None)),
+            bytes_gate: None,
             timeout: Duration::from_secs(30),
             answer_timeout: visibuild_import::visibuild::ANSWER_TIMEOUT,
             outages: Arc::default(),

@@ -246,7 +246,7 @@ async fn a_flood_of_idle_connections_leaves_the_worker_its_file_descriptors(db: 
     assert!(rows.values().all(|r| r["state"] == "created"), "{rows:?}");
     worker.terminate();
     let out = worker.wait().await;
-    assert_eq!(out.code, 130, "{out:?}");
+    assert_eq!(out.code, 143, "{out:?}");
     assert!(
         !out.all().contains("Too many open files"),
         "the worker ran out of file descriptors: {out:?}"

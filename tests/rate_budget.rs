@@ -112,7 +112,7 @@ async fn processes_given_different_rates_share_the_lowest_and_say_so(db: Db) {
     assert_eq!(created_by_title(&sandbox), each_once(12));
     slow.terminate();
     let slow = slow.wait().await;
-    assert_eq!(slow.code, 130, "{slow:?}");
+    assert_eq!(slow.code, 143, "{slow:?}");
     // While both ran, status named the budget and who shared it.
     assert!(
         shown.stdout.contains("api: ") && shown.stdout.contains("ceiling 5/s"),

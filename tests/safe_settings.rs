@@ -62,7 +62,7 @@ async fn the_embedded_store_and_its_folder_are_readable_by_their_owner_only() {
     let folder = state.join("visibuild-import");
     let db = folder.join("queue.db");
     let mut waited = 0;
-    while !std::fs::read_to_string(&server.stdout)
+    while !std::fs::read_to_string(&server.stderr)
         .unwrap_or_default()
         .contains("dashboard listening on")
     {

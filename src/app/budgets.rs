@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use visibuild_queue::budget::{Member, Tuning};
 use visibuild_queue::{Budget, BudgetSettings, Joined};
 
+use crate::bandwidth::ByteRate;
 use crate::pipeline::identity;
 use crate::rate::Rate;
 use crate::store::{self, Store};
@@ -17,6 +18,8 @@ use crate::visibuild::Client;
 pub const API: &str = "api";
 /// The budget of S3 uploads.
 pub const UPLOAD: &str = "upload";
+/// The budget of upload bytes (`--bwlimit`), in [`crate::bandwidth::UNIT`]s per second.
+pub const UPLOAD_BYTES: &str = "upload-bytes";
 
 /// How often a process renews its membership and reads who else shares its budgets.
 const CHECK_IN_EVERY: Duration = Duration::from_secs(5);
@@ -28,21 +31,26 @@ pub struct SharedBudgets {
     checking_in: tokio::task::JoinHandle<()>,
 }
 
-/// Joins the API and upload budgets of `db` with this process's rates and hands them to
-/// `client`'s gates. Processes given other rates are named in a warning: the lowest wins.
+/// Joins the API and upload budgets of `db` (and, with `--bwlimit`, the upload bytes one)
+/// with this process's rates and hands them to `client`'s gates. Processes given other
+/// rates are named in a warning: the lowest wins.
 pub async fn share(
     db: &Store,
     client: &Client,
     (api_rate, upload_rate): (Rate, Rate),
+    bwlimit: Option<ByteRate>,
     member: &str,
 ) -> Result<SharedBudgets, visibuild_queue::Error> {
     let mut budgets = Vec::new();
     let mut seen = Vec::new();
-    let gates = [client.api_gate(), client.upload_gate()];
-    for ((name, rate), gate) in [(API, api_rate), (UPLOAD, upload_rate)]
-        .into_iter()
-        .zip(gates)
-    {
+    let mut shares = vec![
+        ((API, api_rate), client.api_gate()),
+        ((UPLOAD, upload_rate), client.upload_gate()),
+    ];
+    if let (Some(limit), Some(gate)) = (bwlimit, client.bytes_gate()) {
+        shares.push(((UPLOAD_BYTES, limit.units()), gate));
+    }
+    for ((name, rate), gate) in shares {
         let settings = BudgetSettings {
             name: name.to_string(),
             member: member.to_string(),
@@ -181,11 +189,12 @@ pub fn per_sec(rate: f64) -> String {
 
 /// One line per budget, for `status`.
 pub fn describe_status(b: &store::budgets::BudgetStatus) -> String {
+    let rate = |r: f64| rate_text(&b.name, r);
     let mut line = format!(
-        "{}: {}/s now (ceiling {}/s, margin {:.0}%); {} × 429 in the last minute",
+        "{}: {} now (ceiling {}, margin {:.0}%); {} × 429 in the last minute",
         b.name,
-        per_sec(b.rate_per_sec),
-        per_sec(b.ceiling_per_sec),
+        rate(b.rate_per_sec),
+        rate(b.ceiling_per_sec),
         b.margin * 100.0,
         b.rate_limited_last_minute
     );
@@ -198,7 +207,7 @@ pub fn describe_status(b: &store::budgets::BudgetStatus) -> String {
         let named: Vec<String> = b
             .processes
             .iter()
-            .map(|p| format!("{} at {}/s", p.process, per_sec(p.ceiling_per_sec)))
+            .map(|p| format!("{} at {}", p.process, rate(p.ceiling_per_sec)))
             .collect();
         line.push_str(&format!(
             "; shared by {}: {}",
@@ -207,4 +216,15 @@ pub fn describe_status(b: &store::budgets::BudgetStatus) -> String {
         ));
     }
     line
+}
+
+/// A budget's rate for people: calls per second, or for the upload bytes budget (counted
+/// in units) bytes per second.
+fn rate_text(budget: &str, rate: f64) -> String {
+    if budget == UPLOAD_BYTES {
+        let bytes = (rate * crate::bandwidth::UNIT as f64) as u64;
+        format!("{}/s", bytesize::ByteSize(bytes).display().iec_short())
+    } else {
+        format!("{}/s", per_sec(rate))
+    }
 }

@@ -48,12 +48,22 @@ pub fn init_logging(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into a file or a scheduler.
-        .with_ansi(std::io::stderr().is_terminal());
+        // Colour codes only for a person at a terminal who has not asked for none
+        // (https://no-color.org), never into a file or a scheduler.
+        .with_ansi(colour_wanted(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     let _ = match settings.format {
         LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
+}
+
+/// Whether log lines get colour codes: at a terminal, unless `NO_COLOR` is set to anything
+/// but the empty string.
+fn colour_wanted(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// How much a line of ours matters (the `level` of its JSON form).
@@ -118,6 +128,17 @@ fn json_line(level: Level, message: &str, fields: Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_at_a_terminal_and_never_under_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(
+            colour_wanted(true, Some("".into())),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour_wanted(true, Some("1".into())));
+        assert!(!colour_wanted(false, None));
+    }
 
     #[test]
     fn a_json_line_has_tracings_shape_with_the_fields_beside_the_message() {

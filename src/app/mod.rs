@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How the program ends, per SPEC: 0 all created; 1 failed tickets; 2 usage, manifest,
 /// configuration or credential error; 3 the store or Visibuild unreachable for longer than
-/// the outage limit; 130 interrupted.
+/// the outage limit; 130 interrupted (Ctrl-C, or the end of `--max-duration`); 143 stopped
+/// by SIGTERM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Success,
@@ -39,6 +40,7 @@ pub enum Exit {
     Usage,
     Unreachable,
     Interrupted,
+    Terminated,
 }
 
 /// A mistake in what the operator gave us (flags, manifest, credentials): exit 2.
@@ -60,6 +62,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Unreachable => 3,
             Exit::Interrupted => 130,
+            Exit::Terminated => 143,
         }
     }
 }
@@ -170,6 +173,8 @@ pub struct ApiSettings {
     pub sandbox: bool,
     pub api_rate: Rate,
     pub upload_rate: Rate,
+    /// Upload bytes per second for every process sharing the store (`--bwlimit`).
+    pub bwlimit: Option<crate::bandwidth::ByteRate>,
 }
 
 /// How hard to work.
@@ -185,6 +190,25 @@ pub struct WorkerSettings {
     pub outage_limit: Duration,
     /// Create a ticket without a file Visibuild keeps refusing (quarantined), reporting it.
     pub skip_quarantined: bool,
+    /// `--max-duration`: when claiming stops.
+    pub max_duration: Option<Window>,
+}
+
+/// A run's window (`--max-duration`): counted from the start of the process, so the time an
+/// `import` spends loading its manifest is inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub limit: Duration,
+    pub deadline: std::time::Instant,
+}
+
+impl Window {
+    /// The limit as the operator wrote it, more or less: `6h`, `90m`, `2s`.
+    pub fn describe(&self) -> String {
+        humantime::format_duration(self.limit)
+            .to_string()
+            .replace(' ', "")
+    }
 }
 
 /// Where the dashboard listens, and the token it asks for (required off loopback).
@@ -208,7 +232,11 @@ pub async fn ui(database_url: &str, settings: UiSettings) -> Result<Exit, anyhow
     let database_url = database_url.to_string();
     let db = open_store(&database_url).await?;
     let addr = listener.local_addr()?;
-    println!("dashboard listening on http://{addr}/ (also /metrics and /healthz)");
+    say(
+        Level::Info,
+        &format!("dashboard listening on http://{addr}/ (also /metrics and /healthz)"),
+        serde_json::json!({ "listen": addr.to_string() }),
+    );
     let router = crate::ui::router(
         db,
         crate::ui::UiConfig {
@@ -217,7 +245,7 @@ pub async fn ui(database_url: &str, settings: UiSettings) -> Result<Exit, anyhow
             database_url,
         },
     );
-    crate::ui::serve(listener, router, stop_on_signals()).await?;
+    crate::ui::serve(listener, router, stop_on_signals().token()).await?;
     Ok(Exit::Success)
 }
 
@@ -459,6 +487,9 @@ async fn connect_api(
         credentials,
         api_gate: Arc::new(RateGate::new(Some(api.api_rate))),
         upload_gate: Arc::new(RateGate::new(Some(api.upload_rate))),
+        bytes_gate: api
+            .bwlimit
+            .map(|limit| Arc::new(RateGate::new(Some(limit.units())))),
         timeout: Duration::from_secs(60),
         answer_timeout: crate::visibuild::ANSWER_TIMEOUT,
         outages: Arc::default(),
@@ -530,42 +561,107 @@ async fn authenticate(client: &Client, outage_limit: Duration) -> Result<(), any
     }
 }
 
-/// Cancelled at the first Ctrl-C or SIGTERM; a second one exits at once.
-pub fn stop_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let stop = token.clone();
+/// Why a run was asked to stop before its work ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopWhy {
+    /// Ctrl-C (SIGINT): exit 130.
+    Interrupt,
+    /// SIGTERM (`systemctl stop`, `kill`, a pod's end): exit 143.
+    Terminate,
+    /// `--max-duration` ran out: exit 130, as an interrupted run.
+    Window,
+}
+
+impl StopWhy {
+    fn exit(self) -> Exit {
+        match self {
+            StopWhy::Interrupt | StopWhy::Window => Exit::Interrupted,
+            StopWhy::Terminate => Exit::Terminated,
+        }
+    }
+}
+
+/// Asks a run to stop claiming, and remembers why (the first reason wins).
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    why: Arc<std::sync::OnceLock<StopWhy>>,
+}
+
+impl Stop {
+    pub fn request(&self, why: StopWhy) {
+        let _ = self.why.set(why);
+        self.token.cancel();
+    }
+
+    /// Why it was asked to stop, if it was.
+    pub fn why(&self) -> Option<StopWhy> {
+        self.why.get().copied()
+    }
+
+    /// Cancelled when a stop is requested.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+/// Stops at the first Ctrl-C or SIGTERM; a second one exits at once (130 or 143).
+pub fn stop_on_signals() -> Stop {
+    let stop = Stop::default();
+    let asked = stop.clone();
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        next_signal(&mut term).await;
+        let first = next_signal(&mut term).await;
         say(
             Level::Warn,
             "stopping: finishing in-flight work (signal again to exit at once)",
             serde_json::json!({ "signal": "first" }),
         );
-        stop.cancel();
-        next_signal(&mut term).await;
+        asked.request(first);
+        let second = next_signal(&mut term).await.exit().code();
         say(
             Level::Warn,
             "second signal: exiting now; leases will return unfinished work to the queue",
-            serde_json::json!({ "signal": "second", "exit_code": 130 }),
+            serde_json::json!({ "signal": "second", "exit_code": second }),
         );
-        std::process::exit(130);
+        std::process::exit(i32::from(second));
     });
-    token
+    stop
 }
 
-/// The next Ctrl-C or SIGTERM.
-async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+/// Stops `stop` when `window` ends (`--max-duration`), saying so.
+fn stop_at_window_end(stop: &Stop, window: Window) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.deadline.into()).await;
+        if stop.why().is_none() {
+            say(
+                Level::Warn,
+                &format!(
+                    "--max-duration {} reached: no more work is claimed; in-flight work \
+                     finishes and the next run resumes the rest",
+                    window.describe()
+                ),
+                serde_json::json!({ "max_duration_secs": window.limit.as_secs_f64() }),
+            );
+            stop.request(StopWhy::Window);
+        }
+    });
+}
+
+/// The next Ctrl-C or SIGTERM, and which it was.
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) -> StopWhy {
     match term {
         Some(t) => {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = t.recv() => {}
+                _ = tokio::signal::ctrl_c() => StopWhy::Interrupt,
+                _ = t.recv() => StopWhy::Terminate,
             }
         }
         None => {
             let _ = tokio::signal::ctrl_c().await;
+            StopWhy::Interrupt
         }
     }
 }
@@ -708,9 +804,15 @@ async fn share_budgets(
     api: &ApiSettings,
 ) -> Result<budgets::SharedBudgets, anyhow::Error> {
     let rates = (api.api_rate, api.upload_rate);
-    budgets::share(db, client, rates, &pipeline::identity::worker_name())
-        .await
-        .context("joining the store's shared rate budgets")
+    budgets::share(
+        db,
+        client,
+        rates,
+        api.bwlimit,
+        &pipeline::identity::worker_name(),
+    )
+    .await
+    .context("joining the store's shared rate budgets")
 }
 
 /// The queue's database: the real one, or the rehearsal's when talking to the sandbox.
@@ -842,7 +944,17 @@ async fn work(
         ..PoolConfig::default()
     };
     let stop = stop_on_signals();
-    let end = pipeline::run(db.clone(), client.clone(), progress.clone(), config, stop).await;
+    if let Some(window) = workers.max_duration {
+        stop_at_window_end(&stop, window);
+    }
+    let end = pipeline::run(
+        db.clone(),
+        client.clone(),
+        progress.clone(),
+        config,
+        stop.token(),
+    )
+    .await;
     // Leaving the budgets writes to the store: not tried when it is the one down, else
     // bounded (a silent member stops counting soon anyway).
     let store_down = matches!(&end, Ok(RunEnd::Outage(o)) if o.what == crate::outage::Down::Store);
@@ -915,7 +1027,20 @@ async fn work(
             )),
         ),
         RunEnd::Outage(_) => unreachable!("an outage's end is reported above"),
-        RunEnd::Interrupted => (Exit::Interrupted, None),
+        RunEnd::Interrupted => match stop.why() {
+            Some(StopWhy::Window) => (
+                Exit::Interrupted,
+                Some(format!(
+                    "stopped at --max-duration {}: {} left for the next run, which resumes them",
+                    workers
+                        .max_duration
+                        .map(|w| w.describe())
+                        .unwrap_or_default(),
+                    crate::human::count(u64::try_from(totals.pending).unwrap_or(0), "ticket")
+                )),
+            ),
+            why => (why.unwrap_or(StopWhy::Interrupt).exit(), None),
+        },
         RunEnd::Drained if totals.failed + totals.needs_review + totals.pending > 0 => {
             (Exit::TicketsFailed, None)
         }

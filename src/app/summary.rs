@@ -57,7 +57,7 @@ fn outcome(exit: Exit) -> &'static str {
         Exit::TicketsFailed => "tickets_failed",
         Exit::Usage => "usage_error",
         Exit::Unreachable => "unreachable",
-        Exit::Interrupted => "interrupted",
+        Exit::Interrupted | Exit::Terminated => "interrupted",
     }
 }
 

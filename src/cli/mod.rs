@@ -8,6 +8,7 @@ use crate::app::{
     self, ApiSettings, EnqueueSettings, Exit, LogFormat, LogSettings, ManifestSettings,
     WorkerSettings,
 };
+use crate::bandwidth::ByteRate;
 use crate::domain::JobId;
 use crate::rate::Rate;
 use crate::secret::Secret;
@@ -41,7 +42,7 @@ Examples:
 
 Exit codes: 0 all tickets created; 1 some failed or need review; 2 usage, manifest or
 credential error; 3 the database or Visibuild unreachable for longer than the outage limit;
-130 interrupted (a later `run` resumes)."
+130 interrupted by Ctrl-C or at --max-duration, 143 by SIGTERM (a later `run` resumes)."
 );
 
 const IMPORT_HELP: &str = concat!(
@@ -395,6 +396,15 @@ struct ApiArgs {
         help_heading = "Throughput"
     )]
     upload_rate: Rate,
+    /// Upload bytes per second, e.g. 20MiB/s or 500KiB/s (at least 64KiB/s): one limit for
+    /// every process sharing the store, so the site's uplink stays usable. Unlimited if unset.
+    #[arg(
+        long,
+        env = "VISIBUILD_BWLIMIT",
+        value_name = "SIZE/s",
+        help_heading = "Throughput"
+    )]
+    bwlimit: Option<ByteRate>,
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +429,19 @@ struct WorkerArgs {
     /// skipped_files. Without this the ticket fails naming the file.
     #[arg(long)]
     skip_quarantined: bool,
+    /// Stop claiming work this long after the start (e.g. 6h, 90m): in-flight work finishes,
+    /// the run exits 130 as an interrupted one does, and the next run resumes.
+    #[arg(long, env = "VISIBUILD_MAX_DURATION", value_name = "DURATION", value_parser = parse_duration, help_heading = "Throughput")]
+    max_duration: Option<std::time::Duration>,
+}
+
+/// A duration as operators write it: `6h`, `90m`, `1h 30m`, `45s`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("the duration must be longer than zero".into()),
+        Err(e) => Err(format!("{e} (write it as e.g. 6h, 90m, 1h 30m or 45s)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -728,6 +751,7 @@ impl ApiArgs {
             sandbox: self.sandbox,
             api_rate: self.api_rate,
             upload_rate: self.upload_rate,
+            bwlimit: self.bwlimit,
         })
     }
 }
@@ -779,6 +803,10 @@ impl WorkerArgs {
             quiet,
             outage_limit: std::time::Duration::from_secs(self.outage_secs),
             skip_quarantined: self.skip_quarantined,
+            max_duration: self.max_duration.map(|limit| app::Window {
+                limit,
+                deadline: std::time::Instant::now() + limit,
+            }),
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct ClientConfig {
     pub credentials: Credentials,
     pub api_gate: Arc<RateGate>,
     pub upload_gate: Arc<RateGate>,
+    /// Upload bytes (`--bwlimit`), in [`crate::bandwidth::UNIT`]s; `None`: unlimited.
+    pub bytes_gate: Option<Arc<RateGate>>,
     /// Per-request timeout for API calls (uploads get no overall timeout, only a stall one).
     pub timeout: Duration,
     /// How long a call waits for an answer (or an upload for progress): [`ANSWER_TIMEOUT`].
@@ -200,6 +202,7 @@ pub struct Client {
     tokens: TokenSource,
     api_gate: Arc<RateGate>,
     upload_gate: Arc<RateGate>,
+    bytes_gate: Option<Arc<RateGate>>,
     pub counters: Counters,
     answer_timeout: Duration,
     /// Where a call that got no connection or no answer notes its service down, and an
@@ -240,6 +243,7 @@ impl Client {
             api_url,
             api_gate: config.api_gate,
             upload_gate: config.upload_gate,
+            bytes_gate: config.bytes_gate,
             counters: Counters::default(),
             answer_timeout: config.answer_timeout,
             outages: config.outages,
@@ -254,6 +258,11 @@ impl Client {
     /// The gate of Visibuild API calls (presigns, creates, token fetches).
     pub fn api_gate(&self) -> &RateGate {
         &self.api_gate
+    }
+
+    /// The gate of upload bytes (`--bwlimit`), if there is a limit.
+    pub fn bytes_gate(&self) -> Option<&RateGate> {
+        self.bytes_gate.as_deref()
     }
 
     /// The gate of S3 uploads.
@@ -328,13 +337,35 @@ impl Client {
                         reason: format!("cannot read the file to upload: {e}"),
                     })?;
                 let file = tokio::fs::File::from_std(file);
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
                 let progress = progress.clone();
-                reqwest::Body::wrap_stream(futures_util::StreamExt::inspect(stream, move |_| {
+                let counted = move |_: &_| {
                     progress.fetch_add(1, Ordering::Relaxed);
-                }))
+                };
+                match &self.bytes_gate {
+                    // Read in units, each let through when the byte budget allows.
+                    Some(gate) => {
+                        let unit = crate::bandwidth::UNIT as usize;
+                        let stream = tokio_util::io::ReaderStream::with_capacity(file, unit);
+                        let paced = crate::bandwidth::paced(stream, gate.clone());
+                        reqwest::Body::wrap_stream(futures_util::StreamExt::inspect(paced, counted))
+                    }
+                    None => {
+                        let stream =
+                            tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
+                        reqwest::Body::wrap_stream(futures_util::StreamExt::inspect(
+                            stream, counted,
+                        ))
+                    }
+                }
             }
-            Body::Bytes(bytes) => reqwest::Body::from(bytes),
+            Body::Bytes(bytes) => {
+                if let Some(gate) = &self.bytes_gate {
+                    for _ in 0..crate::bandwidth::units_in(bytes.len() as u64) {
+                        gate.acquire().await;
+                    }
+                }
+                reqwest::Body::from(bytes)
+            }
         };
         let mut request = self
             .uploads

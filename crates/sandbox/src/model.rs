@@ -72,6 +72,8 @@ pub struct SandboxStats {
     pub api_peak_per_second: u64,
     /// The most S3 PUTs that arrived within any one second (refused ones too).
     pub upload_peak_per_second: u64,
+    /// The most upload body bytes that arrived within any one second.
+    pub upload_bytes_peak_per_second: u64,
     /// Random API 5xx served.
     pub faults_injected: u64,
     /// Tickets created whose response was never sent.

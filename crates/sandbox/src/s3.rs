@@ -192,7 +192,7 @@ pub(crate) async fn put_object(
 
     let incoming =
         tempfile::NamedTempFile::new_in(&shared.incoming_dir).map_err(S3Error::internal)?;
-    let digest = stream_to_file(request.into_body(), &incoming, size).await?;
+    let digest = stream_to_file(&shared, request.into_body(), &incoming, size).await?;
     let expected = BASE64.decode(&md5).map_err(S3Error::internal)?;
     if digest.as_slice() != expected.as_slice() {
         return Err(S3Error::new(
@@ -226,6 +226,7 @@ pub(crate) async fn put_object(
 
 /// Streams `body` into `file` while hashing it; exactly `size` bytes must arrive.
 async fn stream_to_file(
+    shared: &Shared,
     body: Body,
     file: &tempfile::NamedTempFile,
     size: u64,
@@ -244,6 +245,7 @@ async fn stream_to_file(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| incomplete())?;
         received += chunk.len() as u64;
+        shared.bytes_arrived(chunk.len() as u64);
         if received > size {
             return Err(incomplete());
         }

@@ -100,6 +100,9 @@ pub(crate) struct Inner {
     /// When the API requests of the last second arrived (for the busiest second).
     pub api_arrivals: std::collections::VecDeque<SystemTime>,
     pub upload_arrivals: std::collections::VecDeque<SystemTime>,
+    /// Upload body bytes of the last second, as they arrived, and their sum.
+    pub byte_arrivals: std::collections::VecDeque<(SystemTime, u64)>,
+    pub bytes_in_window: u64,
     /// Projects whose tickets are refused (`422` on `projectId`), changeable while running.
     pub refused_projects: std::collections::HashSet<Uuid>,
     /// Every token and OAuth client refused (revoked credentials), while set.
@@ -176,6 +179,8 @@ impl Shared {
                 stats: SandboxStats::default(),
                 api_arrivals: std::collections::VecDeque::new(),
                 upload_arrivals: std::collections::VecDeque::new(),
+                byte_arrivals: std::collections::VecDeque::new(),
+                bytes_in_window: 0,
                 refused_projects: parts.refused_projects.into_iter().collect(),
                 revoked: false,
             }),
@@ -209,6 +214,26 @@ impl Shared {
         let mut inner = self.lock();
         let in_window = count_in_last_second(&mut inner.upload_arrivals, now);
         inner.stats.upload_peak_per_second = inner.stats.upload_peak_per_second.max(in_window);
+    }
+
+    /// `bytes` of an upload's body arrived now: counted toward the busiest second of bytes.
+    pub fn bytes_arrived(&self, bytes: u64) {
+        let now = self.clock.now();
+        let window_start = now - Duration::from_secs(1);
+        let mut inner = self.lock();
+        while let Some(&(at, old)) = inner.byte_arrivals.front() {
+            if at > window_start {
+                break;
+            }
+            inner.byte_arrivals.pop_front();
+            inner.bytes_in_window -= old;
+        }
+        inner.byte_arrivals.push_back((now, bytes));
+        inner.bytes_in_window += bytes;
+        inner.stats.upload_bytes_peak_per_second = inner
+            .stats
+            .upload_bytes_peak_per_second
+            .max(inner.bytes_in_window);
     }
 
     pub fn record(&self, endpoint: String, status: u16) {
