@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use crate::domain::{BatchId, Priority, ProjectId};
 use crate::manifest::merge::{self, Phase, TicketRows};
 use crate::manifest::parse::{Parsed, RowSink};
-use crate::manifest::{AttachmentSpec, Checked, Opened, Problem, Row, TicketSpec};
+use crate::manifest::{
+    AttachmentSpec, Checked, ManifestError, ManifestOptions, Opened, Problem, Row, TicketSpec,
+};
 use crate::store::staging::{self, Chunk, PageRow, StagedProblem};
 use crate::store::tickets::{self, ChangedRef, ReceiptSource, SortedPage};
 use crate::store::{Conn, Store, StoreError};
@@ -567,7 +569,34 @@ pub async fn check_each(
     Ok(counts)
 }
 
-/// [`crate::manifest::check`]: as [`check`], every ticket, problem and skipped ref kept in
+/// Reads and checks a manifest and every file it names, in one pass: the valid tickets
+/// and every problem, all in memory (for tests and tools; the commands stream instead).
+/// The rules between rows are answered in a private staging file, as `check` answers
+/// them. Touches nothing but reads. Callers may be sync or inside a runtime of their own:
+/// it runs on a thread and a runtime of its own.
+pub fn check_all(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, ManifestError> {
+    let opened = crate::manifest::open(manifest, opts)?;
+    let staged = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(check_collected(opened, DEFAULT_CHUNK))
+            })
+            .join()
+    });
+    let staged = match staged {
+        Ok(staged) => staged,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    staged.map_err(|source| ManifestError::Staging {
+        path: manifest.to_owned(),
+        source,
+    })
+}
+
+/// [`check_all`]: as [`check`], every ticket, problem and skipped ref kept in
 /// memory (for tests and tools).
 pub async fn check_collected(manifest: Opened, chunk: usize) -> Result<Checked, anyhow::Error> {
     let files_root = manifest.files_root().to_owned();

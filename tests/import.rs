@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use visibuild_import::domain::BatchId;
 use visibuild_import::domain::TicketState;
-use visibuild_import::manifest::{self, ManifestOptions};
+use visibuild_import::manifest::ManifestOptions;
 use visibuild_import::pipeline::{self, PoolConfig, Progress, RunEnd};
 use visibuild_import::rate::{Rate, RateGate};
 use visibuild_import::secret::Secret;
@@ -74,7 +74,8 @@ fn fixture(
 }
 
 async fn enqueue(db: &Store, manifest: &Path) -> (BatchId, tickets::LoadReport) {
-    let checked = manifest::check(manifest, &ManifestOptions::default()).unwrap();
+    let checked =
+        visibuild_import::ingest::check_all(manifest, &ManifestOptions::default()).unwrap();
     assert!(checked.is_clean(), "{:?}", checked.problems);
     let mut tx = db.begin().await.unwrap();
     let mut conn = tx.conn();

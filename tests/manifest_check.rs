@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use visibuild_import::domain::{Priority, ProjectId};
+use visibuild_import::ingest::check_all as check;
 use visibuild_import::manifest::{
-    Checked, MAX_FILE_SIZE, MAX_REF_LEN, ManifestError, ManifestOptions, check, render_problems,
+    Checked, MAX_FILE_SIZE, MAX_REF_LEN, ManifestError, ManifestOptions, render_problems,
 };
 
 const P: &str = "3f2b8c1e-5d4a-4e7b-9c1d-2a6f8e0b7c41";

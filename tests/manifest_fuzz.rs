@@ -10,7 +10,7 @@ use common::Db;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use visibuild_import::manifest::{self, ManifestOptions, TicketSpec};
+use visibuild_import::manifest::{ManifestOptions, TicketSpec};
 use visibuild_import::store::tickets;
 
 const CASES: usize = 3_000;
@@ -226,7 +226,7 @@ async fn random_and_mangled_manifests_get_an_answer_and_what_check_accepts_loads
             mutate(&mut rng, seed)
         };
         std::fs::write(&manifest, &bytes).unwrap();
-        let checked = manifest::check(&manifest, &ManifestOptions::default())
+        let checked = visibuild_import::ingest::check_all(&manifest, &ManifestOptions::default())
             .unwrap_or_else(|e| panic!("case {case}: a readable manifest got {e}: {bytes:?}"));
         for problem in &checked.problems {
             assert!(problem.line >= 1, "case {case}: {problem}");

@@ -673,7 +673,7 @@ async fn xls_and_ods_registers_read_the_same_as_xlsx() {
 #[test]
 fn damaged_maps_and_registers_never_panic_and_answer_in_the_registers_coordinates() {
     use rand::{Rng, SeedableRng, rngs::StdRng};
-    use visibuild_import::manifest::{self, ManifestOptions};
+    use visibuild_import::manifest::ManifestOptions;
 
     let register = Register::new();
     let csv = register.csv(&items());
@@ -707,7 +707,7 @@ fn damaged_maps_and_registers_never_panic_and_answer_in_the_registers_coordinate
             map: Some(map_path),
             ..ManifestOptions::default()
         };
-        match manifest::check(Path::new(&csv), &opts) {
+        match visibuild_import::ingest::check_all(Path::new(&csv), &opts) {
             Err(e) => {
                 refused += 1;
                 assert!(!e.to_string().is_empty(), "case {case}");

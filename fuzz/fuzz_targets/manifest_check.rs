@@ -1,4 +1,4 @@
-//! Fuzz target: `manifest::check` on arbitrary bytes (a manifest, or a register with a map
+//! Fuzz target: `ingest::check_all` on arbitrary bytes (a manifest, or a register with a map
 //! file when the first byte's bit 2 is set) must return (problems or an error),
 //! never panic; and every ticket it accepts must load into the store as `enqueue` loads it,
 //! when `FUZZ_DATABASE_URL` names a Postgres database (created and migrated on first use;
@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use tokio::runtime::Runtime;
-use visibuild_import::manifest::{self, ManifestOptions, TicketSpec};
+use visibuild_import::manifest::{ManifestOptions, TicketSpec};
 use visibuild_import::store::{self, StoreError, tickets};
 
 /// A files root with a few real files for rows to name, made once per process.
@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
         _ => data.to_vec(),
     };
     std::fs::write(manifest, &bytes).expect("write the manifest");
-    let Ok(checked) = manifest::check(manifest, &opts) else {
+    let Ok(checked) = visibuild_import::ingest::check_all(manifest, &opts) else {
         return;
     };
     // What check accepts, enqueue loads (the valid tickets, as with --skip-invalid).

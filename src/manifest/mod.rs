@@ -254,36 +254,6 @@ pub enum ManifestError {
     },
 }
 
-/// Reads and checks a manifest and every file it names, in one pass: the valid tickets
-/// and every problem, all in memory (for tests and tools; the commands stream through
-/// `crate::ingest` instead). The rules between rows are answered in a private staging file,
-/// as `check` answers them. Touches nothing but reads.
-pub fn check(manifest: &Path, opts: &ManifestOptions) -> Result<Checked, ManifestError> {
-    let opened = open(manifest, opts)?;
-    // Its own thread and runtime: callers may be sync, or inside a runtime of their own.
-    let staged = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(crate::ingest::check_collected(
-                    opened,
-                    crate::ingest::DEFAULT_CHUNK,
-                ))
-            })
-            .join()
-    });
-    let staged = match staged {
-        Ok(staged) => staged,
-        Err(panic) => std::panic::resume_unwind(panic),
-    };
-    staged.map_err(|source| ManifestError::Staging {
-        path: manifest.to_owned(),
-        source,
-    })
-}
-
 /// A manifest opened for one pass over its rows: found, a file or a pipe, its files root
 /// resolved, its first bytes read.
 #[derive(Debug)]
