@@ -57,7 +57,11 @@ impl fmt::Display for ByteRate {
         write!(
             f,
             "{}/s",
-            bytesize::ByteSize(self.bytes_per_sec).display().iec_short()
+            bytesize::ByteSize(self.bytes_per_sec)
+                .display()
+                .iec()
+                .to_string()
+                .replace(' ', "")
         )
     }
 }

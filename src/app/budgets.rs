@@ -223,7 +223,7 @@ pub fn describe_status(b: &store::budgets::BudgetStatus) -> String {
 fn rate_text(budget: &str, rate: f64) -> String {
     if budget == UPLOAD_BYTES {
         let bytes = (rate * crate::bandwidth::UNIT as f64) as u64;
-        format!("{}/s", bytesize::ByteSize(bytes).display().iec_short())
+        format!("{}/s", bytesize::ByteSize(bytes).display().iec())
     } else {
         format!("{}/s", per_sec(rate))
     }
