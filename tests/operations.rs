@@ -236,3 +236,128 @@ async fn prune_ages_must_be_a_number_and_a_unit() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--batch"), "{out:?}");
 }
+
+/// A copy of the migrations in `dir` made before this version (those named before
+/// `before`), as the previous version applied them.
+fn migrations_before(dir: &str, before: &str) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < before {
+            std::fs::copy(&path, copy.path().join(name)).unwrap();
+        }
+    }
+    copy
+}
+
+#[tokio::test]
+async fn an_embedded_store_of_the_previous_version_keeps_its_work_through_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let store = visibuild_queue::Store::open_sqlite(&path, 2).await.unwrap();
+    let visibuild_queue::Store::Sqlite(pool) = &store else {
+        unreachable!()
+    };
+    let queue_old = migrations_before("crates/queue/migrations/sqlite", "0023");
+    let mut migrator = sqlx::migrate::Migrator::new(queue_old.path())
+        .await
+        .unwrap();
+    migrator.dangerous_set_table_name("_queue_migrations");
+    migrator.run(pool).await.unwrap();
+    let app_old = migrations_before("migrations/sqlite", "20261203000023");
+    sqlx::migrate::Migrator::new(app_old.path())
+        .await
+        .unwrap()
+        .run(pool)
+        .await
+        .unwrap();
+    let (batch, ticket, file) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    for (sql, binds) in [
+        (
+            "INSERT INTO batches (id, name, manifest_path, files_root) VALUES ($1, 'old', 'm.csv', '.')",
+            vec![batch],
+        ),
+        (
+            "INSERT INTO tickets (id, batch_id, project_id, ref, line, title, fields_digest, state,
+                                  visibuild_id, error_detail)
+             VALUES ($1, $2, $2, 'OLD-1', 2, 'Old', 'd', 'created', 'v-1', '{}')",
+            vec![ticket, batch],
+        ),
+        (
+            "INSERT INTO attachments (id, ticket_id, position, path, resolved_path, filename,
+                                      content_type, size, state)
+             VALUES ($1, $2, 0, 'a.jpg', '/a.jpg', 'a.jpg', 'image/jpeg', 3, 'uploaded')",
+            vec![file, ticket],
+        ),
+        (
+            "INSERT INTO jobs (id, kind, state, group_id, target_id, attempt)
+             VALUES (41, 'create_ticket', 'completed', $1, $2, 2)",
+            vec![batch, ticket],
+        ),
+    ] {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        q.execute(pool).await.unwrap();
+    }
+    // The highest id handed out goes before the upgrade, which must not hand it out again.
+    sqlx::query("DELETE FROM jobs WHERE id = 41")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, state, group_id, target_id, attempt)
+         VALUES (40, 'create_ticket', 'completed', $1, $2, 2)",
+    )
+    .bind(batch)
+    .bind(ticket)
+    .execute(pool)
+    .await
+    .unwrap();
+
+    visibuild_import::store::migrate(&store).await.unwrap();
+    let kept: (String, String, Option<String>) =
+        sqlx::query_as("SELECT ref, state, visibuild_id FROM tickets WHERE id = $1")
+            .bind(ticket)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, ("OLD-1".into(), "created".into(), Some("v-1".into())));
+    let problems: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    let on: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(on, 1, "foreign keys are enforced again after the upgrade");
+    // The job kept its id; an id once handed out (41, deleted) is never handed out again.
+    let ids = visibuild_queue::enqueue(&store, &[visibuild_queue::NewJob::available("k")])
+        .await
+        .unwrap();
+    assert_eq!(ids[0].0, 42);
+    assert_eq!(
+        visibuild_queue::job(&store, visibuild_queue::JobId(40))
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        visibuild_queue::JobState::Completed
+    );
+    // The rebuilt table takes the new state.
+    sqlx::query("UPDATE tickets SET state = 'cancelled' WHERE id = $1")
+        .bind(ticket)
+        .execute(pool)
+        .await
+        .unwrap();
+    store.close().await;
+}

@@ -46,7 +46,7 @@ CREATE INDEX tickets_finished_at ON tickets (finished_at) WHERE finished_at IS N
 
 -- Every attempt of every job: when, which step, how it ended and the server's answer in
 -- words; the last ATTEMPTS_KEPT per job are kept. Pruned with the batch's jobs.
-CREATE TABLE attempts (
+CREATE TABLE IF NOT EXISTS attempts (
     id         INTEGER PRIMARY KEY,
     job_id     INTEGER NOT NULL,
     batch_id   BLOB NOT NULL,
@@ -57,8 +57,8 @@ CREATE TABLE attempts (
     outcome    TEXT NOT NULL,
     answer     TEXT
 );
-CREATE INDEX attempts_job ON attempts (job_id, id);
-CREATE INDEX attempts_target ON attempts (target_id, id);
-CREATE INDEX attempts_batch ON attempts (batch_id);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id, id);
+CREATE INDEX IF NOT EXISTS attempts_target ON attempts (target_id, id);
+CREATE INDEX IF NOT EXISTS attempts_batch ON attempts (batch_id);
 COMMIT;
 PRAGMA foreign_keys = ON;
