@@ -154,7 +154,7 @@ pub async fn prune(
     println!("removed {}", count(pruned.counters, "request counter"));
     if let (Some(before), Some(after)) = (before, after) {
         println!(
-            "store file: {} → {}",
+            "store file (with its WAL): {} → {}",
             crate::human::bytes(before),
             crate::human::bytes(after)
         );
@@ -162,9 +162,13 @@ pub async fn prune(
     Ok(Exit::Success)
 }
 
+/// An embedded store's size on disk: its file and its write-ahead log.
 fn file_size(database_url: &str) -> Option<u64> {
     let path = crate::store::sqlite_path(database_url)?;
-    std::fs::metadata(path).ok().map(|m| m.len())
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    Some(size(&path) + size(std::path::Path::new(&wal)))
 }
 
 /// Removes request counters older than [`COUNTERS_KEPT`]; a failure only warns (the run

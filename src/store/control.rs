@@ -148,11 +148,16 @@ pub async fn prune_counters<'c>(
     )?)
 }
 
-/// Gives the embedded store's freed pages back to the file system (`VACUUM`); Postgres's
-/// autovacuum does this on its own.
+/// Gives the embedded store's freed pages back to the file system: `VACUUM` (written
+/// through the WAL), then a checkpoint that copies it into the file and empties the WAL.
+/// Postgres's autovacuum does this on its own.
 pub async fn reclaim_space(db: &super::Store) -> Result<(), StoreError> {
     if let super::Store::Sqlite(pool) = db {
-        sqlx::query("VACUUM").execute(pool).await?;
+        let mut conn = pool.acquire().await?;
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
