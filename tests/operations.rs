@@ -361,3 +361,51 @@ async fn an_embedded_store_of_the_previous_version_keeps_its_work_through_the_up
         .unwrap();
     store.close().await;
 }
+
+/// Runs one statement on either store.
+async fn execute(store: &visibuild_queue::Store, sql: &'static str) {
+    match store {
+        visibuild_queue::Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+        visibuild_queue::Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .unwrap();
+}
+
+on_both!(a_worker_gives_up_unsent_the_job_of_a_ticket_cancelled_after_it_was_queued);
+async fn a_worker_gives_up_unsent_the_job_of_a_ticket_cancelled_after_it_was_queued(db: Db) {
+    let sb = start(SandboxConfig::default()).await;
+    let manifest = Manifest::new(2, |t| t);
+    ok(bin(&db, &["enqueue", manifest.arg()])).await;
+    // A cancel that raced with a worker: the ticket is cancelled, its jobs are still queued
+    // (as when they were running at the cancel and came back to the queue after).
+    let store = db.store().await;
+    execute(
+        &store,
+        "UPDATE tickets SET state = 'cancelled' WHERE ref IN ('DEF-0000', 'DEF-0001')",
+    )
+    .await;
+    let out = ok(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
+    assert!(out.stdout.contains("2 cancelled"), "{out:?}");
+    assert!(sb.tickets().is_empty(), "nothing sent");
+    assert_eq!(puts(&sb), 0, "nothing uploaded");
+    assert_eq!(
+        count_in(
+            &store,
+            "SELECT count(*) FROM jobs WHERE state = 'cancelled'"
+        )
+        .await,
+        2,
+        "the available jobs were given up; the blocked create waits, cancelled with its ticket"
+    );
+    let out = ok(bin(&db, &["status", "--ticket", "DEF-0001"])).await;
+    assert!(
+        out.stdout.contains("upload files/t1-f0.jpg (job"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("attempt 1): cancelled"), "{out:?}");
+    // Retried, both are created once.
+    ok(bin(&db, &["retry"])).await;
+    ok(with_token(&db, &["run", "--api-url", &sb.base_url()])).await;
+    assert_eq!(created_by_title(&sb), each_once(2));
+    store.close().await;
+}
