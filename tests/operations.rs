@@ -215,12 +215,39 @@ async fn prune_removes_finished_batches_jobs_and_a_reload_creates_nothing_twice(
         "the tickets' identities are kept"
     );
 
+    // Request counters older than 30 days go at the start of every run, unasked.
+    execute(
+        &store,
+        match db.kind() {
+            Kind::Postgres => {
+                "INSERT INTO minute_counters (minute, endpoint, status, requests)
+                 VALUES (date_trunc('minute', now() - interval '40 days'), 'old', 200, 1),
+                        (date_trunc('minute', now() - interval '20 days'), 'recent', 200, 1)"
+            }
+            Kind::Sqlite => {
+                "INSERT INTO minute_counters (minute, endpoint, status, requests)
+                 VALUES (CAST(unixepoch('subsec') * 1000000 AS INTEGER) - 40 * 86400000000, 'old', 200, 1),
+                        (CAST(unixepoch('subsec') * 1000000 AS INTEGER) - 20 * 86400000000, 'recent', 200, 1)"
+            }
+        },
+    )
+    .await;
+
     // The same manifest again: every ticket is known and done; nothing is sent.
     let out = ok(with_token(&db, &["import", done.arg(), "--api-url", &api])).await;
     assert!(out.stdout.contains("tickets: 3 created"), "{out:?}");
     assert_eq!(sb.tickets().len(), 3, "nothing created twice");
     assert_eq!(puts(&sb), 6, "nothing uploaded twice");
     assert_eq!(count_in(&store, "SELECT count(*) FROM jobs").await, 4);
+    assert_eq!(
+        count_in(
+            &store,
+            "SELECT count(*) FROM minute_counters WHERE endpoint IN ('old', 'recent')"
+        )
+        .await,
+        1,
+        "the 40-day-old counter went, the 20-day-old one stays"
+    );
     store.close().await;
 }
 
