@@ -262,6 +262,25 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
     assert_eq!(charts.len(), 3);
     save_screenshot(&client.screenshot().await.unwrap());
 
+    // The ticket list finds the failed tickets by reason (a file's error) and state.
+    client
+        .goto(&format!("{base}/tickets?reason=no+longer+exists&state=failed"))
+        .await
+        .unwrap();
+    let listed = client
+        .find(Locator::Id("tickets"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for t in 0..3 {
+        assert!(listed.contains(&reference(t)), "{listed}");
+    }
+    assert!(!listed.contains(&reference(3)), "{listed}");
+    client.back().await.unwrap();
+    client.wait().for_element(Locator::Id("failures")).await.unwrap();
+
     // Retry the "no longer exists" group: its three upload jobs go back in the queue.
     client
         .find(Locator::XPath(
