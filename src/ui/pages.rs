@@ -119,12 +119,13 @@ pub async fn overview(
 }
 
 fn overview_row(b: &BatchOverview) -> String {
-    let pending = b.tickets - b.created - b.failed - b.needs_review;
+    let pending = b.tickets - b.created - b.failed - b.needs_review - b.cancelled;
     let tickets = pills(
         [
             ("created", b.created),
             ("failed", b.failed),
             ("needs_review", b.needs_review),
+            ("cancelled", b.cancelled),
             ("pending", pending),
         ]
         .into_iter()
