@@ -255,3 +255,31 @@ pub async fn ticket_status(
     }
     Ok(Exit::Success)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_a_whole_number_and_a_unit() {
+        let day = 24 * 3600;
+        for (text, secs) in [
+            ("30d", 30 * day),
+            ("12h", 12 * 3600),
+            ("90m", 90 * 60),
+            ("90min", 90 * 60),
+            ("45s", 45),
+            ("2w", 14 * day),
+            (" 0s ", 0),
+        ] {
+            assert_eq!(
+                parse_older_than(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["30", "d", "-1d", "1.5d", "3x", "", "99999999999999999999d"] {
+            assert!(parse_older_than(bad).is_err(), "{bad}");
+        }
+    }
+}
