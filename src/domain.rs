@@ -133,6 +133,7 @@ pg_enum!(
         Created => "created",
         Failed => "failed",
         NeedsReview => "needs_review",
+        Cancelled => "cancelled",
     }
 );
 

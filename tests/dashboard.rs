@@ -262,6 +262,31 @@ async fn an_operator_sees_failures_by_reason_in_a_browser_and_puts_a_group_back_
     assert_eq!(charts.len(), 3);
     save_screenshot(&client.screenshot().await.unwrap());
 
+    // The ticket list finds the failed tickets by reason (a file's error) and state.
+    client
+        .goto(&format!(
+            "{base}/tickets?reason=no+longer+exists&state=failed"
+        ))
+        .await
+        .unwrap();
+    let listed = client
+        .find(Locator::Id("tickets"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for t in 0..3 {
+        assert!(listed.contains(&reference(t)), "{listed}");
+    }
+    assert!(!listed.contains(&reference(3)), "{listed}");
+    client.back().await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id("failures"))
+        .await
+        .unwrap();
+
     // Retry the "no longer exists" group: its three upload jobs go back in the queue.
     client
         .find(Locator::XPath(
@@ -776,4 +801,276 @@ async fn ui_serves_the_dashboard_until_a_signal() {
     server.terminate();
     let out = server.wait().await;
     assert_eq!(out.code, 0, "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Operating it: pause / resume, cancel, retry, prune, the ticket list and a ticket's page
+// ---------------------------------------------------------------------------------------
+
+/// Moves every finished thing two minutes back, so that pages do not reload themselves
+/// (they do for half a minute after work) under the clicks that follow.
+async fn age(pool: &PgPool) {
+    for sql in [
+        "UPDATE attachments SET uploaded_at = uploaded_at - interval '2 minutes'
+          WHERE uploaded_at IS NOT NULL",
+        "UPDATE tickets SET finished_at = finished_at - interval '2 minutes'
+          WHERE finished_at IS NOT NULL",
+        "UPDATE jobs SET finished_at = finished_at - interval '2 minutes'
+          WHERE finished_at IS NOT NULL",
+    ] {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+}
+
+/// Follow the link (or button) with this id, expecting a confirmation page that changes
+/// nothing by itself, then confirm, and wait for the page saying what was done.
+async fn confirmed(client: &fantoccini::Client, id: &str, question: &str, says: &str) {
+    client
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("no #{id} ({e})"))
+        .click()
+        .await
+        .unwrap();
+    if let Err(e) = client.wait().for_element(Locator::Id("confirm")).await {
+        panic!(
+            "no confirmation for #{id} ({e}): {}",
+            page_text(client).await
+        );
+    }
+    let text = page_text(client).await;
+    assert!(text.contains(question), "{text}");
+    client
+        .find(Locator::Id("confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    flash(client, says).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pauses_cancels_retries_and_prunes_in_a_browser() {
+    let db = Db::new("dashops");
+    let sb = start(SandboxConfig::default()).await;
+    let api = sb.base_url();
+    let first = Manifest::with_refs("ONE", 2, |_| 1);
+    let second = Manifest::with_refs("TWO", 2, |_| 1);
+    for (m, name) in [(&first, "first"), (&second, "second")] {
+        let out = output(bin(&db, &["enqueue", m.arg(), "--batch", name])).await;
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let run = || async {
+        let out = output(with_token(&db, &["run", "--api-url", &api])).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        out
+    };
+    let pool = db.pool().await;
+    let (base, stop) = serve(pool.clone(), config(&db)).await;
+    let driver = driver().await;
+    let client = browser(&driver).await;
+
+    // Pause everything: the confirmation alone changes nothing; a run then sends nothing.
+    client.goto(&format!("{base}/")).await.unwrap();
+    client
+        .find(Locator::Id("pause"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id("confirm"))
+        .await
+        .unwrap();
+    assert!(page_text(&client).await.contains("Pause everything?"));
+    assert_eq!(count(&pool, "SELECT count(*) FROM queue_pauses").await, 0);
+    client.goto(&format!("{base}/")).await.unwrap();
+    confirmed(&client, "pause", "Pause everything?", "Paused everything").await;
+    assert!(page_text(&client).await.contains("Everything is paused"));
+    let out = run().await;
+    assert!(out.stderr.contains("paused: 4 jobs waiting"), "{out:?}");
+    assert!(sb.tickets().is_empty());
+    confirmed(
+        &client,
+        "resume",
+        "Resume everything?",
+        "Resumed everything",
+    )
+    .await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM queue_pauses").await, 0);
+
+    // Pause the second batch: the first one finishes alone.
+    client
+        .find(Locator::LinkText("second"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    confirmed(
+        &client,
+        "pause",
+        "Pause batch second?",
+        "Paused batch second",
+    )
+    .await;
+    assert!(page_text(&client).await.contains("This batch is paused"));
+    run().await;
+    assert_eq!(sb.tickets().len(), 2);
+    age(&pool).await;
+
+    // Cancel it, resume it: nothing of it is sent.
+    client.refresh().await.unwrap();
+    confirmed(
+        &client,
+        "cancel",
+        "Cancel batch second?",
+        "Cancelled 2 tickets",
+    )
+    .await;
+    confirmed(
+        &client,
+        "resume",
+        "Resume batch second?",
+        "Resumed batch second",
+    )
+    .await;
+    run().await;
+    assert_eq!(
+        sb.tickets().len(),
+        2,
+        "nothing of a cancelled batch is sent"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM tickets WHERE state = 'cancelled'"
+        )
+        .await,
+        2
+    );
+    age(&pool).await;
+
+    // The overview counts them; retry it: each of its tickets created once.
+    client.goto(&format!("{base}/")).await.unwrap();
+    let text = page_text(&client).await;
+    assert!(text.contains("2 cancelled"), "{text}");
+    client
+        .find(Locator::LinkText("second"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    confirmed(
+        &client,
+        "retry",
+        "Retry batch second?",
+        "4 jobs of 2 tickets back in the queue",
+    )
+    .await;
+    run().await;
+    let twice: std::collections::BTreeMap<String, usize> =
+        (0..2).map(|t| (format!("Defect {t}"), 2)).collect();
+    assert_eq!(created_by_title(&sb), twice);
+    age(&pool).await;
+
+    // The ticket list, filtered; a ticket's page with its attempts.
+    client.goto(&format!("{base}/tickets")).await.unwrap();
+    let filters = client.form(Locator::Id("filters")).await.unwrap();
+    filters.set_by_name("ref", "TWO-0001").await.unwrap();
+    client
+        .find(Locator::Css("select[name=state] option[value=created]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    filters.submit().await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::LinkText("TWO-0001"))
+        .await
+        .unwrap();
+    let rows = client.find_all(Locator::Css("#tickets tr")).await.unwrap();
+    assert_eq!(rows.len(), 2, "a header and one ticket");
+    client
+        .find(Locator::LinkText("TWO-0001"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id("attempts"))
+        .await
+        .unwrap();
+    let text = page_text(&client).await;
+    assert!(text.contains("Ticket TWO-0001"), "{text}");
+    assert!(text.contains("Attempts (2)"), "{text}");
+    let attempts = client
+        .find(Locator::Id("attempts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(attempts.contains("upload files/t1-f0.jpg"), "{attempts}");
+    assert!(attempts.contains("create"), "{attempts}");
+
+    // Prune: every job of the finished batches goes; the tickets stay.
+    client.goto(&format!("{base}/")).await.unwrap();
+    client
+        .find(Locator::Id("prune"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id("confirm"))
+        .await
+        .unwrap();
+    assert!(page_text(&client).await.contains("Prune old history?"));
+    let form = client
+        .form(Locator::Css("form[action='/actions/prune']"))
+        .await
+        .unwrap();
+    form.set_by_name("older_than", "0s").await.unwrap();
+    client
+        .find(Locator::Id("confirm"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    flash(&client, "Pruned 2 finished batches: 8 jobs").await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM attempts").await, 0);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM tickets WHERE state = 'created'"
+        )
+        .await,
+        4
+    );
+
+    // A form from elsewhere is refused.
+    let forged = reqwest::Client::new()
+        .post(format!("{base}/actions/pause"))
+        .form(&[("csrf", "not-this-servers")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(count(&pool, "SELECT count(*) FROM queue_pauses").await, 0);
+
+    client.close().await.unwrap();
+    stop.cancel();
 }

@@ -2,11 +2,13 @@
 //! Each returns an [`Exit`]; errors carry what the operator should do about them.
 
 mod budgets;
+mod control;
 mod logging;
 mod operator;
 mod preview;
 mod summary;
 
+pub use control::{CancelSettings, cancel, parse_older_than, pause, prune, resume, ticket_status};
 pub use logging::{Level, LogFormat, LogSettings, init_logging, say};
 pub use operator::{
     RETRY_ATTEMPTS, ReportOut, ReportRows, ReportSettings, RetrySettings, report, retry, status,
@@ -911,6 +913,7 @@ async fn work(
     mut target: RunTarget<'_>,
 ) -> Result<Exit, anyhow::Error> {
     let batch = target.batch.as_ref().map(|b| b.0);
+    control::prune_old_counters(&db).await;
     let dashboard = serve_dashboard(&db, target.dashboard.take());
     let progress = Arc::new(Progress::default());
     let remaining = stats::remaining(&db, batch).await?;
@@ -1017,6 +1020,11 @@ async fn work(
         return Ok(Exit::Unreachable);
     }
     let totals = stats::run_summary(&mut db.acquire().await?.conn(), batch).await?;
+    // Work left only because it is paused is not a failure: said, and exit 0.
+    let paused = match &end {
+        RunEnd::Drained => visibuild_queue::paused_jobs(&db, batch.map(|b| b.0)).await?,
+        _ => 0,
+    };
     // The summary comes first, then why the run stopped early, as the operator's last line.
     let (exit, why) = match &end {
         RunEnd::CredentialsRefused { reason } => (
@@ -1041,9 +1049,9 @@ async fn work(
             ),
             why => (why.unwrap_or(StopWhy::Interrupt).exit(), None),
         },
-        RunEnd::Drained if totals.failed + totals.needs_review + totals.pending > 0 => {
-            (Exit::TicketsFailed, None)
-        }
+        RunEnd::Drained if totals.failed + totals.needs_review > 0 => (Exit::TicketsFailed, None),
+        RunEnd::Drained if paused > 0 => (Exit::Success, None),
+        RunEnd::Drained if totals.pending > 0 => (Exit::TicketsFailed, None),
         RunEnd::Drained => (Exit::Success, None),
     };
     let summary = Summary::new(
@@ -1055,6 +1063,16 @@ async fn work(
         exit,
     );
     summary.print();
+    if paused > 0 {
+        say(
+            Level::Warn,
+            &format!(
+                "paused: {} waiting; `visibuild-import resume` lets workers claim them again",
+                count(paused as u64, "job")
+            ),
+            serde_json::json!({ "paused_jobs": paused }),
+        );
+    }
     if let Some(why) = why {
         say(
             Level::Error,

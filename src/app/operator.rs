@@ -72,8 +72,17 @@ pub async fn status(
     if all.is_empty() {
         println!("no batches yet: load one with `visibuild-import enqueue MANIFEST`");
     }
+    let pauses = visibuild_queue::pauses(&db).await?;
+    if pauses.iter().any(|(group, _)| group.is_none()) {
+        println!("PAUSED: no worker claims new work (`visibuild-import resume` goes on)");
+    }
     for s in &all {
-        println!("batch {} (loaded {})", s.batch, s.created_at);
+        println!(
+            "batch {} (loaded {}){}",
+            s.batch,
+            s.created_at,
+            if s.paused { " PAUSED" } else { "" }
+        );
         println!("  tickets: {}", counts(&s.tickets));
         println!(
             "  files:   {} ({} of {} uploaded)",
@@ -83,8 +92,18 @@ pub async fn status(
         );
         let j = &s.jobs;
         println!(
-            "  jobs:    {} waiting, {} running, {} retrying, {} blocked on uploads, {} failed, {} done",
-            j.waiting, j.running, j.retrying, j.blocked, j.failed, j.completed
+            "  jobs:    {} waiting, {} running, {} retrying, {} blocked on uploads, {} failed, {} done{}",
+            j.waiting,
+            j.running,
+            j.retrying,
+            j.blocked,
+            j.failed,
+            j.completed,
+            if j.cancelled > 0 {
+                format!(", {} cancelled", j.cancelled)
+            } else {
+                String::new()
+            }
         );
         println!(
             "  last minute: {}, {}{}",
@@ -216,14 +235,19 @@ fn nothing_to_retry(
         return None;
     }
     if let Some((job, state)) = job_state
-        && state != JobState::Failed
+        && !matches!(state, JobState::Failed | JobState::Cancelled)
     {
         return Some(format!("job {job} has not failed (it is {state})"));
     }
     let (Some(r), Some(states)) = (&scope.reference, ref_states) else {
         return None;
     };
-    let failed = |s: &TicketState| matches!(s, TicketState::Failed | TicketState::NeedsReview);
+    let failed = |s: &TicketState| {
+        matches!(
+            s,
+            TicketState::Failed | TicketState::NeedsReview | TicketState::Cancelled
+        )
+    };
     if states.iter().any(failed) {
         return None;
     }

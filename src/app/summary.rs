@@ -23,6 +23,8 @@ pub struct Summary {
     pub tickets_failed: i64,
     pub tickets_needs_review: i64,
     pub tickets_not_finished: i64,
+    /// Cancelled by an operator (`retry` brings them back).
+    pub tickets_cancelled: i64,
     pub tickets_created_this_run: u64,
     pub files_uploaded: u64,
     pub bytes_uploaded: u64,
@@ -78,6 +80,7 @@ impl Summary {
             tickets_failed: totals.failed,
             tickets_needs_review: totals.needs_review,
             tickets_not_finished: totals.pending,
+            tickets_cancelled: totals.cancelled,
             tickets_created_this_run: progress.tickets.load(Relaxed),
             files_uploaded: progress.files.load(Relaxed),
             bytes_uploaded: progress.bytes.load(Relaxed),
@@ -115,7 +118,11 @@ impl Summary {
                     "need review"
                 },
                 self.tickets_not_finished
-            ),
+            ) + &if self.tickets_cancelled > 0 {
+                format!(", {} cancelled", self.tickets_cancelled)
+            } else {
+                String::new()
+            },
             format!(
                 "this run: {} uploaded ({}), {} created in {:.1}s",
                 count(self.files_uploaded, "file"),

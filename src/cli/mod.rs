@@ -170,6 +170,30 @@ Examples:
   visibuild-import retry --batch defects.csv --error-contains '503'
   visibuild-import retry --force        # also re-send tickets needing review, once checked")]
     Retry(RetryArgs),
+    /// Stop claiming new work, everywhere or for one batch: every worker process obeys
+    /// within seconds; work in flight finishes.
+    #[command(after_help = "\
+Examples:
+  visibuild-import pause                        # the vendor has an incident
+  visibuild-import pause --batch defects.csv
+  visibuild-import resume")]
+    Pause(PauseArgs),
+    /// Lift a pause (all pauses, or one batch's).
+    Resume(PauseArgs),
+    /// Send nothing more for a batch's or a ticket's tickets not yet sent; `retry` brings
+    /// them back.
+    #[command(after_help = "\
+Examples:
+  visibuild-import cancel --batch wrong-file.csv
+  visibuild-import cancel --ref HV-0101
+  visibuild-import retry --batch wrong-file.csv   # changed your mind")]
+    Cancel(CancelArgs),
+    /// Delete the history of finished batches (jobs, attempts) and request counters older
+    /// than an age; which tickets exist, and their Visibuild ids, are kept for good.
+    #[command(after_help = "\
+Example:
+  visibuild-import prune --older-than 30d")]
+    Prune(PruneArgs),
     /// Write a results CSV: one row per ticket, or per file with --files.
     #[command(after_help = "\
 Examples:
@@ -435,12 +459,11 @@ struct WorkerArgs {
     max_duration: Option<std::time::Duration>,
 }
 
-/// A duration as operators write it: `6h`, `90m`, `1h 30m`, `45s`.
+/// A duration as operators write it: `6h`, `90m`, `1h 30m`, `45s` (as `prune`'s ages).
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("the duration must be longer than zero".into()),
-        Err(e) => Err(format!("{e} (write it as e.g. 6h, 90m, 1h 30m or 45s)")),
+    match app::parse_older_than(text) {
+        Ok(d) if d.is_zero() => Err("the duration must be longer than zero".into()),
+        other => other,
     }
 }
 
@@ -452,6 +475,53 @@ struct StatusArgs {
     /// Only this batch.
     #[arg(long)]
     batch: Option<String>,
+    /// One ticket (manifest ref) with every attempt of its jobs: time, step, outcome and the
+    /// server's answer.
+    #[arg(long, value_name = "REF")]
+    ticket: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, help_heading = "Output")]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct PauseArgs {
+    /// The rehearsal's store (the one `import --sandbox` uses), not the real one.
+    #[arg(long)]
+    sandbox: bool,
+    /// Only this batch (default: everything).
+    #[arg(long)]
+    batch: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("scope").required(true).multiple(true).args(["batch", "reference"]))]
+struct CancelArgs {
+    /// The rehearsal's store (the one `import --sandbox` uses), not the real one.
+    #[arg(long)]
+    sandbox: bool,
+    /// This batch's tickets.
+    #[arg(long)]
+    batch: Option<String>,
+    /// This ticket (manifest ref).
+    #[arg(long = "ref")]
+    reference: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// The rehearsal's store (the one `import --sandbox` uses), not the real one.
+    #[arg(long)]
+    sandbox: bool,
+    /// Age of the history to delete: 30d, 12h, 90m, 2w.
+    #[arg(long, value_name = "AGE", value_parser = app::parse_older_than)]
+    older_than: std::time::Duration,
     /// Machine-readable output.
     #[arg(long, help_heading = "Output")]
     json: bool,
@@ -591,8 +661,23 @@ impl Cli {
                 .await
             }
             Command::Status(a) => {
-                app::status(&a.store.url(a.sandbox)?, a.batch.as_deref(), a.json).await
+                let db = a.store.url(a.sandbox)?;
+                match &a.ticket {
+                    Some(r) => app::ticket_status(&db, a.batch.as_deref(), r, a.json).await,
+                    None => app::status(&db, a.batch.as_deref(), a.json).await,
+                }
             }
+            Command::Pause(a) => app::pause(&a.store.url(a.sandbox)?, a.batch.as_deref()).await,
+            Command::Resume(a) => app::resume(&a.store.url(a.sandbox)?, a.batch.as_deref()).await,
+            Command::Cancel(a) => {
+                let db = a.store.url(a.sandbox)?;
+                let settings = app::CancelSettings {
+                    batch: a.batch,
+                    reference: a.reference,
+                };
+                app::cancel(&db, settings).await
+            }
+            Command::Prune(a) => app::prune(&a.store.url(a.sandbox)?, a.older_than, a.json).await,
             Command::Retry(a) => {
                 app::retry(
                     &a.store.url(a.sandbox)?,

@@ -16,7 +16,8 @@ use crate::domain::{
     AttachmentId, AttachmentState, BatchId, JobId, JobKind, TicketId, TicketState,
 };
 use crate::outage::{Down, Outage, Outages};
-use crate::store::{Store, StoreError, tickets};
+use crate::store::attempts::{self, AttemptOutcome};
+use crate::store::{Store, StoreError, control, tickets};
 use crate::visibuild::Client;
 use decide::Next;
 use jobs::{Failure, HandlerError};
@@ -687,6 +688,18 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
         }
         return;
     }
+    match cancelled(shared, job).await {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(e) => {
+            if e.is_outage() {
+                store_down(shared.client.outages(), &e);
+            }
+            tracing::warn!(error = %e, "could not check whether the ticket was cancelled");
+            lock(&shared.unsettled).push(job.job_ref());
+            return;
+        }
+    }
     let result = match job.job_kind() {
         Some(JobKind::Upload) => jobs::upload(shared, job).await,
         Some(JobKind::CreateTicket) => jobs::create(shared, job).await,
@@ -696,7 +709,12 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
         )))),
     };
     let failure = match result {
-        Ok(()) => return,
+        Ok(()) => {
+            if let Err(e) = record_attempt(shared, job, AttemptOutcome::Done, None).await {
+                tracing::warn!(error = %e, "could not record a finished attempt");
+            }
+            return;
+        }
         Err(HandlerError::Store(StoreError::Fenced { .. })) => {
             tracing::warn!("lease lost to another worker; dropping this attempt's result");
             return;
@@ -730,6 +748,34 @@ async fn execute(shared: &Shared, job: &ClaimedJob) {
     }
 }
 
+/// A job whose ticket an operator cancelled is given up unsent (cancelled, its attempt
+/// kept): true when it was.
+async fn cancelled(shared: &Shared, job: &ClaimedJob) -> Result<bool, StoreError> {
+    let Some(target) = job.target_id else {
+        return Ok(false);
+    };
+    if !control::target_cancelled(&shared.db, target).await? {
+        return Ok(false);
+    }
+    let mut tx = shared.db.begin().await?;
+    let mut conn = tx.conn();
+    queue::apply_one(&mut conn, Transition::abandon(job.job_ref())).await?;
+    attempts::record(&mut conn, job, AttemptOutcome::Cancelled, None).await?;
+    tx.commit().await?;
+    tracing::info!("the ticket was cancelled; not sent");
+    Ok(true)
+}
+
+async fn record_attempt(
+    shared: &Shared,
+    job: &ClaimedJob,
+    outcome: AttemptOutcome,
+    answer: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut connection = shared.db.acquire().await?;
+    attempts::record(&mut connection.conn(), job, outcome, answer).await
+}
+
 /// Write what a failure means — retry, wait, fail (with the ticket), review or re-upload —
 /// the job's transition and the importer's own writes in one transaction.
 async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<(), StoreError> {
@@ -737,12 +783,15 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
     let reason = failure.reason.as_str();
     let mut tx = shared.db.begin().await?;
     let mut conn = tx.conn();
+    let mut outcome = AttemptOutcome::Failed;
     match &failure.next {
         Next::Wait { after } => {
+            outcome = AttemptOutcome::Waiting;
             tracing::info!(wait = ?after, "rate limited; waiting without using an attempt");
             queue::apply_one(&mut conn, Transition::snooze(job_ref, *after, Some(reason))).await?;
         }
         Next::Outage => {
+            outcome = AttemptOutcome::Waiting;
             // The pool logs the outage once every half minute; not once per job.
             tracing::debug!(error = reason, "a service is down; back in the queue");
             let snooze = Transition::snooze(job_ref, OUTAGE_PROBE_EVERY, Some(reason));
@@ -755,6 +804,7 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             };
             match queue::apply_one(&mut conn, retry).await? {
                 Outcome::Retrying { at } => {
+                    outcome = AttemptOutcome::Retrying;
                     shared.progress.retried();
                     tracing::warn!(error = reason, retry_at = %at, "will retry")
                 }
@@ -780,16 +830,19 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             gate::refused(&mut conn, job, reason, failure.detail.as_deref()).await?;
         }
         Next::AwaitProject { ticket } => {
+            outcome = AttemptOutcome::Waiting;
             tracing::debug!("waiting for the project's first ticket");
             crate::store::gates::park(&mut conn, job_ref, *ticket, reason).await?;
         }
         Next::Halt => {
+            outcome = AttemptOutcome::Waiting;
             tracing::error!(error = reason, "credentials refused; stopping the run");
             let back = Transition::snooze(job_ref, Duration::ZERO, Some(reason));
             queue::apply_one(&mut conn, back).await?;
             lock(&shared.halted).get_or_insert_with(|| reason.to_string());
         }
         Next::Review => {
+            outcome = AttemptOutcome::NeedsReview;
             tracing::warn!(error = reason, "needs review");
             queue::apply_one(&mut conn, Transition::fail(job_ref, reason)).await?;
             if let Some(ticket) = job.ticket() {
@@ -803,6 +856,7 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
             }
         }
         Next::Reupload { keys } => {
+            outcome = AttemptOutcome::Reupload;
             let ticket = job.ticket().expect("create jobs name their ticket");
             let work = tickets::create_work(&mut conn, ticket).await?;
             let named: Vec<_> = work
@@ -832,6 +886,7 @@ async fn settle(shared: &Shared, job: &ClaimedJob, failure: &Failure) -> Result<
         let detail = failure.detail.as_deref().map(json_of);
         tickets::set_error_detail(&mut conn, job.attachment(), job.ticket(), detail).await?;
     }
+    attempts::record(&mut conn, job, outcome, Some(reason)).await?;
     tx.commit().await?;
     Ok(())
 }

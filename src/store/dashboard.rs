@@ -22,6 +22,8 @@ pub struct BatchOverview {
     pub created: i64,
     pub failed: i64,
     pub needs_review: i64,
+    /// Cancelled by an operator (`retry` brings them back).
+    pub cancelled: i64,
     pub files: i64,
     pub files_uploaded: i64,
     pub files_failed: i64,
@@ -42,7 +44,8 @@ pub async fn batch_overviews<'c>(ex: impl Into<Ex<'c>>) -> Result<Vec<BatchOverv
                  SELECT batch_id, count(*) AS tickets,
                         count(*) FILTER (WHERE state = 'created') AS created,
                         count(*) FILTER (WHERE state = 'failed') AS failed,
-                        count(*) FILTER (WHERE state = 'needs_review') AS needs_review
+                        count(*) FILTER (WHERE state = 'needs_review') AS needs_review,
+                        count(*) FILTER (WHERE state = 'cancelled') AS cancelled
                    FROM tickets GROUP BY batch_id),
              f AS (
                  SELECT t.batch_id, count(*) AS files,
@@ -61,6 +64,7 @@ pub async fn batch_overviews<'c>(ex: impl Into<Ex<'c>>) -> Result<Vec<BatchOverv
                     COALESCE(t.tickets, 0) AS tickets, COALESCE(t.created, 0) AS created,
                     COALESCE(t.failed, 0) AS failed,
                     COALESCE(t.needs_review, 0) AS needs_review,
+                    COALESCE(t.cancelled, 0) AS cancelled,
                     COALESCE(f.files, 0) AS files,
                     COALESCE(f.files_uploaded, 0) AS files_uploaded,
                     COALESCE(f.files_failed, 0) AS files_failed, COALESCE(f.bytes, 0) AS bytes,

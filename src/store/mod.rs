@@ -3,7 +3,9 @@
 //! runs on its own tables, each a named function that works on either store. The jobs table
 //! is the queue crate's: the importer reads it, and changes it only through the queue.
 
+pub mod attempts;
 pub mod budgets;
+pub mod control;
 pub mod dashboard;
 pub mod gates;
 pub(crate) mod staging;

@@ -47,6 +47,7 @@ pub struct RunSummary {
     pub failed: i64,
     pub needs_review: i64,
     pub pending: i64,
+    pub cancelled: i64,
     pub top_errors: Vec<(String, i64)>,
 }
 
@@ -61,6 +62,7 @@ pub async fn run_summary(
             TicketState::Failed => s.failed = count,
             TicketState::NeedsReview => s.needs_review = count,
             TicketState::Pending | TicketState::Creating => s.pending += count,
+            TicketState::Cancelled => s.cancelled = count,
         }
     }
     s.top_errors = top_errors(conn.reborrow(), batch, 5).await?;
@@ -133,6 +135,8 @@ pub struct BatchStatus {
     pub changed_since_load: i64,
     /// A few of them: `ref: fields (manifest:line)`.
     pub changed_examples: Vec<String>,
+    /// Claims skip this batch's jobs (`pause`): its own pause or the pause of everything.
+    pub paused: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize, sqlx::FromRow)]
@@ -143,6 +147,7 @@ pub struct JobCounts {
     pub retrying: i64,
     pub failed: i64,
     pub completed: i64,
+    pub cancelled: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -210,7 +215,8 @@ pub async fn batch_status(
                     count(*) FILTER (WHERE state = 'running') AS running,
                     count(*) FILTER (WHERE state = 'available' AND run_at > {now}) AS retrying,
                     count(*) FILTER (WHERE state = 'failed') AS failed,
-                    count(*) FILTER (WHERE state = 'completed') AS completed
+                    count(*) FILTER (WHERE state = 'completed') AS completed,
+                    count(*) FILTER (WHERE state = 'cancelled') AS cancelled
                FROM jobs WHERE group_id = $1"
         ),
         |c, q| sqlx::query_as(q).bind(batch).fetch_one(c).await
@@ -289,6 +295,10 @@ pub async fn batch_status(
             .collect(),
         changed_since_load,
         changed_examples,
+        paused: visibuild_queue::pauses(conn.reborrow())
+            .await?
+            .iter()
+            .any(|(group, _)| group.is_none_or(|g| g == batch.0)),
     })
 }
 
@@ -475,7 +485,7 @@ struct CreateOfTicket {
     waiting: bool,
 }
 
-/// Put failed jobs (and their attachments and tickets) back in the queue with `attempts`
+/// Put failed and cancelled jobs (and their attachments and tickets) back in the queue with `attempts`
 /// more attempts each. A retried upload re-opens its ticket's fan-in: the ticket's create
 /// waits (blocked) until every file is uploaded. Run it in a transaction.
 pub async fn retry(
@@ -496,7 +506,7 @@ pub async fn retry(
                LEFT JOIN attachments a ON j.kind = 'upload' AND a.id = j.target_id
                JOIN tickets t
                  ON t.id = CASE WHEN j.kind = 'upload' THEN a.ticket_id ELSE j.target_id END
-              WHERE j.state = 'failed' AND j.kind IN ('upload', 'create_ticket')
+              WHERE j.state IN ('failed', 'cancelled') AND j.kind IN ('upload', 'create_ticket')
                 AND ($1::uuid IS NULL OR j.group_id = $1)
                 AND ($2::text IS NULL OR t.ref = $2)
                 AND ($3::bigint[] IS NULL OR j.id {in_list $3})
@@ -585,7 +595,7 @@ pub async fn retry(
             "UPDATE tickets SET state = 'pending', updated_at = {now}, finished_at = NULL,
                     create_unanswered = CASE WHEN state = 'needs_review' THEN false
                                              ELSE create_unanswered END
-              WHERE id {in_ids $1} AND state IN ('failed', 'needs_review')
+              WHERE id {in_ids $1} AND state IN ('failed', 'needs_review', 'cancelled')
                 AND NOT EXISTS (SELECT 1 FROM attachments a
                                  WHERE a.ticket_id = tickets.id AND a.state = 'failed')"
         ),

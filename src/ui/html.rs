@@ -46,6 +46,9 @@ button{font:inherit;padding:3px 10px;border-radius:4px;border:1px solid #8a94a6;
 button.primary{background:#1d2b4f;color:#fff;border-color:#1d2b4f}
 button.danger{background:#b42318;color:#fff;border-color:#b42318}
 form.inline{display:inline;margin:0}
+a.button{display:inline-block;padding:3px 10px;border-radius:4px;border:1px solid #8a94a6;background:#fff;color:inherit;text-decoration:none;margin-right:6px}
+a.button.primary{background:#1d2b4f;color:#fff;border-color:#1d2b4f}
+a.button.danger{background:#b42318;color:#fff;border-color:#b42318}
 .charts{display:flex;flex-wrap:wrap;gap:12px}
 .chart{background:#fff;border:1px solid #dde1e8;border-radius:6px;padding:8px}
 .chart h3{font-size:13px;margin:0 0 4px}

@@ -13,6 +13,7 @@ mod failures;
 mod html;
 pub mod listener;
 mod metrics;
+mod operations;
 mod pages;
 mod throttle;
 
@@ -60,6 +61,10 @@ pub enum UiError {
     NoBatch,
     #[error("no such ticket needing review in this batch")]
     NoTicket,
+    #[error("no such action: the dashboard's actions are pause, resume, cancel, retry and prune")]
+    NoAction,
+    #[error("older than: {0}")]
+    BadAge(String),
     #[error("this form is stale or was sent from another site; reload the dashboard and try again")]
     Forbidden,
     #[error(
@@ -95,7 +100,8 @@ impl UiError {
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            UiError::NoBatch | UiError::NoTicket => StatusCode::NOT_FOUND,
+            UiError::NoBatch | UiError::NoTicket | UiError::NoAction => StatusCode::NOT_FOUND,
+            UiError::BadAge(_) => StatusCode::BAD_REQUEST,
             UiError::Forbidden => StatusCode::FORBIDDEN,
             UiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -201,6 +207,10 @@ pub fn router(db: Store, config: UiConfig) -> Router {
             "/batches/{batch}/review/{ticket}/resend",
             post(pages::resend),
         )
+        .route("/confirm/{action}", get(operations::confirm))
+        .route("/actions/{action}", post(operations::act))
+        .route("/tickets", get(operations::tickets))
+        .route("/tickets/{ticket}", get(operations::ticket))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(healthz))

@@ -3,7 +3,9 @@
 
 use super::failures::{self, FailureGroup};
 use super::html::{self, bar, csrf_field, esc, pills};
-use super::{AppState, Client, Inner, SESSION_COOKIE, UiError, charts, check_csrf, equal};
+use super::{
+    AppState, Client, Inner, SESSION_COOKIE, UiError, charts, check_csrf, equal, operations,
+};
 use crate::domain::{BatchId, JobId, TicketId};
 use crate::human::{bytes as human_bytes, count};
 use crate::store::StoreError;
@@ -84,7 +86,10 @@ fn budgets_section(budgets: &[BudgetStatus]) -> String {
 }
 
 /// Every batch with its progress, and the throughput of all of them.
-pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, UiError> {
+pub async fn overview(
+    State(state): State<AppState>,
+    Query(did): Query<operations::Did>,
+) -> Result<Html<String>, UiError> {
     let mut connection = state.db.acquire().await.map_err(StoreError::from)?;
     let mut db = connection.conn();
     let batches = dashboard::batch_overviews(db.reborrow()).await?;
@@ -92,7 +97,8 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, UiE
     let throughput = dashboard::throughput(&mut db, None, CHART_MINUTES).await?;
     drop(connection); // back to the pool before the page is drawn
     let budgets = budgets::status(&state.db).await?;
-    let mut body = String::from("<h1>Batches</h1>");
+    let mut body = format!("<h1>Batches</h1>{}", did.html());
+    body.push_str(&operations::controls(&state, None).await?);
     if batches.is_empty() {
         body.push_str(
             "<section><p>No batches yet: load one with <code>visibuild-import enqueue MANIFEST</code>.</p></section>",
@@ -113,12 +119,13 @@ pub async fn overview(State(state): State<AppState>) -> Result<Html<String>, UiE
 }
 
 fn overview_row(b: &BatchOverview) -> String {
-    let pending = b.tickets - b.created - b.failed - b.needs_review;
+    let pending = b.tickets - b.created - b.failed - b.needs_review - b.cancelled;
     let tickets = pills(
         [
             ("created", b.created),
             ("failed", b.failed),
             ("needs_review", b.needs_review),
+            ("cancelled", b.cancelled),
             ("pending", pending),
         ]
         .into_iter()
@@ -176,6 +183,8 @@ pub struct Flash {
     retried: Option<u64>,
     tickets: Option<u64>,
     resent: Option<String>,
+    /// What a confirmed action did ([`operations::act`]), in words.
+    did: Option<String>,
 }
 
 impl Flash {
@@ -193,7 +202,12 @@ impl Flash {
                 count(jobs, "failed job"),
                 count(self.tickets.unwrap_or(0), "ticket"),
             ),
-            (None, None) => return String::new(),
+            (None, None) => {
+                return match &self.did {
+                    Some(text) => format!("<p class=flash role=status id=did>{}</p>", esc(text)),
+                    None => String::new(),
+                };
+            }
         };
         format!("<p class=flash role=status>{text}</p>")
     }
@@ -218,9 +232,10 @@ pub async fn batch(
     drop(connection); // back to the pool before the page is drawn
 
     let mut body = format!(
-        "<p><a href=\"/\">← all batches</a></p><h1>Batch {}</h1>{}",
+        "<p><a href=\"/\">← all batches</a></p><h1>Batch {}</h1>{}{}",
         esc(&b.name),
-        flash.html()
+        flash.html(),
+        operations::controls(&state, Some(batch)).await?
     );
     let ticket_total: i64 = status.tickets.values().sum();
     let in_state =
@@ -231,7 +246,7 @@ pub async fn batch(
          <tr><th>tickets</th><td>{tbar}</td><td>{tickets}</td></tr>\
          <tr><th>files</th><td>{fbar}</td><td>{files} <span class=muted>{bup} of {bytes}</span></td></tr>\
          <tr><th>jobs</th><td></td><td>{waiting} waiting, {running} running, {retrying} retrying, \
-         {blocked} blocked on uploads, {jfailed} failed, {completed} done</td></tr>\
+         {blocked} blocked on uploads, {jfailed} failed, {completed} done, {cancelled} cancelled</td></tr>\
          <tr><th>last minute</th><td></td><td>{fmin} files, {tmin} tickets{eta}</td></tr>\
          </table>{retrying_why}</section>",
         tbar = bar(
@@ -259,6 +274,7 @@ pub async fn batch(
         blocked = j.blocked,
         jfailed = j.failed,
         completed = j.completed,
+        cancelled = j.cancelled,
         fmin = status.files_last_minute,
         tmin = status.tickets_last_minute,
         eta = status

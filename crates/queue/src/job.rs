@@ -37,6 +37,8 @@ pub enum JobState {
     Running,
     Completed,
     Failed,
+    /// An operator cancelled it: never claimed until revived.
+    Cancelled,
 }
 
 impl JobState {
@@ -46,6 +48,7 @@ impl JobState {
         JobState::Running,
         JobState::Completed,
         JobState::Failed,
+        JobState::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +58,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Completed => "completed",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
         }
     }
 }

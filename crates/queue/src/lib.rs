@@ -3,7 +3,10 @@
 //!
 //! Lifecycle: `blocked` → [`Transition::Unblock`] → `available` → [`claim`] → `running` →
 //! a [`Transition`] (complete, retry after, snooze, fail, block, release), applied many at
-//! once by [`apply`]. A running job whose lease has passed is claimable again with
+//! once by [`apply`]. An operator's [`Transition::Cancel`] (or a claim's
+//! [`Transition::Abandon`]) makes a job `cancelled` until [`Transition::Revive`]; a
+//! [`pause`] of a group (or of all) makes claims skip its jobs until [`resume`]. A running
+//! job whose lease has passed is claimable again with
 //! `attempt + 1`: the old holder's transitions are then fenced out. `attempt` never
 //! decreases; a transition that must not use up an attempt raises `max_attempts` instead.
 //! The queue knows jobs only: a kind, an optional group (claims can be limited to one) and

@@ -237,8 +237,9 @@ pub async fn counts_by_state<'c>(
 }
 
 /// When the next job becomes claimable: the earliest `run_at` of available jobs or
-/// `locked_until` of running ones (possibly in the past: claimable now). `None` when
-/// nothing is available or running — only blocked or finished jobs are left.
+/// `locked_until` of running ones (possibly in the past: claimable now), paused groups left
+/// out. `None` when nothing is available or running — only blocked, finished or paused jobs
+/// are left.
 pub async fn next_run_at<'c>(
     ex: impl Into<Ex<'c>>,
     group: Option<Uuid>,
@@ -249,9 +250,13 @@ pub async fn next_run_at<'c>(
             "SELECT min(at) FROM (
                  SELECT min(run_at) AS at FROM jobs
                   WHERE state = 'available' AND ($1::uuid IS NULL OR group_id = $1)
+                    AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                     WHERE p.group_id IS NULL OR p.group_id = jobs.group_id)
                  UNION ALL
                  SELECT min(locked_until) AS at FROM jobs
                   WHERE state = 'running' AND ($1::uuid IS NULL OR group_id = $1)
+                    AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                     WHERE p.group_id IS NULL OR p.group_id = jobs.group_id)
              ) AS next"
         ),
         |c, q| sqlx::query_scalar(q).bind(group).fetch_one(c).await
@@ -260,13 +265,17 @@ pub async fn next_run_at<'c>(
 
 /// Whether any job (of all groups or one) can still run: available (now or later) or
 /// running. Blocked jobs wait on something only a running job can bring, so they do not
-/// count.
+/// count; nor do paused groups' jobs, except those a live claim holds (they finish).
 pub async fn has_runnable<'c>(ex: impl Into<Ex<'c>>, group: Option<Uuid>) -> Result<bool, Error> {
     Ok(on!(
         ex.into(),
         sql!(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('available', 'running')
-                              AND ($1::uuid IS NULL OR group_id = $1))"
+                              AND ($1::uuid IS NULL OR group_id = $1)
+                              AND ((state = 'running' AND locked_until >= {now})
+                                   OR NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                                   WHERE p.group_id IS NULL
+                                                      OR p.group_id = jobs.group_id)))"
         ),
         |c, q| sqlx::query_scalar(q).bind(group).fetch_one(c).await
     )?)
@@ -293,6 +302,92 @@ pub async fn has_unfinished<'c>(ex: impl Into<Ex<'c>>, group: Option<Uuid>) -> R
                               AND ($1::uuid IS NULL OR group_id = $1))"
         ),
         |c, q| sqlx::query_scalar(q).bind(group).fetch_one(c).await
+    )?)
+}
+
+/// Pauses `group`'s jobs, or every group's (`None`): claims skip them until [`resume`]; jobs
+/// already claimed finish. False when it was paused already.
+pub async fn pause<'c>(ex: impl Into<Ex<'c>>, group: Option<Uuid>) -> Result<bool, Error> {
+    let scope = group.map_or_else(|| "all".to_string(), |g| g.to_string());
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "INSERT INTO queue_pauses (scope, group_id) VALUES ($1, $2)
+             ON CONFLICT (scope) DO NOTHING"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(scope)
+            .bind(group)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected() > 0)
+    )?)
+}
+
+/// Lifts the pause of `group`, or every pause (`None`: the pause of all groups and each
+/// group's). False when nothing was paused. Idle workers find the work at their next poll;
+/// [`notify`] wakes them at once.
+pub async fn resume<'c>(ex: impl Into<Ex<'c>>, group: Option<Uuid>) -> Result<bool, Error> {
+    Ok(on!(
+        ex.into(),
+        sql!("DELETE FROM queue_pauses WHERE $1::uuid IS NULL OR group_id = $1"),
+        |c, q| sqlx::query(q)
+            .bind(group)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected() > 0)
+    )?)
+}
+
+/// The pauses in force: `None` is the pause of every group.
+pub async fn pauses<'c>(ex: impl Into<Ex<'c>>) -> Result<Vec<(Option<Uuid>, Timestamp)>, Error> {
+    Ok(on!(
+        ex.into(),
+        sql!("SELECT group_id, paused_at FROM queue_pauses ORDER BY paused_at, scope"),
+        |c, q| sqlx::query_as(q).fetch_all(c).await
+    )?)
+}
+
+/// How many available jobs (of all groups or one) wait only because their group is paused.
+pub async fn paused_jobs<'c>(ex: impl Into<Ex<'c>>, group: Option<Uuid>) -> Result<i64, Error> {
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "SELECT count(*) FROM jobs WHERE state = 'available'
+                AND ($1::uuid IS NULL OR group_id = $1)
+                AND EXISTS (SELECT 1 FROM queue_pauses p
+                             WHERE p.group_id IS NULL OR p.group_id = jobs.group_id)"
+        ),
+        |c, q| sqlx::query_scalar(q).bind(group).fetch_one(c).await
+    )?)
+}
+
+/// Deletes every job of `group` if all of them finished (completed or failed) more than
+/// `older_than` ago; otherwise nothing (a cancelled job waits for an operator's decision).
+/// How many were deleted.
+pub async fn purge_finished_group<'c>(
+    ex: impl Into<Ex<'c>>,
+    group: Uuid,
+    older_than: Duration,
+) -> Result<u64, Error> {
+    let before = -(i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX));
+    Ok(on!(
+        ex.into(),
+        sql!(
+            "DELETE FROM jobs WHERE group_id = $1
+               AND NOT EXISTS (SELECT 1 FROM jobs AS j
+                                WHERE j.group_id = $1
+                                  AND (j.state IN ('available', 'running', 'blocked',
+                                                   'cancelled')
+                                       OR j.finished_at IS NULL
+                                       OR j.finished_at >= {after $2}))"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(group)
+            .bind(before)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
     )?)
 }
 

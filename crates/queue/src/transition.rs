@@ -47,6 +47,12 @@ pub enum Transition {
         attempts: i32,
         blocked: bool,
     },
+    /// An operator's cancel of a job nobody holds (available or blocked): cancelled, never
+    /// claimed again until revived.
+    Cancel(JobId),
+    /// The claim's work is no longer wanted (its job was cancelled while it was queued):
+    /// cancelled, without using up the attempt.
+    Abandon(JobRef),
 }
 
 impl Transition {
@@ -106,26 +112,40 @@ impl Transition {
         }
     }
 
+    pub fn cancel(job: JobId) -> Self {
+        Transition::Cancel(job)
+    }
+
+    pub fn abandon(job: JobRef) -> Self {
+        Transition::Abandon(job)
+    }
+
     pub fn job_id(&self) -> JobId {
         match self {
-            Transition::Complete(job) | Transition::Release(job) => job.id,
+            Transition::Complete(job) | Transition::Release(job) | Transition::Abandon(job) => {
+                job.id
+            }
             Transition::Retry { job, .. }
             | Transition::Fail { job, .. }
             | Transition::Snooze { job, .. }
             | Transition::Block { job, .. } => job.id,
-            Transition::Unblock(id) | Transition::Revive { job: id, .. } => *id,
+            Transition::Unblock(id)
+            | Transition::Revive { job: id, .. }
+            | Transition::Cancel(id) => *id,
         }
     }
 
     /// The claim this transition is fenced by, if it is a claim's.
     pub fn claim(&self) -> Option<JobRef> {
         match self {
-            Transition::Complete(job) | Transition::Release(job) => Some(*job),
+            Transition::Complete(job) | Transition::Release(job) | Transition::Abandon(job) => {
+                Some(*job)
+            }
             Transition::Retry { job, .. }
             | Transition::Fail { job, .. }
             | Transition::Snooze { job, .. }
             | Transition::Block { job, .. } => Some(*job),
-            Transition::Unblock(_) | Transition::Revive { .. } => None,
+            Transition::Unblock(_) | Transition::Revive { .. } | Transition::Cancel(_) => None,
         }
     }
 
@@ -142,6 +162,8 @@ impl Transition {
             Transition::Revive {
                 attempts, blocked, ..
             } => ("revive", Duration::ZERO, None, *attempts, *blocked),
+            Transition::Cancel(_) => ("cancel", Duration::ZERO, None, 0, false),
+            Transition::Abandon(_) => ("abandon", Duration::ZERO, None, 0, false),
         };
         Row {
             id: self.job_id().0,

@@ -569,6 +569,239 @@ async fn revive_leaves_running_and_waiting_jobs_alone(store: &Store) {
     );
 }
 
+on_both!(cancel_stops_queued_jobs_until_they_are_revived);
+async fn cancel_stops_queued_jobs_until_they_are_revived(store: &Store) {
+    let ids = enqueue(
+        store,
+        &[
+            NewJob::available("a"),
+            NewJob::blocked("a"),
+            NewJob::available("a"),
+            NewJob::available("a"),
+        ],
+    )
+    .await;
+    let held = claim(store, "a", 1, "w").await.remove(0);
+    assert_eq!(held.id, ids[0]);
+    // The held job is not the operator's to cancel: its claim finishes it.
+    let outcomes = queue::apply(
+        store,
+        &[
+            Transition::cancel(ids[0]),
+            Transition::cancel(ids[1]),
+            Transition::cancel(ids[2]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Fenced, Outcome::Done, Outcome::Done]
+    );
+    assert_eq!(state(store, ids[0]).await, JobState::Running);
+    for id in &ids[1..3] {
+        let record = queue::job(store, *id).await.unwrap().unwrap();
+        assert_eq!(record.state, JobState::Cancelled);
+        assert!(record.finished_at.is_some());
+    }
+    // Cancelled jobs are not claimed, and do not keep a run going.
+    let next = claim(store, "a", 10, "w").await;
+    assert_eq!(next.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[3]]);
+    queue::apply_one(store, Transition::complete(next[0].job_ref()))
+        .await
+        .unwrap();
+    queue::apply_one(store, Transition::complete(held.job_ref()))
+        .await
+        .unwrap();
+    assert!(!queue::has_runnable(store, None).await.unwrap());
+    assert!(!queue::has_unfinished(store, None).await.unwrap());
+    // A cancel of a finished job does nothing.
+    assert_eq!(
+        queue::apply(store, &[Transition::cancel(ids[3])])
+            .await
+            .unwrap(),
+        vec![Outcome::Fenced]
+    );
+    // Revived, they run again: the blocked one waits again when told to.
+    queue::apply_one(store, Transition::revive(ids[1], 8, true))
+        .await
+        .unwrap();
+    queue::apply_one(store, Transition::revive(ids[2], 8, false))
+        .await
+        .unwrap();
+    assert_eq!(state(store, ids[1]).await, JobState::Blocked);
+    let again = claim(store, "a", 10, "w").await;
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+on_both!(an_abandoned_claim_is_cancelled_without_using_its_attempt);
+async fn an_abandoned_claim_is_cancelled_without_using_its_attempt(store: &Store) {
+    let id = enqueue(
+        store,
+        &[NewJob {
+            max_attempts: 1,
+            ..NewJob::available("a")
+        }],
+    )
+    .await[0];
+    let first = claim(store, "a", 1, "w").await.remove(0);
+    assert_eq!(
+        queue::apply_one(store, Transition::abandon(first.job_ref()))
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+    let record = queue::job(store, id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.max_attempts),
+        (JobState::Cancelled, 2)
+    );
+    // A stale claim cannot abandon a job it no longer holds.
+    assert!(matches!(
+        queue::apply_one(store, Transition::abandon(first.job_ref())).await,
+        Err(Error::Fenced { .. })
+    ));
+    queue::apply_one(store, Transition::revive(id, 1, false))
+        .await
+        .unwrap();
+    let again = claim(store, "a", 1, "w").await.remove(0);
+    assert!(!again.is_over_budget());
+}
+
+on_both!(claims_skip_paused_groups_until_they_are_resumed);
+async fn claims_skip_paused_groups_until_they_are_resumed(store: &Store) {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let job = |group| NewJob {
+        group: Some(group),
+        ..NewJob::available("k")
+    };
+    let ids = enqueue(store, &[job(a), job(b), job(a), job(b)]).await;
+    assert!(queue::pause(store, Some(b)).await.unwrap());
+    assert!(
+        !queue::pause(store, Some(b)).await.unwrap(),
+        "already paused"
+    );
+    let got = claim(store, "k", 10, "w").await;
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[2]]
+    );
+    assert_eq!(queue::paused_jobs(store, None).await.unwrap(), 2);
+    assert_eq!(queue::paused_jobs(store, Some(a)).await.unwrap(), 0);
+    for j in &got {
+        queue::apply_one(store, Transition::complete(j.job_ref()))
+            .await
+            .unwrap();
+    }
+    // Only paused work is left: nothing runnable, nothing scheduled.
+    assert!(!queue::has_runnable(store, None).await.unwrap());
+    assert_eq!(queue::next_run_at(store, None).await.unwrap(), None);
+    assert!(queue::has_unfinished(store, None).await.unwrap());
+    // Pausing everything holds a group that was never paused on its own too.
+    let c = Uuid::new_v4();
+    let late = enqueue(store, &[job(c)]).await[0];
+    assert!(queue::pause(store, None).await.unwrap());
+    assert!(claim(store, "k", 10, "w").await.is_empty());
+    let pauses: HashSet<Option<Uuid>> = queue::pauses(store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(g, _)| g)
+        .collect();
+    assert_eq!(pauses, HashSet::from([Some(b), None]));
+    // Resuming one group leaves the pause of everything.
+    assert!(queue::resume(store, Some(b)).await.unwrap());
+    assert!(claim(store, "k", 10, "w").await.is_empty());
+    assert!(queue::resume(store, None).await.unwrap());
+    assert!(!queue::resume(store, None).await.unwrap(), "nothing paused");
+    let rest = claim(store, "k", 10, "w").await;
+    assert_eq!(
+        rest.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[3], late]
+    );
+}
+
+on_both!(a_running_job_of_a_paused_group_finishes_and_keeps_the_run_going);
+async fn a_running_job_of_a_paused_group_finishes_and_keeps_the_run_going(store: &Store) {
+    let g = Uuid::new_v4();
+    let id = enqueue(
+        store,
+        &[NewJob {
+            group: Some(g),
+            ..NewJob::available("k")
+        }],
+    )
+    .await[0];
+    let held = claim(store, "k", 1, "w").await.remove(0);
+    queue::pause(store, None).await.unwrap();
+    // Work in flight counts as runnable (its claim may still retry it) ...
+    assert!(queue::has_runnable(store, None).await.unwrap());
+    // ... and finishes as usual.
+    queue::apply_one(store, Transition::complete(held.job_ref()))
+        .await
+        .unwrap();
+    assert_eq!(state(store, id).await, JobState::Completed);
+}
+
+on_both!(a_finished_group_is_purged_whole_and_an_unfinished_one_is_kept);
+async fn a_finished_group_is_purged_whole_and_an_unfinished_one_is_kept(store: &Store) {
+    let (done, single, stopped) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let job = |group| NewJob {
+        group: Some(group),
+        ..NewJob::available("k")
+    };
+    let ids = enqueue(store, &[job(done), job(done), job(single), job(stopped)]).await;
+    for j in claim(store, "k", 3, "w").await {
+        let t = if j.id == ids[1] {
+            Transition::fail(j.job_ref(), "no")
+        } else {
+            Transition::complete(j.job_ref())
+        };
+        queue::apply_one(store, t).await.unwrap();
+    }
+    queue::apply_one(store, Transition::cancel(ids[3]))
+        .await
+        .unwrap();
+    // Finished, but not long enough ago.
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        queue::purge_finished_group(store, done, hour)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        queue::purge_finished_group(store, done, Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(queue::job(store, ids[0]).await.unwrap().is_none());
+    // A group with a completed job is finished too; one with cancelled work is not.
+    assert_eq!(
+        queue::purge_finished_group(store, single, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        queue::purge_finished_group(store, stopped, Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(state(store, ids[3]).await, JobState::Cancelled);
+    // Unfinished work keeps its group.
+    let more = enqueue(store, &[job(done)]).await[0];
+    assert_eq!(
+        queue::purge_finished_group(store, done, Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(state(store, more).await, JobState::Available);
+}
+
 // ---- rate budgets: shared through the store, on the store's clock (injected here) ----
 
 mod budgets {

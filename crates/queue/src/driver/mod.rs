@@ -60,21 +60,22 @@ macro_rules! apply_sql {
             "UPDATE jobs AS j
          SET state = (CASE
                  WHEN t.op = 'complete' THEN 'completed'
+                 WHEN t.op IN ('cancel', 'abandon') THEN 'cancelled'
                  WHEN t.op = 'retry' AND j.attempt < j.max_attempts THEN 'available'
                  WHEN t.op IN ('retry', 'fail') THEN 'failed'
                  WHEN t.op = 'block' OR (t.op = 'revive' AND t.blocked) THEN 'blocked'
                  ELSE 'available' END)::job_state,
              run_at = CASE
-                 WHEN t.op IN ('complete', 'fail', 'block')
+                 WHEN t.op IN ('complete', 'fail', 'block', 'cancel', 'abandon')
                       OR (t.op = 'retry' AND j.attempt >= j.max_attempts) THEN j.run_at
                  ELSE {after t.delay} END,
              max_attempts = CASE
-                 WHEN t.op IN ('snooze', 'release') THEN j.max_attempts + 1
+                 WHEN t.op IN ('snooze', 'release', 'abandon') THEN j.max_attempts + 1
                  WHEN t.op = 'block' THEN {greatest}(j.max_attempts, j.attempt + 1)
                  WHEN t.op = 'revive' THEN j.attempt + t.attempts
                  ELSE j.max_attempts END,
              finished_at = CASE
-                 WHEN t.op IN ('complete', 'fail')
+                 WHEN t.op IN ('complete', 'fail', 'cancel', 'abandon')
                       OR (t.op = 'retry' AND j.attempt >= j.max_attempts) THEN {now}
                  ELSE NULL END,
              last_error = CASE
@@ -84,15 +85,26 @@ macro_rules! apply_sql {
              locked_until = NULL, locked_by = NULL, updated_at = {now} ",
             $from,
             " WHERE j.id = t.t_id
-           AND ((t.op IN ('complete', 'retry', 'fail', 'snooze', 'release', 'block')
+           AND ((t.op IN ('complete', 'retry', 'fail', 'snooze', 'release', 'block', 'abandon')
                  AND j.attempt = t.t_attempt AND j.state = 'running')
                 OR (t.op = 'unblock' AND j.state = 'blocked')
-                OR (t.op = 'revive' AND j.state IN ('failed', 'completed', 'blocked')))
+                OR (t.op = 'cancel' AND j.state IN ('available', 'blocked'))
+                OR (t.op = 'revive'
+                    AND j.state IN ('failed', 'completed', 'blocked', 'cancelled')))
          RETURNING id, state, run_at"
         )
     };
 }
 use apply_sql;
+
+/// Claims skip the jobs of paused groups (a pause with no group pauses them all).
+macro_rules! not_paused {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM queue_pauses p
+                      WHERE p.group_id IS NULL OR p.group_id = jobs.group_id)"
+    };
+}
+pub(crate) use not_paused;
 
 /// [`Driver::claim`]'s update of the picked jobs.
 macro_rules! claim_set {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Driver, apply_sql, claim_set};
+use super::{Driver, apply_sql, claim_set, not_paused};
 use crate::{ClaimedJob, Error, JobId, JobRef, JobState, NewJob, Timestamp, Transition, sql};
 
 /// The `LISTEN`/`NOTIFY` channel of wake-ups; payload empty.
@@ -64,6 +64,9 @@ impl Driver for Postgres {
                  SELECT id FROM jobs
                  WHERE state = 'running' AND locked_until < now()
                    AND kind = ANY($1) AND ($5::uuid IS NULL OR group_id = $5)
+                   AND ",
+            not_paused!(),
+            "
                  ORDER BY locked_until, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED
@@ -71,6 +74,9 @@ impl Driver for Postgres {
                  SELECT id FROM jobs
                  WHERE state = 'available' AND run_at <= now()
                    AND kind = ANY($1) AND ($5::uuid IS NULL OR group_id = $5)
+                   AND ",
+            not_paused!(),
+            "
                  ORDER BY run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED

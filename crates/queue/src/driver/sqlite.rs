@@ -11,7 +11,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{Driver, apply_sql, claim_set};
+use super::{Driver, apply_sql, claim_set, not_paused};
 use crate::driver::postgres::micros;
 use crate::{ClaimedJob, Error, JobId, JobRef, JobState, List, NewJob, Timestamp, Transition, sql};
 
@@ -80,6 +80,9 @@ impl Driver for Sqlite {
                      WHERE state = 'running' AND locked_until < {now}
                        AND kind IN (SELECT value FROM json_each($1))
                        AND ($5 IS NULL OR group_id = $5)
+                   AND ",
+            not_paused!(),
+            "
                      ORDER BY locked_until, id LIMIT $2)
                  UNION ALL
                  SELECT id FROM (
@@ -87,6 +90,9 @@ impl Driver for Sqlite {
                      WHERE state = 'available' AND run_at <= {now}
                        AND kind IN (SELECT value FROM json_each($1))
                        AND ($5 IS NULL OR group_id = $5)
+                   AND ",
+            not_paused!(),
+            "
                      ORDER BY run_at, id LIMIT $2)
                  LIMIT $2)
              RETURNING id, kind, attempt, max_attempts, group_id, target_id"
