@@ -9,16 +9,6 @@ use common::*;
 use std::time::Duration;
 use visibuild_sandbox::SandboxConfig;
 
-/// Sends `signal` (`-INT`, `-TERM`) to the running binary.
-fn signal(run: &Running, signal: &str) {
-    let pid = run.child.id().expect("still running");
-    let status = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 async fn running_jobs(db: &Db) -> i64 {
     count_in(
         &db.store().await,
@@ -80,7 +70,7 @@ async fn ctrl_c_exits_130_and_sigterm_exits_143(db: Db) {
             sbr.tickets().len() > before
         })
         .await;
-        signal(&run, sig);
+        run.signal(sig);
         let out = run.wait().await;
         assert_eq!(out.code, code, "{sig}: {out:?}");
         assert!(

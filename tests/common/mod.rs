@@ -322,10 +322,16 @@ impl Running {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// SIGTERM, as `systemctl stop` or `kill` sends.
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Sends `signal` (`-INT`, `-TERM`) to the binary.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
