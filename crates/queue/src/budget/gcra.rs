@@ -334,18 +334,21 @@ impl BudgetState {
         if self.learning {
             let sent = sent.min(now);
             let sent_rate = self.rate_at(sent, tuning);
-            // Refused while holding: the margin widens, and the learned limit steps down as
-            // much (it was learned a little high, or the server's dropped). Not to the rate
-            // refused: that is often a burst of late calls, not the rate.
+            // Refused while holding: jitter (a burst of late calls, not the rate) as far as
+            // the margin can absorb it; once the margin is as wide as it gets, the server's
+            // limit dropped, and the learned limit steps down.
             if !discovered {
-                let lower = self.learned * (1.0 - tuning.margin_step);
-                self.learned = lower.max(tuning.learn_floor);
+                if margin + tuning.margin_step > tuning.max_margin {
+                    let lower = self.learned * (1.0 - tuning.margin_step);
+                    self.learned = lower.max(tuning.learn_floor);
+                }
             } else {
                 // Its slot was reserved a little ahead, at a rate computed a slot earlier:
-                // the rate of a few intervals back is the last the server took.
+                // the rate of a few intervals back is the last the server took, less a step
+                // for the calls that left late and bunched up.
                 let back = (3.0 * SECOND / sent_rate) as Micros;
                 let accepted = self.rate_at(sent - back, tuning).min(rate);
-                self.learned = accepted.max(tuning.learn_floor);
+                self.learned = (accepted * (1.0 - tuning.margin_step)).max(tuning.learn_floor);
             }
             self.learned_at = until;
             self.refused_rate = sent_rate;
@@ -612,11 +615,10 @@ mod tests {
         let at = 2 * S;
         let rate = b.rate_at(at, &t);
         b.refuse(at, S, &t);
-        // The rate a few slots before the 429: the last the server is known to have taken.
-        let back = 3 * S / rate as Micros;
-        assert!((b.learned - b.rate_at(at - back, &t)).abs() < 1e-9 || b.learned < rate);
+        // The rate a few slots before the 429 (the last the server is known to have taken),
+        // less a step.
         assert!(
-            b.learned < rate && b.learned > 0.8 * rate,
+            b.learned < rate && b.learned > 0.75 * rate,
             "{} vs {rate}",
             b.learned
         );
@@ -636,17 +638,30 @@ mod tests {
         let probed = b.rate_at(plateau_end + 20 * S, &t);
         b.refuse(plateau_end + 20 * S, S, &t);
         assert!(
-            b.learned <= probed && b.learned > 0.99 * probed,
+            b.learned <= probed && b.learned > 0.97 * probed,
             "{} vs {probed}",
             b.learned
         );
         assert!(b.learned > rate);
-        // Refused while holding: the margin widens, and the limit steps down as much.
+        // Refused while holding: jitter, as far as the margin absorbs it: the margin widens,
+        // the limit stays...
         let held = b.learned;
-        let later = plateau_end + 25 * S;
+        let mut later = plateau_end + 25 * S;
         b.refuse(later, S, &t);
-        assert!((b.learned - held * (1.0 - t.margin_step)).abs() < 1e-9);
+        assert_eq!(b.learned, held);
         assert!(b.margin_at(later, &t) > t.start_margin);
+        // ...and only once the margin is as wide as it gets, the limit steps down.
+        let mut margin = b.margin_at(later, &t);
+        while b.learned == held {
+            later += 5 * S;
+            margin = b.margin_at(later, &t);
+            b.refuse(later, S, &t);
+        }
+        assert!(
+            margin + t.margin_step > t.max_margin,
+            "stepped down at {margin}"
+        );
+        assert!((b.learned - held * (1.0 - t.margin_step)).abs() < 1e-9);
     }
 
     #[test]
