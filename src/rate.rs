@@ -77,6 +77,91 @@ impl FromStr for Rate {
     }
 }
 
+/// The API rate as operators give it: a fixed [`Rate`], or `auto` (learn the server's
+/// limit), optionally capped: `auto:50/s`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ApiRate {
+    Fixed(Rate),
+    Auto { max: Option<Rate> },
+}
+
+/// Calls per second an `auto` rate with no cap never goes above.
+pub const AUTO_MAX_PER_SEC: u32 = 1000;
+
+/// What an `auto` rate paces at before it shares the store's budget (a handful of calls
+/// before the run: token, pre-flight).
+const AUTO_LOCAL_PER_SEC: u32 = 4;
+
+impl ApiRate {
+    /// Whether the server's limit is learned.
+    pub fn is_auto(&self) -> bool {
+        matches!(self, ApiRate::Auto { .. })
+    }
+
+    /// The rate never to go above: the fixed rate, or the cap of `auto`.
+    pub fn ceiling(&self) -> Rate {
+        match self {
+            ApiRate::Fixed(rate) | ApiRate::Auto { max: Some(rate) } => *rate,
+            ApiRate::Auto { max: None } => Rate::per_second(AUTO_MAX_PER_SEC),
+        }
+    }
+
+    /// The rate one process paces at on its own, before it shares the store's budget.
+    pub fn alone(&self) -> Rate {
+        match self {
+            ApiRate::Fixed(rate) => *rate,
+            ApiRate::Auto { max } => {
+                let start = Rate::per_second(AUTO_LOCAL_PER_SEC);
+                match max {
+                    Some(max) if max.per_sec_f64() < start.per_sec_f64() => *max,
+                    _ => start,
+                }
+            }
+        }
+    }
+}
+
+impl From<Rate> for ApiRate {
+    fn from(rate: Rate) -> Self {
+        ApiRate::Fixed(rate)
+    }
+}
+
+impl fmt::Display for ApiRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiRate::Fixed(rate) => write!(f, "{rate}"),
+            ApiRate::Auto { max: None } => write!(f, "auto"),
+            ApiRate::Auto { max: Some(max) } => write!(f, "auto:{max}"),
+        }
+    }
+}
+
+/// The error of parsing an API rate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not an API rate: write N/s, N/min or N/h with N a positive whole number, \
+     `auto` to learn the server's limit, or `auto:N/s` to learn it up to N/s"
+)]
+pub struct BadApiRate(pub String);
+
+impl FromStr for ApiRate {
+    type Err = BadApiRate;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadApiRate(s.to_string());
+        let text = s.trim();
+        let Some(rest) = text.strip_prefix("auto") else {
+            return text.parse().map(ApiRate::Fixed).map_err(|_| bad());
+        };
+        if rest.is_empty() {
+            return Ok(ApiRate::Auto { max: None });
+        }
+        let max = rest.strip_prefix(':').ok_or_else(bad)?;
+        let max: Rate = max.parse().map_err(|_| bad())?;
+        Ok(ApiRate::Auto { max: Some(max) })
+    }
+}
+
 /// One kind of call's limiter: waits for the rate, and for any pause a 429 imposed. Alone it
 /// paces this process (a `governor` quota); once [`share`](Self::share)d it takes its turns
 /// from a budget in the store that every process sharing the store draws on.
@@ -171,6 +256,12 @@ impl RateGate {
     /// Every caller of this gate waits `delay` from now (a 429's `Retry-After`); with a
     /// shared budget, so does every process sharing it, and the budget adapts.
     pub async fn pause(&self, delay: Duration) {
+        self.pause_sent(delay, Instant::now()).await;
+    }
+
+    /// As [`pause`](Self::pause), for the refusal of a call that left at `sent` (a budget
+    /// learning the server's limit learns the rate the server last took before it).
+    pub async fn pause_sent(&self, delay: Duration, sent: Instant) {
         let until = Instant::now() + delay;
         {
             let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,7 +270,7 @@ impl RateGate {
             }
         }
         if let Some(budget) = self.shared.get()
-            && let Err(e) = budget.refused(delay).await
+            && let Err(e) = budget.refused_sent(delay, sent).await
         {
             tracing::warn!(budget = %budget.settings().name, error = %e,
                 "cannot tell the shared rate budget of a 429; pausing this process only");
@@ -233,6 +324,40 @@ mod tests {
         assert!((r.per_sec_f64() - 10.0).abs() < 1e-9);
         for bad in ["", "10", "0/s", "-1/s", "ten/s", "10/day"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn api_rates_are_fixed_or_auto_with_an_optional_cap() {
+        assert_eq!(
+            "20/s".parse::<ApiRate>().unwrap(),
+            ApiRate::Fixed(Rate::per_second(20))
+        );
+        let auto: ApiRate = "auto".parse().unwrap();
+        assert_eq!(auto, ApiRate::Auto { max: None });
+        assert_eq!(auto.ceiling(), Rate::per_second(AUTO_MAX_PER_SEC));
+        let capped: ApiRate = " auto:50/s ".parse().unwrap();
+        assert_eq!(
+            capped,
+            ApiRate::Auto {
+                max: Some(Rate::per_second(50))
+            }
+        );
+        assert_eq!(capped.ceiling(), Rate::per_second(50));
+        assert_eq!(capped.to_string(), "auto:50/s");
+        let slow: ApiRate = "auto:120/min".parse().unwrap();
+        assert!((slow.alone().per_sec_f64() - 2.0).abs() < 1e-9, "{slow}");
+        for bad in [
+            "autox",
+            "auto:",
+            "auto:0/s",
+            "auto 5/s",
+            "auto:fast",
+            "automatic",
+            "0/s",
+        ] {
+            let err = bad.parse::<ApiRate>().unwrap_err();
+            assert!(err.to_string().contains("auto:N/s"), "{bad}: {err}");
         }
     }
 

@@ -172,3 +172,128 @@ async fn three_processes_never_put_more_files_in_a_second_than_the_upload_rate(d
         "{peak} PUTs arrived within one second at a shared {UPLOADS}/s"
     );
 }
+
+/// The `api` budget's learning as `status --json` shows it (`null` when it never learned).
+async fn api_learning(db: &Db) -> serde_json::Value {
+    let json = status_json(db).await;
+    let budgets = json[0]["rate_budgets"].as_array().expect("rate_budgets");
+    let api = budgets
+        .iter()
+        .find(|b| b["name"] == "api")
+        .expect("api budget");
+    api["learning"].clone()
+}
+
+on_both!(auto_finds_a_limit_nobody_gave_it_and_the_next_run_starts_from_it);
+async fn auto_finds_a_limit_nobody_gave_it_and_the_next_run_starts_from_it(db: Db) {
+    const TICKETS: usize = 80;
+    let first = Manifest::new(TICKETS, |_| 1);
+    let sandbox = strict_sandbox().await;
+    let api = sandbox.base_url();
+    let out = output(bin(&db, &["enqueue", first.arg(), "--quiet"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    // Nobody says the server allows 20/s.
+    let out = run_at(&db, &api, "auto", &[]).output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(created_by_title(&sandbox), each_once(TICKETS));
+    let stats = sandbox.stats();
+    let calls: u64 = stats
+        .requests
+        .iter()
+        .filter(|(endpoint, _)| endpoint.starts_with("POST /api/"))
+        .flat_map(|(_, by_status)| by_status.values())
+        .sum();
+    assert!(
+        stats.rate_limited * 10 <= calls,
+        "{} of {calls} calls refused with 429 while finding the limit",
+        stats.rate_limited
+    );
+    // It climbed from a few calls a second to near the limit, and a 429 taught it where.
+    let learned = api_learning(&db).await;
+    assert_eq!(learned["origin"], api.trim_end_matches('/'), "{learned}");
+    assert_eq!(learned["active"], false, "the run ended: {learned}");
+    let limit = learned["limit_per_sec"].as_f64().expect("a learned limit");
+    // (Loosely: on a loaded machine calls leave late and spread out, so the server takes
+    // a little more than its limit on paper, or refuses a burst below it.)
+    assert!(
+        limit >= 0.5 * f64::from(LIMIT) && limit <= 1.25 * f64::from(LIMIT),
+        "learned {limit}/s of a {LIMIT}/s server: {learned}"
+    );
+    let taught = learned["last_429_per_sec"]
+        .as_f64()
+        .expect("a 429 taught it");
+    assert!(taught > 0.0, "{learned}");
+    let shown = output(bin(&db, &["status"])).await;
+    assert!(
+        shown.stdout.contains("learned ") && shown.stdout.contains("last 429 at"),
+        "{}",
+        shown.stdout
+    );
+
+    // The next run (a watching worker, so that it can be looked at while it works) starts
+    // from what was learned: no slow start from a few calls a second.
+    let second = Manifest::with_refs("NEXT", TICKETS, |_| 1);
+    let out = output(bin(&db, &["enqueue", second.arg(), "--quiet"])).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let refused_before = sandbox.stats().rate_limited;
+    let next = spawn(run_at(&db, &api, "auto", &["--watch"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen = api_learning(&db).await;
+        if seen["active"] == true {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second run does not learn: {seen}; its stderr: {}",
+            next.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(
+        seen["phase"], "climbing",
+        "it starts from what it learned: {seen}"
+    );
+    let resumed = seen["limit_per_sec"].as_f64().unwrap();
+    assert!(
+        resumed >= 0.9 * limit,
+        "{resumed}/s, learned {limit}/s: {seen}"
+    );
+    eventually("the second manifest is created", || async {
+        created_by_title(&sandbox).values().all(|n| *n == 2)
+            && created_by_title(&sandbox).len() == TICKETS
+    })
+    .await;
+    next.terminate();
+    let next = next.wait().await;
+    assert_eq!(next.code, 130, "{next:?}");
+    let refused = sandbox.stats().rate_limited - refused_before;
+    assert!(
+        refused * 10 <= (2 * TICKETS) as u64,
+        "{refused} 429s in a run of {} calls that started from the learned limit",
+        2 * TICKETS
+    );
+}
+
+#[test]
+fn an_api_rate_that_is_neither_a_rate_nor_auto_is_refused_by_name() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--api-rate",
+            "auto:fast",
+            "--api-url",
+            "http://127.0.0.1:9",
+        ])
+        .env_remove("VISIBUILD_API_RATE")
+        .env("VISIBUILD_TOKEN", "t")
+        .env("DATABASE_URL", "sqlite::memory:")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--api-rate") && stderr.contains("auto:N/s"),
+        "{stderr}"
+    );
+}

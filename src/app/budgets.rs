@@ -10,7 +10,7 @@ use visibuild_queue::{Budget, BudgetSettings, Joined};
 
 use crate::bandwidth::ByteRate;
 use crate::pipeline::identity;
-use crate::rate::Rate;
+use crate::rate::{ApiRate, Rate};
 use crate::store::{self, Store};
 use crate::visibuild::Client;
 
@@ -33,31 +33,33 @@ pub struct SharedBudgets {
 
 /// Joins the API and upload budgets of `db` (and, with `--bwlimit`, the upload bytes one)
 /// with this process's rates and hands them to `client`'s gates. Processes given other
-/// rates are named in a warning: the lowest wins.
+/// rates are named in a warning: the lowest wins. With `--api-rate auto` the API budget
+/// learns the limit of `client`'s origin (up to the cap, if one was given).
 pub async fn share(
     db: &Store,
     client: &Client,
-    (api_rate, upload_rate): (Rate, Rate),
+    (api_rate, upload_rate): (ApiRate, Rate),
     bwlimit: Option<ByteRate>,
     member: &str,
 ) -> Result<SharedBudgets, visibuild_queue::Error> {
     let mut budgets = Vec::new();
     let mut seen = Vec::new();
+    let learn_api = api_rate.is_auto().then(|| client.api_url().to_string());
     let mut shares = vec![
-        ((API, api_rate), client.api_gate()),
-        ((UPLOAD, upload_rate), client.upload_gate()),
+        ((API, api_rate.ceiling(), learn_api), client.api_gate()),
+        ((UPLOAD, upload_rate, None), client.upload_gate()),
     ];
     if let (Some(limit), Some(gate)) = (bwlimit, client.bytes_gate()) {
-        shares.push(((UPLOAD_BYTES, limit.units()), gate));
+        shares.push(((UPLOAD_BYTES, limit.units(), None), gate));
     }
-    for ((name, rate), gate) in shares {
+    for ((name, rate, learn), gate) in shares {
         let settings = BudgetSettings {
             name: name.to_string(),
             member: member.to_string(),
             ceiling: rate.per_sec_f64(),
             tuning: Tuning::default(),
         };
-        let (budget, joined) = Budget::join(db.clone(), settings).await?;
+        let (budget, joined) = Budget::join_learning(db.clone(), settings, learn).await?;
         let joined = forget_the_dead(&budget, joined).await;
         warn_of_disagreement(&budget, &joined);
         seen.push(disagreement_key(&budget, &joined));
@@ -198,6 +200,9 @@ pub fn describe_status(b: &store::budgets::BudgetStatus) -> String {
         b.margin * 100.0,
         b.rate_limited_last_minute
     );
+    if let Some(l) = &b.learning {
+        line.push_str(&format!("; {}", l.describe()));
+    }
     if b.paused_for_secs > 0.0 {
         line.push_str(&format!("; paused {:.1} s more", b.paused_for_secs));
     }

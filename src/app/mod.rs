@@ -20,7 +20,7 @@ use crate::human::count;
 use crate::ingest;
 use crate::manifest::{self, ManifestOptions};
 use crate::pipeline::{self, PoolConfig, Progress, RunEnd};
-use crate::rate::{Rate, RateGate};
+use crate::rate::{ApiRate, Rate, RateGate};
 use crate::secret::Secret;
 use crate::store::{self, status as stats, tickets};
 use crate::visibuild::{Client, ClientConfig, Credentials};
@@ -173,7 +173,7 @@ pub struct ApiSettings {
     pub api_url: Option<String>,
     pub credentials: Option<Credentials>,
     pub sandbox: bool,
-    pub api_rate: Rate,
+    pub api_rate: ApiRate,
     pub upload_rate: Rate,
     /// Upload bytes per second for every process sharing the store (`--bwlimit`).
     pub bwlimit: Option<crate::bandwidth::ByteRate>,
@@ -487,7 +487,7 @@ async fn connect_api(
     let client = Client::new(ClientConfig {
         api_url,
         credentials,
-        api_gate: Arc::new(RateGate::new(Some(api.api_rate))),
+        api_gate: Arc::new(RateGate::new(Some(api.api_rate.alone()))),
         upload_gate: Arc::new(RateGate::new(Some(api.upload_rate))),
         bytes_gate: api
             .bwlimit

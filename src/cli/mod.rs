@@ -10,7 +10,7 @@ use crate::app::{
 };
 use crate::bandwidth::ByteRate;
 use crate::domain::JobId;
-use crate::rate::Rate;
+use crate::rate::{ApiRate, Rate};
 use crate::secret::Secret;
 use crate::visibuild::{Credentials, Region};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -404,14 +404,15 @@ struct ApiArgs {
     /// Rehearse against an in-process sandbox instead of Visibuild (no credentials needed).
     #[arg(long, conflicts_with_all = ["api_url", "region"], help_heading = "Visibuild")]
     sandbox: bool,
-    /// Rate of Visibuild API calls (presign and ticket create), e.g. 10/s or 600/min.
+    /// Rate of Visibuild API calls (presign and ticket create), e.g. 10/s or 600/min; or
+    /// `auto` to learn the server's limit (`auto:50/s`: never above 50/s).
     #[arg(
         long,
         env = "VISIBUILD_API_RATE",
         default_value = "10/s",
         help_heading = "Throughput"
     )]
-    api_rate: Rate,
+    api_rate: ApiRate,
     /// Rate of S3 uploads (PUTs).
     #[arg(
         long,

@@ -168,10 +168,32 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "429s any process sharing the budget was answered in the last minute",
         refused.clone(),
     );
+    let learned = gauge_family(
+        &mut registry,
+        "rate_budget_learned_per_second",
+        "The server's limit a budget learned (--api-rate auto): it runs a margin below it; climbing while no 429 comes, set by one",
+    );
+    let last_refused = gauge_family(
+        &mut registry,
+        "rate_budget_last_429_per_second",
+        "The rate a learning budget handed out when the last 429 came (what taught it its limit)",
+    );
+    let last_refused_age = gauge_family(
+        &mut registry,
+        "rate_budget_last_429_age_seconds",
+        "How long ago that 429 came",
+    );
     for b in &s.budgets {
         let label = LimitLabel {
             limit: b.name.clone(),
         };
+        if let Some(l) = &b.learning {
+            learned.get_or_create(&label).set(l.limit_per_sec);
+            if let (Some(rate), Some(ago)) = (l.last_429_per_sec, l.last_429_secs_ago) {
+                last_refused.get_or_create(&label).set(rate);
+                last_refused_age.get_or_create(&label).set(ago);
+            }
+        }
         ceilings.get_or_create(&label).set(b.ceiling_per_sec);
         current.get_or_create(&label).set(b.rate_per_sec);
         processes
@@ -233,6 +255,14 @@ mod tests {
                     process: "worker-1 pid 7".into(),
                     ceiling_per_sec: 10.0,
                 }],
+                learning: Some(crate::store::budgets::Learning {
+                    origin: "https://app.visibuild.com.au".into(),
+                    active: true,
+                    limit_per_sec: 36.5,
+                    phase: "holding",
+                    last_429_per_sec: Some(37.5),
+                    last_429_secs_ago: Some(12.0),
+                }),
             }],
         })
         .unwrap();
@@ -249,6 +279,9 @@ mod tests {
             r#"visibuild_rate_budget_current_per_second{limit="api"} 9.7"#,
             r#"visibuild_rate_budget_processes{limit="api"} 1"#,
             r#"visibuild_rate_budget_rate_limited_last_minute{limit="api"} 1"#,
+            r#"visibuild_rate_budget_learned_per_second{limit="api"} 36.5"#,
+            r#"visibuild_rate_budget_last_429_per_second{limit="api"} 37.5"#,
+            r#"visibuild_rate_budget_last_429_age_seconds{limit="api"} 12.0"#,
             "visibuild_last_ticket_created_timestamp_seconds 1796126400",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");

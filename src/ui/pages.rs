@@ -54,7 +54,8 @@ fn budgets_section(budgets: &[BudgetStatus]) -> String {
     let mut out = String::from(
         "<h2>Rate budgets</h2><section><table id=budgets><tr><th>limit</th>\
          <th class=n>now</th><th class=n>ceiling</th><th class=n>margin</th>\
-         <th class=n>429s, last minute</th><th>shared by</th></tr>",
+         <th class=n>429s, last minute</th><th>learned (<code>--api-rate auto</code>)</th>\
+         <th>shared by</th></tr>",
     );
     for b in budgets {
         let processes = if b.processes.is_empty() {
@@ -71,9 +72,14 @@ fn budgets_section(budgets: &[BudgetStatus]) -> String {
         } else {
             String::new()
         };
+        let learned = match &b.learning {
+            Some(l) => esc(&l.describe()),
+            None => "<span class=muted>—</span>".to_string(),
+        };
         out.push_str(&format!(
             "<tr><td>{name}</td><td class=n>{now:.1}/s{paused}</td><td class=n>{ceiling:.1}/s</td>\
-             <td class=n>{margin:.0}%</td><td class=n>{limited}</td><td>{processes}</td></tr>",
+             <td class=n>{margin:.0}%</td><td class=n>{limited}</td><td class=learned>{learned}</td>\
+             <td>{processes}</td></tr>",
             name = esc(&b.name),
             now = b.rate_per_sec,
             ceiling = b.ceiling_per_sec,

@@ -256,6 +256,11 @@ impl Client {
     }
 
     /// The gate of Visibuild API calls (presigns, creates, token fetches).
+    /// The API's origin, as calls are made to it.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
     pub fn api_gate(&self) -> &RateGate {
         &self.api_gate
     }
@@ -584,7 +589,7 @@ impl Client {
                 429 => {
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                     let delay = retry_after.unwrap_or(Duration::from_secs(1));
-                    self.api_gate.pause(delay).await;
+                    self.api_gate.pause_sent(delay, sent_at).await;
                     return Err(ApiError::RateLimited {
                         retry_after: Some(delay),
                     });

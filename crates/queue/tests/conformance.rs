@@ -945,6 +945,97 @@ mod budgets {
         assert_eq!(a_minute_on.refusals_last_minute, 0);
     }
 
+    on_both!(a_learned_limit_is_shared_kept_per_origin_and_resumed);
+    async fn a_learned_limit_is_shared_kept_per_origin_and_resumed(store: &Store) {
+        let t = Tuning::default();
+        let now = 100 * S;
+        let origin = "https://eu.example";
+        // Two processes learn one origin's limit, capped at 1000/s.
+        for member in ["a:1", "b:2"] {
+            budget::join_learning_at(store, "api", (member, 1000.0, Some(origin)), now, &t)
+                .await
+                .unwrap();
+        }
+        let view = &budget::view_all_at(store, now, &t).await.unwrap()[0];
+        assert!(view.state.learning, "{view:?}");
+        assert_eq!(view.origin, origin);
+        assert_eq!(view.limit_now, t.learn_start, "starts low, not at the cap");
+        // Used to the full for two seconds, no 429: it climbed.
+        let mut at = now;
+        while at < now + 2 * S {
+            match budget::reserve_at(store, "api", ("a:1", 4), at, 100 * MS, &t)
+                .await
+                .unwrap()
+            {
+                Reservation::Granted {
+                    first,
+                    interval,
+                    count,
+                } => at = first + interval * i64::from(count - 1),
+                Reservation::NotBefore(next) => at = next,
+            }
+        }
+        let climbed = budget::view_all_at(store, at, &t).await.unwrap()[0].limit_now;
+        assert!(climbed > 4.0 * t.learn_start, "{climbed}");
+        // b's call is refused: what every process learns is the rate before it.
+        budget::refuse_sent_at(store, "api", (at, at - 5 * MS), S, &t)
+            .await
+            .unwrap();
+        let view = &budget::view_all_at(store, at + S, &t).await.unwrap()[0];
+        let learned = view.limit_now;
+        assert!(
+            learned < climbed && learned > 0.5 * climbed,
+            "{learned} vs {climbed}"
+        );
+        assert_eq!(view.state.refused_at, at);
+        // Kept for the origin; a budget of another store starts from it (here: the same
+        // store's budget, learning another origin meanwhile, then this one again).
+        budget::keep_learned_at(store, "api", origin, at + S, &t)
+            .await
+            .unwrap();
+        let kept = budget::learned_for(store, "api", origin)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            (kept.learned - learned).abs() < 1e-6,
+            "{kept:?} vs {learned}"
+        );
+        assert_eq!(kept.refused_at_us, at);
+        let later = at + 3600 * S;
+        budget::join_learning_at(
+            store,
+            "api",
+            ("c:3", 1000.0, Some("https://us.example")),
+            later,
+            &t,
+        )
+        .await
+        .unwrap();
+        let other = &budget::view_all_at(store, later, &t).await.unwrap()[0];
+        assert_eq!(
+            other.limit_now, t.learn_start,
+            "nothing learned of that origin"
+        );
+        budget::join_learning_at(store, "api", ("d:4", 1000.0, Some(origin)), later, &t)
+            .await
+            .unwrap();
+        let resumed = &budget::view_all_at(store, later, &t).await.unwrap()[0];
+        assert!((resumed.limit_now - learned).abs() < 1e-6, "{resumed:?}");
+        assert_eq!(resumed.state.refused_at, at, "and how it got there");
+        assert_eq!(budget::learned_all(store).await.unwrap().len(), 1);
+        // Processes given a fixed rate only: the learned limit no longer applies.
+        for member in ["a:1", "b:2", "c:3", "d:4"] {
+            budget::leave_at(store, "api", member, later).await.unwrap();
+        }
+        budget::join_at(store, "api", "e:5", 50.0, later)
+            .await
+            .unwrap();
+        let fixed = &budget::view_all_at(store, later, &t).await.unwrap()[0];
+        assert!(!fixed.state.learning);
+        assert_eq!(fixed.limit_now, 50.0);
+    }
+
     on_both!(concurrent_reservations_never_share_a_slot);
     async fn concurrent_reservations_never_share_a_slot(store: &Store) {
         let t = Tuning::default();

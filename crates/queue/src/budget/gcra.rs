@@ -10,6 +10,13 @@
 //! 429) pauses everyone for its `Retry-After`, cuts the rate multiplicatively and widens the
 //! margin; after the pause the rate climbs back additively. The margin is learned: each
 //! refusal widens it, and it relaxes back with a half-life while the server accepts.
+//!
+//! A budget can also *learn* the server's limit (`--api-rate auto`): the ceiling is then a
+//! learned limit, capped by the rates the processes were given. It starts low and doubles
+//! while the budget is used to the full and no 429 comes (a slow start); a 429 sets it to
+//! the rate that drew it. From there it holds for a plateau, then probes upwards, slowly at
+//! first and faster the longer the server accepts, until the next 429 sets it again. Only
+//! time the budget is used to the full counts: an idle budget learns nothing.
 
 /// Microseconds.
 pub type Micros = i64;
@@ -50,6 +57,17 @@ pub struct Tuning {
     /// Added between two slots that go to different processes (at most a tenth of the
     /// interval): one process cannot see how late another's call left, only its own.
     pub handover: Micros,
+    /// A learning budget with nothing learned starts at this many calls per second.
+    pub learn_start: f64,
+    /// ...and doubles its learned limit every this long while no 429 comes.
+    pub learn_double: Micros,
+    /// After a 429 the learned limit holds this long before it probes upwards.
+    pub learn_plateau: Micros,
+    /// Probing raises the learned limit by this fraction times the square of the seconds
+    /// since the plateau ended.
+    pub learn_probe: f64,
+    /// The learned limit never falls below this many calls per second.
+    pub learn_floor: f64,
 }
 
 impl Default for Tuning {
@@ -63,6 +81,11 @@ impl Default for Tuning {
             climb: 0.1,
             floor: 0.05,
             handover: 3_000,
+            learn_start: 4.0,
+            learn_double: 700_000,
+            learn_plateau: 30 * 1_000_000,
+            learn_probe: 0.001,
+            learn_floor: 1.0,
         }
     }
 }
@@ -86,6 +109,40 @@ pub struct BudgetState {
     pub margin_at: Micros,
     /// Who took the last slot (a process's [`owner_id`]; `0`: nobody yet).
     pub last_owner: i64,
+    /// Whether a live process sharing the budget learns the server's limit: the rate then
+    /// stays under [`learned_limit_at`](Self::learned_limit_at) too.
+    pub learning: bool,
+    /// The learned limit in calls per second: the rate that drew the last 429, or the
+    /// start when none came yet (`0`: nothing learned).
+    pub learned: f64,
+    /// When the learned limit was set; only time the budget is used to the full since
+    /// counts for its climb.
+    pub learned_at: Micros,
+    /// The rate handed out when the last 429 came (`0`: none yet, a slow start).
+    pub refused_rate: f64,
+    /// When that 429 came.
+    pub refused_at: Micros,
+}
+
+/// Where a learning budget is in its learning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearnPhase {
+    /// No 429 yet: doubling while used to the full.
+    Climbing,
+    /// Holding the rate the last 429 taught, for the plateau.
+    Holding,
+    /// Past the plateau with no 429: raising it again.
+    Probing,
+}
+
+impl LearnPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LearnPhase::Climbing => "climbing",
+            LearnPhase::Holding => "holding",
+            LearnPhase::Probing => "probing",
+        }
+    }
 }
 
 /// What a reservation got.
@@ -114,6 +171,76 @@ impl BudgetState {
             margin: 0.0,
             margin_at: 0,
             last_owner: 0,
+            learning: false,
+            learned: 0.0,
+            learned_at: 0,
+            refused_rate: 0.0,
+            refused_at: 0,
+        }
+    }
+
+    /// Starts learning at `now` from `learned` calls per second (`0`: the tuning's start),
+    /// with the last 429 at `refused_rate` (`0`: none yet: a slow start).
+    pub fn learn_from(
+        &mut self,
+        now: Micros,
+        learned: f64,
+        refused: (f64, Micros),
+        tuning: &Tuning,
+    ) {
+        self.learning = true;
+        self.learned = if learned > 0.0 {
+            learned.max(tuning.learn_floor)
+        } else {
+            tuning.learn_start
+        };
+        self.learned_at = now;
+        (self.refused_rate, self.refused_at) = refused;
+        // What was cut for another limit does not apply to this one.
+        self.cut_rate = 0.0;
+    }
+
+    /// The learned limit at `now` (calls per second, uncapped): rising from
+    /// [`learned`](Self::learned) as described in the module's notes. `None` when the
+    /// budget does not learn.
+    pub fn learned_limit_at(&self, now: Micros, tuning: &Tuning) -> Option<f64> {
+        if !self.learning || self.learned <= 0.0 {
+            return None;
+        }
+        let since = (now - self.learned_at).max(0) as f64 / SECOND;
+        let grown = if self.refused_rate <= 0.0 {
+            let doublings = since / (tuning.learn_double.max(1) as f64 / SECOND);
+            self.learned * 2f64.powf(doublings.min(60.0))
+        } else {
+            let probing = (since - tuning.learn_plateau as f64 / SECOND).max(0.0);
+            self.learned * (1.0 + tuning.learn_probe * probing * probing)
+        };
+        Some(grown.max(tuning.learn_floor))
+    }
+
+    /// Where a learning budget is in its learning at `now` (`None`: it never learned).
+    pub fn learn_phase_at(&self, now: Micros, tuning: &Tuning) -> Option<LearnPhase> {
+        if self.learned <= 0.0 {
+            return None;
+        }
+        let mut probe = *self;
+        probe.learning = true;
+        let limit = probe.learned_limit_at(now, tuning)?;
+        Some(if self.refused_rate <= 0.0 {
+            LearnPhase::Climbing
+        } else if limit > self.learned * (1.0 + 1e-9) {
+            LearnPhase::Probing
+        } else {
+            LearnPhase::Holding
+        })
+    }
+
+    /// The limit the budget runs under at `now`: the ceiling, or the learned limit when
+    /// that is lower.
+    pub fn limit_at(&self, now: Micros, tuning: &Tuning) -> f64 {
+        match self.learned_limit_at(now, tuning) {
+            Some(learned) => learned.min(self.ceiling),
+            None => self.ceiling,
         }
     }
 
@@ -129,14 +256,15 @@ impl BudgetState {
 
     /// The rate the budget hands out at `now`, in calls per second.
     pub fn rate_at(&self, now: Micros, tuning: &Tuning) -> f64 {
-        let target = self.ceiling * (1.0 - self.margin_at(now, tuning));
+        let limit = self.limit_at(now, tuning);
+        let target = limit * (1.0 - self.margin_at(now, tuning));
         let rate = if self.cut_rate <= 0.0 {
             target
         } else {
             let climbing = (now - self.cut_at).max(0) as f64 / SECOND;
-            target.min(self.cut_rate + tuning.climb * self.ceiling * climbing)
+            target.min(self.cut_rate + tuning.climb * limit * climbing)
         };
-        rate.max(self.ceiling * tuning.floor).max(f64::MIN_POSITIVE)
+        rate.max(limit * tuning.floor).max(f64::MIN_POSITIVE)
     }
 
     /// Reserves up to `want` slots for `owner`, starting no later than `horizon` after
@@ -148,6 +276,10 @@ impl BudgetState {
         horizon: Micros,
         tuning: &Tuning,
     ) -> Reservation {
+        if self.learning && self.tat < now && self.learned_at < now {
+            // The budget was not used to the full since `tat`: that time teaches nothing.
+            self.learned_at = (self.learned_at + (now - self.tat)).min(now);
+        }
         let interval = (SECOND / self.rate_at(now, tuning)).ceil() as Micros;
         let handover = if self.last_owner != 0 && self.last_owner != owner {
             tuning.handover.min(interval / 10)
@@ -174,6 +306,13 @@ impl BudgetState {
     /// that long. The first refusal of a pause also cuts the rate and widens the margin;
     /// refusals of calls already on their way when the pause began only lengthen it.
     pub fn refuse(&mut self, now: Micros, retry_after: Micros, tuning: &Tuning) {
+        self.refuse_sent(now, now, retry_after, tuning);
+    }
+
+    /// As [`refuse`](Self::refuse), for a call that left at `sent`: a learning budget
+    /// learns the rate the server last accepted before it, not the one it climbed to
+    /// while the answer was on its way.
+    pub fn refuse_sent(&mut self, now: Micros, sent: Micros, retry_after: Micros, tuning: &Tuning) {
         let until = now + retry_after.max(0);
         if now < self.paused_until {
             self.paused_until = self.paused_until.max(until);
@@ -181,9 +320,42 @@ impl BudgetState {
         }
         let rate = self.rate_at(now, tuning);
         let margin = self.margin_at(now, tuning);
-        self.margin = (margin + tuning.margin_step).min(tuning.max_margin);
-        self.margin_at = now;
-        self.cut_rate = (rate * tuning.cut).max(self.ceiling * tuning.floor);
+        let mut limit = self.limit_at(now, tuning);
+        // A learning budget that was climbing (slow start or probing) found the server's
+        // limit: that is news, not jitter, and widens no margin.
+        let discovered = match self.learned_limit_at(now, tuning) {
+            Some(learned) => self.refused_rate <= 0.0 || learned > self.learned * (1.0 + 1e-9),
+            None => false,
+        };
+        if !discovered {
+            self.margin = (margin + tuning.margin_step).min(tuning.max_margin);
+            self.margin_at = now;
+        }
+        if self.learning {
+            let sent = sent.min(now);
+            let sent_rate = self.rate_at(sent, tuning);
+            // Refused while holding: jitter (a burst of late calls, not the rate) as far as
+            // the margin can absorb it; once the margin is as wide as it gets, the server's
+            // limit dropped, and the learned limit steps down.
+            if !discovered {
+                if margin + tuning.margin_step > tuning.max_margin {
+                    let lower = self.learned * (1.0 - tuning.margin_step);
+                    self.learned = lower.max(tuning.learn_floor);
+                }
+            } else {
+                // Its slot was reserved a little ahead, at a rate computed a slot earlier:
+                // the rate of a few intervals back is the last the server took, less a step
+                // for the calls that left late and bunched up.
+                let back = (3.0 * SECOND / sent_rate) as Micros;
+                let accepted = self.rate_at(sent - back, tuning).min(rate);
+                self.learned = (accepted * (1.0 - tuning.margin_step)).max(tuning.learn_floor);
+            }
+            self.learned_at = until;
+            self.refused_rate = sent_rate;
+            self.refused_at = now;
+            limit = self.limit_at(until, tuning);
+        }
+        self.cut_rate = (rate * tuning.cut).max(limit * tuning.floor);
         self.cut_at = until;
         self.paused_until = until;
     }
@@ -368,5 +540,156 @@ mod tests {
         assert!(b.rate_at(60 * S, &t) <= 5.0);
         let (_, interval, _) = slots(b.reserve(60 * S, (1, 1), S, &t));
         assert!(interval >= S / 5);
+    }
+
+    /// A budget that learns, used to the full against a strict server (a bucket of burst 1
+    /// at `limit`, a second's `Retry-After`) for `secs`: (calls accepted, 429s, the rate
+    /// handed out at the end).
+    fn against_strict_server(
+        b: &mut BudgetState,
+        limit: f64,
+        secs: i64,
+        t: &Tuning,
+    ) -> (u32, u32, f64) {
+        let mut now = 100 * S;
+        let end = now + secs * S;
+        let mut server_tat = 0;
+        let (mut accepted, mut refused) = (0, 0);
+        let spacing = (SECOND / limit) as Micros;
+        while now < end {
+            match b.reserve(now, (1, 1), 100 * MS, t) {
+                Reservation::NotBefore(at) => now = at,
+                Reservation::Granted { first, .. } => {
+                    now = first;
+                    if first < server_tat {
+                        refused += 1;
+                        b.refuse_sent(first + 5 * MS, first, S, t);
+                    } else {
+                        accepted += 1;
+                        server_tat = first + spacing;
+                    }
+                }
+            }
+        }
+        (accepted, refused, b.rate_at(end, t))
+    }
+
+    fn learning(ceiling: f64, now: Micros, t: &Tuning) -> BudgetState {
+        let mut b = BudgetState::fresh(ceiling);
+        b.learn_from(now, 0.0, (0.0, 0), t);
+        b
+    }
+
+    #[test]
+    fn a_learning_budget_starts_low_and_doubles_while_used_to_the_full() {
+        let t = Tuning::default();
+        let b = learning(1000.0, 0, &t);
+        assert_eq!(b.limit_at(0, &t), t.learn_start);
+        let doubled = b.limit_at(t.learn_double, &t);
+        assert!((doubled - 2.0 * t.learn_start).abs() < 1e-9, "{doubled}");
+        // Capped by the ceiling it was given (`auto:N/s`).
+        let capped = learning(30.0, 0, &t);
+        assert_eq!(capped.limit_at(60 * S, &t), 30.0);
+        // A budget that does not learn runs at its ceiling.
+        assert_eq!(BudgetState::fresh(30.0).limit_at(0, &t), 30.0);
+    }
+
+    #[test]
+    fn an_idle_learning_budget_learns_nothing() {
+        let t = Tuning::default();
+        let mut b = learning(1000.0, 0, &t);
+        slots(b.reserve(0, (1, 1), 100 * MS, &t));
+        // Nobody calls for a minute: the limit has not doubled 120 times meanwhile.
+        slots(b.reserve(60 * S, (1, 1), 100 * MS, &t));
+        assert!(
+            b.limit_at(60 * S, &t) <= 2.0 * t.learn_start,
+            "{}",
+            b.limit_at(60 * S, &t)
+        );
+    }
+
+    #[test]
+    fn a_429_sets_the_learned_limit_to_the_rate_that_drew_it_then_it_holds_and_probes() {
+        let t = Tuning::default();
+        let mut b = learning(1000.0, 0, &t);
+        let at = 2 * S;
+        let rate = b.rate_at(at, &t);
+        b.refuse(at, S, &t);
+        // The rate a few slots before the 429 (the last the server is known to have taken),
+        // less a step.
+        assert!(
+            b.learned < rate && b.learned > 0.75 * rate,
+            "{} vs {rate}",
+            b.learned
+        );
+        assert_eq!((b.refused_rate, b.refused_at), (rate, at));
+        let rate = b.learned;
+        // A discovery widens no margin...
+        assert_eq!(b.margin_at(at, &t), t.start_margin);
+        // ...it holds through the plateau...
+        let plateau_end = at + S + t.learn_plateau;
+        assert!((b.limit_at(plateau_end, &t) - rate).abs() < 1e-9);
+        // ...then probes upwards, faster the longer the server accepts.
+        let after10 = b.limit_at(plateau_end + 10 * S, &t) / rate - 1.0;
+        let after20 = b.limit_at(plateau_end + 20 * S, &t) / rate - 1.0;
+        assert!((after10 - 100.0 * t.learn_probe).abs() < 1e-9, "{after10}");
+        assert!(after20 > 3.0 * after10, "{after20} vs {after10}");
+        // Refused while probing: a discovery again, at the probed rate.
+        let probed = b.rate_at(plateau_end + 20 * S, &t);
+        b.refuse(plateau_end + 20 * S, S, &t);
+        assert!(
+            b.learned <= probed && b.learned > 0.97 * probed,
+            "{} vs {probed}",
+            b.learned
+        );
+        assert!(b.learned > rate);
+        // Refused while holding: jitter, as far as the margin absorbs it: the margin widens,
+        // the limit stays...
+        let held = b.learned;
+        let mut later = plateau_end + 25 * S;
+        b.refuse(later, S, &t);
+        assert_eq!(b.learned, held);
+        assert!(b.margin_at(later, &t) > t.start_margin);
+        // ...and only once the margin is as wide as it gets, the limit steps down.
+        let mut margin = b.margin_at(later, &t);
+        while b.learned == held {
+            later += 5 * S;
+            margin = b.margin_at(later, &t);
+            b.refuse(later, S, &t);
+        }
+        assert!(
+            margin + t.margin_step > t.max_margin,
+            "stepped down at {margin}"
+        );
+        assert!((b.learned - held * (1.0 - t.margin_step)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_learning_budget_finds_a_strict_servers_limit_and_settles_just_under_it() {
+        let t = Tuning::default();
+        for limit in [20.0, 37.0] {
+            let mut b = learning(1000.0, 0, &t);
+            let (accepted, refused, _) = against_strict_server(&mut b, limit, 40, &t);
+            let settled = b.learned * (1.0 - b.margin_at(b.learned_at, &t));
+            assert!(
+                settled <= limit && settled >= 0.93 * limit,
+                "settled at {settled} under {limit}"
+            );
+            let efficiency = f64::from(accepted) / (40.0 * limit);
+            assert!(
+                efficiency >= 0.85,
+                "{efficiency} of {limit}/s with {refused} 429s"
+            );
+            assert!(refused <= 3, "{refused} 429s finding {limit}/s");
+            // What it learned, a second run starts from: no slow start, no 429.
+            let mut next = BudgetState::fresh(1000.0);
+            next.learn_from(0, b.learned, (b.refused_rate, b.refused_at), &t);
+            let (accepted, refused, _) = against_strict_server(&mut next, limit, 20, &t);
+            assert_eq!(refused, 0, "{limit}/s learned: {}", b.learned);
+            assert!(
+                f64::from(accepted) >= 0.93 * 20.0 * limit,
+                "{accepted} at {limit}/s"
+            );
+        }
     }
 }

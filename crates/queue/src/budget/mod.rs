@@ -9,7 +9,7 @@
 pub mod gcra;
 mod pacer;
 
-pub use gcra::{BudgetState, Micros, Reservation, Tuning};
+pub use gcra::{BudgetState, LearnPhase, Micros, Reservation, Tuning};
 pub use pacer::{Budget, BudgetSettings, Joined, Slot};
 
 use crate::{Error, Store, on, sql};
@@ -47,6 +47,25 @@ pub struct BudgetView {
     pub refusals_last_minute: i64,
     /// Live processes sharing it.
     pub members: Vec<Member>,
+    /// The limit it runs under now: the ceiling, or the learned limit when lower.
+    pub limit_now: f64,
+    /// The API origin its learned limit was learned for (empty: it never learned).
+    pub origin: String,
+}
+
+/// What a budget learned of one origin's limit, kept for the next run.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Learned {
+    pub budget: String,
+    pub origin: String,
+    /// The learned limit, in calls per second.
+    pub learned: f64,
+    /// The rate handed out when the last 429 came (`0`: none came).
+    pub refused_rate: f64,
+    /// When it came (store clock).
+    pub refused_at_us: Micros,
+    /// When this was last written (store clock).
+    pub updated_at_us: Micros,
 }
 
 /// The store's time, in microseconds since the Unix epoch. Postgres's clock (every host
@@ -81,6 +100,26 @@ pub async fn join_at(
     ceiling: f64,
     now: Micros,
 ) -> Result<Vec<Member>, Error> {
+    join_learning_at(
+        store,
+        name,
+        (member, ceiling, None),
+        now,
+        &Tuning::default(),
+    )
+    .await
+}
+
+/// As [`join_at`]; with `learn` (an API origin), `member` learns the server's limit up to
+/// `ceiling`: the budget starts from what the store learned for that origin before (or
+/// low, when nothing), unless it is learning for that origin already.
+pub async fn join_learning_at(
+    store: &Store,
+    name: &str,
+    (member, ceiling, learn): (&str, f64, Option<&str>),
+    now: Micros,
+    tuning: &Tuning,
+) -> Result<Vec<Member>, Error> {
     on!(
         store,
         sql!(
@@ -96,22 +135,142 @@ pub async fn join_at(
     on!(
         store,
         sql!(
-            "INSERT INTO rate_budget_members (budget, member, ceiling, seen_us)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO rate_budget_members (budget, member, ceiling, seen_us, learning)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (budget, member)
-             DO UPDATE SET ceiling = excluded.ceiling, seen_us = excluded.seen_us"
+             DO UPDATE SET ceiling = excluded.ceiling, seen_us = excluded.seen_us,
+                           learning = excluded.learning"
         ),
         |c, q| sqlx::query(q)
             .bind(name)
             .bind(member)
             .bind(ceiling)
             .bind(now)
+            .bind(i64::from(learn.is_some()))
             .execute(c)
             .await
             .map(|_| ())
     )?;
     settle_ceiling(store, name, now).await?;
+    if let Some(origin) = learn {
+        start_learning(store, name, origin, now, tuning).await?;
+    }
     members_at(store, name, now).await
+}
+
+/// Makes `name` learn `origin`'s limit, from what the store kept of it, unless it does
+/// already.
+async fn start_learning(
+    store: &Store,
+    name: &str,
+    origin: &str,
+    now: Micros,
+    tuning: &Tuning,
+) -> Result<(), Error> {
+    let current: Option<(String, f64)> = on!(
+        store,
+        sql!("SELECT origin, learned FROM rate_budgets WHERE name = $1"),
+        |c, q| sqlx::query_as(q).bind(name).fetch_optional(c).await
+    )?;
+    if current.is_some_and(|(o, learned)| o == origin && learned > 0.0) {
+        return Ok(());
+    }
+    let kept = learned_for(store, name, origin).await?;
+    let (learned, refused) = kept.map_or((0.0, (0.0, 0)), |k| {
+        (k.learned, (k.refused_rate, k.refused_at_us))
+    });
+    update(store, name, |state| {
+        state.learn_from(now, learned, refused, tuning)
+    })
+    .await?;
+    on!(
+        store,
+        sql!("UPDATE rate_budgets SET origin = $2 WHERE name = $1"),
+        |c, q| sqlx::query(q)
+            .bind(name)
+            .bind(origin)
+            .execute(c)
+            .await
+            .map(|_| ())
+    )?;
+    Ok(())
+}
+
+/// What the store kept of `origin`'s limit for the budget `name`.
+pub async fn learned_for(
+    store: &Store,
+    name: &str,
+    origin: &str,
+) -> Result<Option<Learned>, Error> {
+    Ok(on!(
+        store,
+        sql!(
+            "SELECT budget, origin, learned, refused_rate, refused_at_us, updated_at_us
+               FROM rate_learned WHERE budget = $1 AND origin = $2"
+        ),
+        |c, q| sqlx::query_as(q)
+            .bind(name)
+            .bind(origin)
+            .fetch_optional(c)
+            .await
+    )?)
+}
+
+/// Every limit the store learned, newest first.
+pub async fn learned_all(store: &Store) -> Result<Vec<Learned>, Error> {
+    Ok(on!(
+        store,
+        sql!(
+            "SELECT budget, origin, learned, refused_rate, refused_at_us, updated_at_us
+               FROM rate_learned ORDER BY updated_at_us DESC, budget, origin"
+        ),
+        |c, q| sqlx::query_as(q).fetch_all(c).await
+    )?)
+}
+
+/// Keeps what `name` learned of `origin`'s limit as at `now`, for every process and the
+/// next run (nothing when it learns for another origin now).
+pub async fn keep_learned_at(
+    store: &Store,
+    name: &str,
+    origin: &str,
+    now: Micros,
+    tuning: &Tuning,
+) -> Result<(), Error> {
+    let Some((state, _, learning_for)) = load(store, name).await? else {
+        return Ok(());
+    };
+    if learning_for != origin || state.learned <= 0.0 {
+        return Ok(());
+    }
+    // The limit as climbed so far: the server took it (a 429 would have set it).
+    let Some(learned) = state.learned_limit_at(now, tuning) else {
+        return Ok(());
+    };
+    let learned = learned.min(state.ceiling);
+    on!(
+        store,
+        sql!(
+            "INSERT INTO rate_learned
+                    (budget, origin, learned, refused_rate, refused_at_us, updated_at_us)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (budget, origin)
+             DO UPDATE SET learned = excluded.learned, refused_rate = excluded.refused_rate,
+                           refused_at_us = excluded.refused_at_us,
+                           updated_at_us = excluded.updated_at_us"
+        ),
+        |c, q| sqlx::query(q)
+            .bind(name)
+            .bind(origin)
+            .bind(learned)
+            .bind(state.refused_rate)
+            .bind(state.refused_at)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|_| ())
+    )?;
+    Ok(())
 }
 
 /// `member` no longer shares the budget (it is stopping); the ceiling follows the others.
@@ -150,10 +309,12 @@ async fn settle_ceiling(store: &Store, name: &str, now: Micros) -> Result<(), Er
         store,
         sql!(
             "UPDATE rate_budgets
-                SET ceiling = m.lowest, version = version + 1
-               FROM (SELECT min(ceiling) AS lowest FROM rate_budget_members
+                SET ceiling = m.lowest, learning = m.learns, version = version + 1
+               FROM (SELECT min(ceiling) AS lowest, max(learning) AS learns
+                       FROM rate_budget_members
                       WHERE budget = $1 AND seen_us >= $2) AS m
-              WHERE name = $1 AND m.lowest IS NOT NULL AND ceiling <> m.lowest"
+              WHERE name = $1 AND m.lowest IS NOT NULL
+                AND (ceiling <> m.lowest OR learning <> m.learns)"
         ),
         |c, q| sqlx::query(q)
             .bind(name)
@@ -207,7 +368,22 @@ pub async fn refuse_at(
     retry_after: Micros,
     tuning: &Tuning,
 ) -> Result<(), Error> {
-    update(store, name, |state| state.refuse(now, retry_after, tuning)).await?;
+    refuse_sent_at(store, name, (now, now), retry_after, tuning).await
+}
+
+/// As [`refuse_at`], for a call that left at `sent` and was refused at `now` (see
+/// [`BudgetState::refuse_sent`]).
+pub async fn refuse_sent_at(
+    store: &Store,
+    name: &str,
+    (now, sent): (Micros, Micros),
+    retry_after: Micros,
+    tuning: &Tuning,
+) -> Result<(), Error> {
+    update(store, name, |state| {
+        state.refuse_sent(now, sent, retry_after, tuning)
+    })
+    .await?;
     on!(
         store,
         sql!("DELETE FROM rate_budget_refusals WHERE budget = $1 AND at_us < $2 - 3600000000"),
@@ -239,7 +415,7 @@ async fn update<T>(
     mut change: impl FnMut(&mut BudgetState) -> T,
 ) -> Result<T, Error> {
     loop {
-        let (mut state, version) = load(store, name)
+        let (mut state, version, _) = load(store, name)
             .await?
             .ok_or_else(|| Error::NoBudget(name.to_string()))?;
         let out = change(&mut state);
@@ -249,33 +425,64 @@ async fn update<T>(
     }
 }
 
-/// The budget's state and version, if it exists.
-async fn load(store: &Store, name: &str) -> Result<Option<(BudgetState, i64)>, Error> {
-    type Row = (f64, i64, i64, f64, i64, f64, i64, i64, i64);
-    let row: Option<Row> = on!(
+/// A budget's row.
+#[derive(sqlx::FromRow)]
+struct Row {
+    ceiling: f64,
+    tat_us: i64,
+    paused_until_us: i64,
+    cut_rate: f64,
+    cut_at_us: i64,
+    margin: f64,
+    margin_at_us: i64,
+    last_owner: i64,
+    learning: i64,
+    learned: f64,
+    learned_at_us: i64,
+    refused_rate: f64,
+    refused_at_us: i64,
+}
+
+impl Row {
+    fn state(&self) -> BudgetState {
+        BudgetState {
+            ceiling: self.ceiling,
+            tat: self.tat_us,
+            paused_until: self.paused_until_us,
+            cut_rate: self.cut_rate,
+            cut_at: self.cut_at_us,
+            margin: self.margin,
+            margin_at: self.margin_at_us,
+            last_owner: self.last_owner,
+            learning: self.learning != 0,
+            learned: self.learned,
+            learned_at: self.learned_at_us,
+            refused_rate: self.refused_rate,
+            refused_at: self.refused_at_us,
+        }
+    }
+}
+
+/// The budget's state, version and the origin it learns for, if it exists.
+async fn load(store: &Store, name: &str) -> Result<Option<(BudgetState, i64, String)>, Error> {
+    #[derive(sqlx::FromRow)]
+    struct Versioned {
+        #[sqlx(flatten)]
+        row: Row,
+        version: i64,
+        origin: String,
+    }
+    let row: Option<Versioned> = on!(
         store,
         sql!(
             "SELECT ceiling, tat_us, paused_until_us, cut_rate, cut_at_us, margin, margin_at_us,
-                    last_owner, version
+                    last_owner, learning, learned, learned_at_us, refused_rate, refused_at_us,
+                    version, origin
                FROM rate_budgets WHERE name = $1"
         ),
         |c, q| sqlx::query_as(q).bind(name).fetch_optional(c).await
     )?;
-    Ok(row.map(
-        |(ceiling, tat, paused_until, cut_rate, cut_at, margin, margin_at, last_owner, version)| {
-            let state = BudgetState {
-                ceiling,
-                tat,
-                paused_until,
-                cut_rate,
-                cut_at,
-                margin,
-                margin_at,
-                last_owner,
-            };
-            (state, version)
-        },
-    ))
+    Ok(row.map(|v| (v.row.state(), v.version, v.origin)))
 }
 
 /// Writes `state` (all but the ceiling, which only the members set) if the row is still
@@ -291,7 +498,9 @@ async fn store_if_unchanged(
         sql!(
             "UPDATE rate_budgets
                 SET tat_us = $3, paused_until_us = $4, cut_rate = $5, cut_at_us = $6,
-                    margin = $7, margin_at_us = $8, last_owner = $9, version = version + 1
+                    margin = $7, margin_at_us = $8, last_owner = $9, learned = $10,
+                    learned_at_us = $11, refused_rate = $12, refused_at_us = $13,
+                    version = version + 1
               WHERE name = $1 AND version = $2"
         ),
         |c, q| sqlx::query(q)
@@ -304,6 +513,10 @@ async fn store_if_unchanged(
             .bind(state.margin)
             .bind(state.margin_at)
             .bind(state.last_owner)
+            .bind(state.learned)
+            .bind(state.learned_at)
+            .bind(state.refused_rate)
+            .bind(state.refused_at)
             .execute(c)
             .await
             .map(|done| done.rows_affected())
@@ -317,51 +530,40 @@ pub async fn view_all_at(
     now: Micros,
     tuning: &Tuning,
 ) -> Result<Vec<BudgetView>, Error> {
-    type Row = (String, f64, i64, i64, f64, i64, f64, i64, i64, i64);
-    let rows: Vec<Row> = on!(
+    #[derive(sqlx::FromRow)]
+    struct Viewed {
+        name: String,
+        #[sqlx(flatten)]
+        row: Row,
+        origin: String,
+        refusals: i64,
+    }
+    let rows: Vec<Viewed> = on!(
         store,
         sql!(
             "SELECT b.name, b.ceiling, b.tat_us, b.paused_until_us, b.cut_rate, b.cut_at_us,
-                    b.margin, b.margin_at_us, b.last_owner,
+                    b.margin, b.margin_at_us, b.last_owner, b.learning, b.learned,
+                    b.learned_at_us, b.refused_rate, b.refused_at_us, b.origin,
                     (SELECT count(*) FROM rate_budget_refusals r
-                      WHERE r.budget = b.name AND r.at_us >= $1)
+                      WHERE r.budget = b.name AND r.at_us >= $1) AS refusals
                FROM rate_budgets b ORDER BY b.name"
         ),
         |c, q| sqlx::query_as(q).bind(now - MINUTE).fetch_all(c).await
     )?;
     let mut views = Vec::with_capacity(rows.len());
-    for (
-        name,
-        ceiling,
-        tat,
-        paused_until,
-        cut_rate,
-        cut_at,
-        margin,
-        margin_at,
-        last_owner,
-        refusals,
-    ) in rows
-    {
-        let members = members_at(store, &name, now).await?;
-        let state = BudgetState {
-            ceiling,
-            tat,
-            paused_until,
-            cut_rate,
-            cut_at,
-            margin,
-            margin_at,
-            last_owner,
-        };
+    for row in rows {
+        let members = members_at(store, &row.name, now).await?;
+        let state = row.row.state();
         views.push(BudgetView {
-            name,
+            name: row.name,
             rate_now: state.rate_at(now, tuning),
             margin_now: state.margin_at(now, tuning),
+            limit_now: state.limit_at(now, tuning),
             state,
             now,
-            refusals_last_minute: refusals,
+            refusals_last_minute: row.refusals,
             members,
+            origin: row.origin,
         });
     }
     Ok(views)

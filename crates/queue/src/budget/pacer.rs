@@ -4,12 +4,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Member, Micros, Reservation, Tuning, host_now, join_at, leave_at, refuse_at};
+use super::{
+    Member, Micros, Reservation, Tuning, host_now, join_learning_at, keep_learned_at, leave_at,
+    refuse_sent_at,
+};
 use crate::{Error, Store};
 
 /// A slot that waited unused longer than this is dropped rather than used late (used late,
@@ -65,11 +68,13 @@ pub struct Slot {
 pub struct Budget {
     store: Store,
     settings: BudgetSettings,
-    /// No slot is reserved further ahead than this.
-    horizon: Micros,
+    /// The API origin whose limit this process learns (`--api-rate auto`), if it does.
+    learn: Option<String>,
+    /// No slot is reserved further ahead than this (a learning budget's follows its rate).
+    horizon: AtomicI64,
     clock: StoreClock,
     /// Whether slots are waited for to the microsecond (low rates: see `sleep_until`).
-    precise: bool,
+    precise: AtomicBool,
     /// Slots reserved and not yet handed out, on the store's clock; the lock is held by the
     /// one worker reserving for the process.
     slots: tokio::sync::Mutex<VecDeque<Micros>>,
@@ -90,6 +95,17 @@ pub struct Budget {
 impl Budget {
     /// Joins (making it if need be) the budget of `settings.name`.
     pub async fn join(store: Store, settings: BudgetSettings) -> Result<(Budget, Joined), Error> {
+        Self::join_learning(store, settings, None).await
+    }
+
+    /// As [`join`](Self::join); with `learn` (an API origin), this process learns the
+    /// server's limit, up to `settings.ceiling`, sharing what it learns with every process
+    /// of the store and keeping it for the next run (see [`super::gcra`]).
+    pub async fn join_learning(
+        store: Store,
+        settings: BudgetSettings,
+        learn: Option<String>,
+    ) -> Result<(Budget, Joined), Error> {
         let clock = match store {
             Store::Postgres(_) => StoreClock::Sampled(Mutex::new(None)),
             Store::Sqlite(_) => StoreClock::Host,
@@ -100,8 +116,9 @@ impl Budget {
             store,
             // Room for a few slots in a row, so that consecutive calls are mostly one
             // process's (whose answers space them; see `answered`).
-            horizon: (4 * interval).clamp(50_000, 250_000),
-            precise: interval >= PRECISE_FROM,
+            horizon: AtomicI64::new(horizon_for(interval, learn.is_some())),
+            precise: AtomicBool::new(interval >= PRECISE_FROM),
+            learn,
             settings,
             clock,
             slots: tokio::sync::Mutex::new(VecDeque::new()),
@@ -124,7 +141,11 @@ impl Budget {
     pub async fn check_in(&self) -> Result<Joined, Error> {
         let now = self.clock.now(&self.store).await?;
         let s = &self.settings;
-        let members = join_at(&self.store, &s.name, &s.member, s.ceiling, now).await?;
+        let me = (s.member.as_str(), s.ceiling, self.learn.as_deref());
+        let members = join_learning_at(&self.store, &s.name, me, now, &s.tuning).await?;
+        if let Some(origin) = &self.learn {
+            keep_learned_at(&self.store, &s.name, origin, now, &s.tuning).await?;
+        }
         let ceiling = members.first().map_or(s.ceiling, |m| m.ceiling);
         *self.ceiling.lock().unwrap_or_else(|e| e.into_inner()) = ceiling;
         Ok(Joined { ceiling, members })
@@ -141,6 +162,10 @@ impl Budget {
     /// This process stops sharing the budget: the others' ceiling no longer counts its rate.
     pub async fn leave(&self) -> Result<(), Error> {
         let now = self.clock.now(&self.store).await?;
+        if let Some(origin) = &self.learn {
+            let s = &self.settings;
+            keep_learned_at(&self.store, &s.name, origin, now, &s.tuning).await?;
+        }
         leave_at(&self.store, &self.settings.name, &self.settings.member, now).await
     }
 
@@ -190,14 +215,21 @@ impl Budget {
     /// The server refused a call and asked for `retry_after`: every worker of every process
     /// sharing the budget waits that long, and the budget adapts.
     pub async fn refused(&self, retry_after: Duration) -> Result<(), Error> {
+        self.refused_sent(retry_after, Instant::now()).await
+    }
+
+    /// As [`refused`](Self::refused), for a call that left at `sent`: a budget that learns
+    /// the limit learns the rate the server last took before it.
+    pub async fn refused_sent(&self, retry_after: Duration, sent: Instant) -> Result<(), Error> {
         let now = self.clock.now(&self.store).await?;
+        let sent = now - micros(Instant::now().saturating_duration_since(sent));
         let after = i64::try_from(retry_after.as_micros()).unwrap_or(i64::MAX / 2);
         {
             let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
             *paused = (*paused).max(now + after);
         }
         let s = &self.settings;
-        refuse_at(&self.store, &s.name, now, after, &s.tuning).await
+        refuse_sent_at(&self.store, &s.name, (now, sent), after, &s.tuning).await
     }
 
     /// A call of this process left at `sent` and was answered at `answered`. Slots space
@@ -216,6 +248,14 @@ impl Budget {
             *fastest = Some(fastest.map_or(round_trip, |f| f.min(round_trip)));
             before
         };
+        if self.learn.is_some() {
+            // A learning budget knows no server interval to hold the next call to (its
+            // ceiling is only a cap), and one taken from the slots' own spacing held calls
+            // past their slots whenever an answer came a little late, so that the next slot's
+            // call landed too close behind: measured, three times the 429s. Its margin does
+            // the guarding.
+            return;
+        }
         let interval = Duration::from_secs_f64(1.0 / self.ceiling_now().max(f64::MIN_POSITIVE));
         let earliest = answered - fastest + interval;
         let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,14 +282,24 @@ impl Budget {
             let want = self.waiting.load(Ordering::Relaxed).max(1);
             let s = &self.settings;
             let me = (s.member.as_str(), want);
+            let horizon = self.horizon.load(Ordering::Relaxed);
             let reserved =
-                super::reserve_at(&self.store, &s.name, me, now, self.horizon, &s.tuning).await?;
+                super::reserve_at(&self.store, &s.name, me, now, horizon, &s.tuning).await?;
             match reserved {
                 Reservation::Granted {
                     first,
                     interval,
                     count,
-                } => slots.extend((0..i64::from(count)).map(|i| first + interval * i)),
+                } => {
+                    slots.extend((0..i64::from(count)).map(|i| first + interval * i));
+                    if self.learn.is_some() {
+                        // A learned rate moves: the horizon and the waiting follow it.
+                        self.horizon
+                            .store(horizon_for(interval, true), Ordering::Relaxed);
+                        self.precise
+                            .store(interval >= PRECISE_FROM, Ordering::Relaxed);
+                    }
+                }
                 Reservation::NotBefore(at) => {
                     tokio::time::sleep_until(self.clock.local(at)).await;
                 }
@@ -262,7 +312,7 @@ impl Budget {
     /// spent yielding to other tasks instead, so the call leaves within microseconds of
     /// its slot.
     async fn sleep_until(&self, at: Instant) {
-        if !self.precise {
+        if !self.precise.load(Ordering::Relaxed) {
             tokio::time::sleep_until(at).await;
             return;
         }
@@ -278,6 +328,18 @@ impl Budget {
 
     fn paused_until(&self) -> Micros {
         *self.paused_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How far ahead a process reserves at `interval`: room for a few slots in a row, so that
+/// consecutive calls are mostly one process's (whose answers space them; see
+/// [`Budget::answered`]). A learning budget reserves less far: a 429 tells it the rate of
+/// a few slots back, and the nearer those were reserved, the closer that is to the truth.
+fn horizon_for(interval: Micros, learning: bool) -> Micros {
+    if learning {
+        (2 * interval).clamp(20_000, 250_000)
+    } else {
+        (4 * interval).clamp(50_000, 250_000)
     }
 }
 
