@@ -266,7 +266,7 @@ async fn auto_finds_a_limit_nobody_gave_it_and_the_next_run_starts_from_it(db: D
     .await;
     next.terminate();
     let next = next.wait().await;
-    assert_eq!(next.code, 130, "{next:?}");
+    assert_eq!(next.code, 143, "{next:?}");
     let refused = sandbox.stats().rate_limited - refused_before;
     assert!(
         refused * 10 <= (2 * TICKETS) as u64,

@@ -107,3 +107,20 @@ async fn a_postgres_queue_from_before_the_queue_crate_keeps_its_jobs() {
     assert_eq!(create_target, Some(ticket));
     store.close().await;
 }
+
+on_both!(processes_starting_together_on_a_fresh_store_all_migrate_it);
+/// Eight processes opening one new store at once (a cron night starting several `run`s):
+/// each finds it migrated, none fails on a migration another applied (SQLite's migrator
+/// takes no lock of its own; the store takes turns on its folder). Three rounds.
+async fn processes_starting_together_on_a_fresh_store_all_migrate_it(_db: Db) {
+    let kind = _db.kind();
+    for round in 0..3 {
+        let db = Db::on(kind, &format!("race{round}"));
+        let runs: Vec<_> = (0..8)
+            .map(|_| common::output(common::bin(&db, &["status"])))
+            .collect();
+        for out in futures_util::future::join_all(runs).await {
+            assert_eq!(out.code, 0, "round {round}: {out:?}");
+        }
+    }
+}

@@ -304,13 +304,37 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<St
         let store = Store::open_sqlite(&path, max_connections)
             .await
             .map_err(open_error)?;
+        let alone = migrating_alone(&path)
+            .await
+            .map_err(|e| open_error(sqlx::Error::Io(e)))?;
         migrate(&store).await?;
+        drop(alone);
         return Ok(store);
     }
     let pool = connect_postgres(database_url, max_connections).await?;
     let store = Store::Postgres(pool);
     migrate(&store).await?;
     Ok(store)
+}
+
+/// Processes opening one embedded store migrate it in turn: SQLite's migrator takes no lock
+/// of its own, and two processes starting together on a fresh file would both apply the
+/// same migration (one then fails on `_sqlx_migrations`). The turn is an exclusive `flock`
+/// on the store's folder (no file of its own), held until the returned handle is dropped.
+/// Not on the database file: closing another handle on it would drop SQLite's own locks.
+async fn migrating_alone(path: &Path) -> std::io::Result<std::fs::File> {
+    let folder = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        let folder = std::fs::File::open(&folder)?;
+        rustix::fs::flock(&folder, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(folder)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Creates the embedded store's folder (mode 0700) and file (0600) when they do not exist
