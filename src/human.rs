@@ -68,6 +68,14 @@ fn finite(v: f64) -> f64 {
     if v.is_finite() && v > 0.0 { v } else { 0.0 }
 }
 
+/// A duration or an age as operators write it: `30d`, `12h`, `90m`, `45s`, `2w`, `1d 12h`
+/// (`0s` too: `prune --older-than 0s` means everything finished). `--max-duration` and
+/// `prune --older-than` read it the same way.
+pub fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not an age: {e} (say 30d, 12h, 90m or 45s)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +108,26 @@ mod tests {
         assert_eq!(rate(f64::NAN), "0.0/s");
         assert_eq!(byte_rate(1_572_864.4), "1.5 MiB/s");
         assert_eq!(duration_secs(187), "3m07s");
+    }
+
+    #[test]
+    fn durations_are_numbers_with_units() {
+        use std::time::Duration;
+        let day = 24 * 3600;
+        for (text, secs) in [
+            ("30d", 30 * day),
+            ("12h", 12 * 3600),
+            ("90m", 90 * 60),
+            ("90min", 90 * 60),
+            ("45s", 45),
+            ("2w", 14 * day),
+            (" 0s ", 0),
+        ] {
+            assert_eq!(duration(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        assert_eq!(duration("1d 12h"), Ok(Duration::from_secs(36 * 3600)));
+        for bad in ["30", "d", "-1d", "3x", "", "99999999999999999999d"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
     }
 }

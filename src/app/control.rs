@@ -94,13 +94,6 @@ pub async fn cancel(database_url: &str, settings: CancelSettings) -> Result<Exit
     Ok(Exit::Success)
 }
 
-/// An age as operators write it: `30d`, `12h`, `90m`, `45s`, `2w`, `1d 12h` (`0s`:
-/// everything finished). The same reading as `--max-duration`'s.
-pub fn parse_older_than(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not an age: {e} (say 30d, 12h, 90m or 45s)"))
-}
-
 pub async fn prune(
     database_url: &str,
     older_than: Duration,
@@ -234,36 +227,4 @@ pub async fn ticket_status(
         }
     }
     Ok(Exit::Success)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_are_numbers_with_units() {
-        let day = 24 * 3600;
-        for (text, secs) in [
-            ("30d", 30 * day),
-            ("12h", 12 * 3600),
-            ("90m", 90 * 60),
-            ("90min", 90 * 60),
-            ("45s", 45),
-            ("2w", 14 * day),
-            (" 0s ", 0),
-        ] {
-            assert_eq!(
-                parse_older_than(text),
-                Ok(Duration::from_secs(secs)),
-                "{text}"
-            );
-        }
-        assert_eq!(
-            parse_older_than("1d 12h"),
-            Ok(Duration::from_secs(36 * 3600))
-        );
-        for bad in ["30", "d", "-1d", "3x", "", "99999999999999999999d"] {
-            assert!(parse_older_than(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -8,7 +8,7 @@ mod operator;
 mod preview;
 mod summary;
 
-pub use control::{CancelSettings, cancel, parse_older_than, pause, prune, resume, ticket_status};
+pub use control::{CancelSettings, cancel, pause, prune, resume, ticket_status};
 pub use logging::{Level, LogFormat, LogSettings, init_logging, say};
 pub use operator::{
     RETRY_ATTEMPTS, ReportOut, ReportRows, ReportSettings, RetrySettings, report, retry, status,

@@ -462,7 +462,7 @@ struct WorkerArgs {
 
 /// A duration as operators write it: `6h`, `90m`, `1h 30m`, `45s` (as `prune`'s ages).
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    match app::parse_older_than(text) {
+    match crate::human::duration(text) {
         Ok(d) if d.is_zero() => Err("the duration must be longer than zero".into()),
         other => other,
     }
@@ -521,7 +521,7 @@ struct PruneArgs {
     #[arg(long)]
     sandbox: bool,
     /// Age of the history to delete: 30d, 12h, 90m, 2w.
-    #[arg(long, value_name = "AGE", value_parser = app::parse_older_than)]
+    #[arg(long, value_name = "AGE", value_parser = crate::human::duration)]
     older_than: std::time::Duration,
     /// Machine-readable output.
     #[arg(long, help_heading = "Output")]

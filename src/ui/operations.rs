@@ -275,7 +275,7 @@ pub async fn act(
         }
         Action::Prune => {
             let text = form.older_than.as_deref().unwrap_or("30d");
-            let age = crate::app::parse_older_than(text).map_err(UiError::BadAge)?;
+            let age = crate::human::duration(text).map_err(UiError::BadAge)?;
             let pruned = control::prune(&state.db, age).await?;
             control::reclaim_space(&state.db).await?;
             format!(
