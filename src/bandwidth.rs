@@ -88,13 +88,18 @@ where
         let gate = gate.clone();
         async move {
             if let Ok(bytes) = &chunk {
-                for _ in 0..units_in(bytes.len() as u64) {
-                    gate.acquire().await;
-                }
+                take(&gate, bytes.len() as u64).await;
             }
             chunk
         }
     })
+}
+
+/// Waits until `gate` lets `len` bytes through: one turn per started unit.
+pub async fn take(gate: &RateGate, len: u64) {
+    for _ in 0..units_in(len) {
+        gate.acquire().await;
+    }
 }
 
 /// How many turns `len` bytes take (a started unit counts whole).

@@ -365,9 +365,7 @@ impl Client {
             }
             Body::Bytes(bytes) => {
                 if let Some(gate) = &self.bytes_gate {
-                    for _ in 0..crate::bandwidth::units_in(bytes.len() as u64) {
-                        gate.acquire().await;
-                    }
+                    crate::bandwidth::take(gate, bytes.len() as u64).await;
                 }
                 reqwest::Body::from(bytes)
             }
