@@ -157,26 +157,27 @@ fn warn_of_disagreement(budget: &Budget, joined: &Joined) {
     if others.is_empty() {
         return;
     }
-    let named: Vec<String> = others.iter().map(|m| describe(m)).collect();
+    let name = &budget.settings().name;
+    let rate = |r: f64| rate_text(name, r);
+    let named: Vec<String> = others.iter().map(|m| describe(name, m)).collect();
     tracing::warn!(
-        budget = %budget.settings().name,
+        budget = %name,
         configured_per_sec = mine,
         applied_per_sec = joined.ceiling,
-        "processes sharing the {} rate budget were given other rates ({}); this one was \
-         given {}/s: the lowest, {}/s, applies to all",
-        budget.settings().name,
+        "processes sharing the {name} rate budget were given other rates ({}); this one was \
+         given {}: the lowest, {}, applies to all",
         named.join(", "),
-        per_sec(mine),
-        per_sec(joined.ceiling),
+        rate(mine),
+        rate(joined.ceiling),
     );
 }
 
-/// `host pid N at R/s`.
-pub fn describe(member: &Member) -> String {
+/// `host pid N at R/s` (at `R MiB/s` for the upload bytes budget).
+pub fn describe(budget: &str, member: &Member) -> String {
     format!(
-        "{} at {}/s",
+        "{} at {}",
         crate::domain::short_holder(&member.member),
-        per_sec(member.ceiling)
+        rate_text(budget, member.ceiling)
     )
 }
 
