@@ -301,12 +301,12 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<St
             source,
         };
         create_private(&path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        let alone = opening_alone(&path)
+            .await
+            .map_err(|e| open_error(sqlx::Error::Io(e)))?;
         let store = Store::open_sqlite(&path, max_connections)
             .await
             .map_err(open_error)?;
-        let alone = migrating_alone(&path)
-            .await
-            .map_err(|e| open_error(sqlx::Error::Io(e)))?;
         migrate(&store).await?;
         drop(alone);
         return Ok(store);
@@ -317,12 +317,14 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<St
     Ok(store)
 }
 
-/// Processes opening one embedded store migrate it in turn: SQLite's migrator takes no lock
-/// of its own, and two processes starting together on a fresh file would both apply the
-/// same migration (one then fails on `_sqlx_migrations`). The turn is an exclusive `flock`
-/// on the store's folder (no file of its own), held until the returned handle is dropped.
-/// Not on the database file: closing another handle on it would drop SQLite's own locks.
-async fn migrating_alone(path: &Path) -> std::io::Result<std::fs::File> {
+/// Processes opening one embedded store open and migrate it in turn. Two processes starting
+/// together on a fresh file collide twice: switching it to WAL answers "database is locked"
+/// at once (SQLite's busy handler does not cover it), and SQLite's migrator takes no lock
+/// of its own, so both would apply the same migration (one then fails on
+/// `_sqlx_migrations`). The turn is an exclusive `flock` on the store's folder (no file of
+/// its own), held until the returned handle is dropped. Not on the database file: closing
+/// another handle on it would drop SQLite's own locks.
+async fn opening_alone(path: &Path) -> std::io::Result<std::fs::File> {
     let folder = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
