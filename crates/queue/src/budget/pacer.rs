@@ -88,6 +88,11 @@ pub struct Budget {
     not_before: Mutex<Option<Instant>>,
     /// The fastest round trip seen: the part of every answer's time that is not jitter.
     fastest: Mutex<Option<Duration>>,
+    /// A learning budget's least gap between two calls of this process as they leave, in
+    /// microseconds: its slots' interval less the start margin (see `wait_for`).
+    spacing: AtomicI64,
+    /// When this process's latest call left, or is due to leave.
+    last_departure: Mutex<Option<Instant>>,
     /// The budget's ceiling as of the last check-in.
     ceiling: Mutex<f64>,
 }
@@ -126,6 +131,8 @@ impl Budget {
             paused_until: Mutex::new(0),
             not_before: Mutex::new(None),
             fastest: Mutex::new(None),
+            spacing: AtomicI64::new(0),
+            last_departure: Mutex::new(None),
             ceiling: Mutex::new(ceiling),
         };
         let joined = budget.check_in().await?;
@@ -208,6 +215,9 @@ impl Budget {
                 _ => break,
             }
         }
+        if self.learn.is_some() {
+            self.keep_spacing().await;
+        }
         // A refusal while we slept pauses us too; otherwise the slot is ours.
         slot.at >= self.paused_until()
     }
@@ -248,19 +258,41 @@ impl Budget {
             *fastest = Some(fastest.map_or(round_trip, |f| f.min(round_trip)));
             before
         };
-        if self.learn.is_some() {
-            // A learning budget knows no server interval to hold the next call to (its
-            // ceiling is only a cap), and one taken from the slots' own spacing held calls
-            // past their slots whenever an answer came a little late, so that the next slot's
-            // call landed too close behind: measured, three times the 429s. Its margin does
-            // the guarding.
-            return;
-        }
-        let interval = Duration::from_secs_f64(1.0 / self.ceiling_now().max(f64::MIN_POSITIVE));
+        let interval = if self.learn.is_some() {
+            // A learning budget knows no server interval: it holds the next call to its own
+            // spacing, which also holds every call after it (see `keep_spacing`); held
+            // alone, the next slot's call would land too close behind the held one.
+            Duration::from_micros(self.spacing.load(Ordering::Relaxed).max(0) as u64)
+        } else {
+            Duration::from_secs_f64(1.0 / self.ceiling_now().max(f64::MIN_POSITIVE))
+        };
         let earliest = answered - fastest + interval;
         let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
         if not_before.is_none_or(|nb| nb < earliest) {
             *not_before = Some(earliest);
+        }
+    }
+
+    /// A learning budget's calls leave at least its spacing apart. Its slots are that far
+    /// apart already, but a worker that woke late (a busy runtime) leaves late, and the
+    /// next one, on time, would land too close behind it: measured, a 429 every few seconds
+    /// at four fifths of the limit. A learning budget has no known server interval to hold
+    /// calls to after an answer (see `answered`), so it holds them to each other as they
+    /// leave: each takes the next departure time under the lock, race-free.
+    async fn keep_spacing(&self) {
+        let spacing = Duration::from_micros(self.spacing.load(Ordering::Relaxed).max(0) as u64);
+        let depart = {
+            let mut last = self
+                .last_departure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let depart = last.map_or(now, |l| (l + spacing).max(now));
+            *last = Some(depart);
+            depart
+        };
+        if depart > Instant::now() {
+            self.sleep_until(depart).await;
         }
     }
 
@@ -298,6 +330,8 @@ impl Budget {
                             .store(horizon_for(interval, true), Ordering::Relaxed);
                         self.precise
                             .store(interval >= PRECISE_FROM, Ordering::Relaxed);
+                        let spacing = interval as f64 * (1.0 - s.tuning.start_margin);
+                        self.spacing.store(spacing as Micros, Ordering::Relaxed);
                     }
                 }
                 Reservation::NotBefore(at) => {
