@@ -246,8 +246,9 @@ impl Budget {
     /// calls as they leave; the server counts them as they arrive, and a call delayed on
     /// the way (a busy host, a slow hop) lands closer to the next one than its slot said.
     /// Where it arrived is unknown, but not after its answer less the fastest round trip:
-    /// the next call of this process waits at least the ceiling's interval from there. An
-    /// answer that took the usual time changes nothing (its slot successor is later).
+    /// the next call of this process waits at least the ceiling's interval from there (a
+    /// learning budget's: its spacing). An answer that took the usual time changes nothing
+    /// (its slot successor is later).
     pub fn answered(&self, sent: Instant, answered: Instant) {
         let round_trip = answered.saturating_duration_since(sent);
         // The fastest of the round trips before this one: the first call (which also sets
