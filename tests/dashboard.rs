@@ -825,6 +825,13 @@ async fn age(pool: &PgPool) {
 /// Follow the link (or button) with this id, expecting a confirmation page that changes
 /// nothing by itself, then confirm, and wait for the page saying what was done.
 async fn confirmed(client: &fantoccini::Client, id: &str, question: &str, says: &str) {
+    confirmation(client, id, question).await;
+    confirm(client, says).await;
+}
+
+/// Follow the link (or button) with this id and wait for the confirmation page asking
+/// `question` (it changes nothing by itself).
+async fn confirmation(client: &fantoccini::Client, id: &str, question: &str) {
     client
         .find(Locator::Id(id))
         .await
@@ -840,6 +847,10 @@ async fn confirmed(client: &fantoccini::Client, id: &str, question: &str, says: 
     }
     let text = page_text(client).await;
     assert!(text.contains(question), "{text}");
+}
+
+/// Press the confirmation page's button and wait for the page saying what was done.
+async fn confirm(client: &fantoccini::Client, says: &str) {
     client
         .find(Locator::Id("confirm"))
         .await
@@ -873,19 +884,7 @@ async fn an_operator_pauses_cancels_retries_and_prunes_in_a_browser() {
 
     // Pause everything: the confirmation alone changes nothing; a run then sends nothing.
     client.goto(&format!("{base}/")).await.unwrap();
-    client
-        .find(Locator::Id("pause"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .for_element(Locator::Id("confirm"))
-        .await
-        .unwrap();
-    assert!(page_text(&client).await.contains("Pause everything?"));
+    confirmation(&client, "pause", "Pause everything?").await;
     assert_eq!(count(&pool, "SELECT count(*) FROM queue_pauses").await, 0);
     client.goto(&format!("{base}/")).await.unwrap();
     confirmed(&client, "pause", "Pause everything?", "Paused everything").await;
@@ -1024,32 +1023,13 @@ async fn an_operator_pauses_cancels_retries_and_prunes_in_a_browser() {
 
     // Prune: every job of the finished batches goes; the tickets stay.
     client.goto(&format!("{base}/")).await.unwrap();
-    client
-        .find(Locator::Id("prune"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .for_element(Locator::Id("confirm"))
-        .await
-        .unwrap();
-    assert!(page_text(&client).await.contains("Prune old history?"));
+    confirmation(&client, "prune", "Prune old history?").await;
     let form = client
         .form(Locator::Css("form[action='/actions/prune']"))
         .await
         .unwrap();
     form.set_by_name("older_than", "0s").await.unwrap();
-    client
-        .find(Locator::Id("confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    flash(&client, "Pruned 2 finished batches: 8 jobs").await;
+    confirm(&client, "Pruned 2 finished batches: 8 jobs").await;
     assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM attempts").await, 0);
     assert_eq!(
