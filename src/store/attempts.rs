@@ -190,6 +190,17 @@ pub struct TicketByRef {
     pub last_error: Option<String>,
 }
 
+/// The columns of a [`TicketByRef`] and the tables they come from, for each query that
+/// reads one (a `WHERE` follows).
+macro_rules! select_ticket_by_ref {
+    () => {
+        "SELECT t.id, t.batch_id, b.name AS batch, t.ref, t.project_id, t.line::bigint AS line,
+                t.title, t.state, t.visibuild_id, t.last_error
+           FROM tickets t JOIN batches b ON b.id = t.batch_id
+"
+    };
+}
+
 /// The tickets with this ref (one per project that has it), in one batch or all.
 pub async fn tickets_by_ref<'c>(
     ex: impl Into<Ex<'c>>,
@@ -198,13 +209,11 @@ pub async fn tickets_by_ref<'c>(
 ) -> Result<Vec<TicketByRef>, StoreError> {
     Ok(on!(
         ex.into(),
-        sql!(
-            "SELECT t.id, t.batch_id, b.name AS batch, t.ref, t.project_id, t.line::bigint AS line,
-                    t.title, t.state, t.visibuild_id, t.last_error
-               FROM tickets t JOIN batches b ON b.id = t.batch_id
-              WHERE t.ref = $2 AND ($1::uuid IS NULL OR t.batch_id = $1)
+        sql!(concat!(
+            select_ticket_by_ref!(),
+            "WHERE t.ref = $2 AND ($1::uuid IS NULL OR t.batch_id = $1)
               ORDER BY b.created_at, t.project_id"
-        ),
+        )),
         |c, q| sqlx::query_as(q)
             .bind(batch)
             .bind(reference)
@@ -220,12 +229,7 @@ pub async fn ticket<'c>(
 ) -> Result<Option<TicketByRef>, StoreError> {
     Ok(on!(
         ex.into(),
-        sql!(
-            "SELECT t.id, t.batch_id, b.name AS batch, t.ref, t.project_id, t.line::bigint AS line,
-                    t.title, t.state, t.visibuild_id, t.last_error
-               FROM tickets t JOIN batches b ON b.id = t.batch_id
-              WHERE t.id = $1"
-        ),
+        sql!(concat!(select_ticket_by_ref!(), "WHERE t.id = $1")),
         |c, q| sqlx::query_as(q).bind(ticket).fetch_optional(c).await
     )?)
 }
@@ -249,11 +253,9 @@ pub async fn list_tickets<'c>(
 ) -> Result<Vec<TicketByRef>, StoreError> {
     Ok(on!(
         ex.into(),
-        sql!(
-            "SELECT t.id, t.batch_id, b.name AS batch, t.ref, t.project_id, t.line::bigint AS line,
-                    t.title, t.state, t.visibuild_id, t.last_error
-               FROM tickets t JOIN batches b ON b.id = t.batch_id
-              WHERE ($1::uuid IS NULL OR t.batch_id = $1)
+        sql!(concat!(
+            select_ticket_by_ref!(),
+            "WHERE ($1::uuid IS NULL OR t.batch_id = $1)
                 AND ($2::text IS NULL OR t.state::text = $2)
                 AND ($3::text IS NULL OR {strpos}(t.ref, $3) > 0)
                 AND ($4::text IS NULL OR {strpos}(t.last_error, $4) > 0
@@ -261,7 +263,7 @@ pub async fn list_tickets<'c>(
                                  WHERE a.ticket_id = t.id AND {strpos}(a.last_error, $4) > 0))
               ORDER BY b.created_at, t.line
               LIMIT $5"
-        ),
+        )),
         |c, q| sqlx::query_as(q)
             .bind(filter.batch)
             .bind(filter.state.map(|s| s.as_str()))
