@@ -195,10 +195,11 @@ impl RateGate {
         self.shared.get()
     }
 
-    /// Wait until one call may start.
+    /// Wait until one call may start; it leaves at once.
     pub async fn acquire(&self) {
         let turn = self.reserve().await;
-        self.wait(turn).await;
+        let turn = self.wait(turn).await;
+        self.depart(turn).await;
     }
 
     /// A turn for one call that is near but not yet waited for (see [`Budget::reserve`]):
@@ -227,21 +228,47 @@ impl RateGate {
     }
 
     /// Wait for `turn` to start. One that cannot be used after all (it passed while the
-    /// caller was busy, or a 429 paused everyone) is replaced by a fresh one.
-    pub async fn wait(&self, turn: Turn) {
-        let (Some(slot), Some(budget)) = (turn.0, self.shared.get()) else {
+    /// caller was busy, or a 429 paused everyone) is replaced by a fresh one: the turn
+    /// waited for, to [`depart`](Self::depart) on.
+    pub async fn wait(&self, turn: Turn) -> Turn {
+        self.wait_ahead(turn, Duration::ZERO).await
+    }
+
+    /// As [`wait`](Self::wait), waking `lead` early, for a caller with something to do
+    /// before the call leaves (see [`Budget::wait_for_ahead`]).
+    pub async fn wait_ahead(&self, turn: Turn, lead: Duration) -> Turn {
+        let Some(budget) = self.shared.get() else {
+            return turn;
+        };
+        let mut turn = turn;
+        loop {
+            let Turn(Some(slot)) = turn else {
+                return turn;
+            };
+            if budget.wait_for_ahead(slot, lead).await && self.paused_until().is_none() {
+                return turn;
+            }
+            turn = self.reserve().await;
+        }
+    }
+
+    /// The call on `turn` (waited for) leaves now: call it right before the request goes.
+    /// If it can no longer leave on that turn (what the caller did since the wait took
+    /// long, or a 429 paused everyone; see [`Budget::depart`]), a fresh one is waited for.
+    pub async fn depart(&self, turn: Turn) {
+        let Some(budget) = self.shared.get() else {
             return;
         };
-        if budget.wait_for(slot).await && self.paused_until().is_none() {
-            return;
-        }
+        let mut turn = turn;
         loop {
-            let Turn(Some(slot)) = self.reserve().await else {
+            let Turn(Some(slot)) = turn else {
                 return;
             };
-            if budget.wait_for(slot).await && self.paused_until().is_none() {
+            if budget.depart(slot).await && self.paused_until().is_none() {
                 return;
             }
+            let fresh = self.reserve().await;
+            turn = self.wait(fresh).await;
         }
     }
 
@@ -307,9 +334,9 @@ impl RateGate {
     }
 }
 
-/// A turn reserved and not yet waited for ([`RateGate::reserve`]); `None` for a gate of
-/// its own, whose turn was waited for at once.
-#[derive(Debug)]
+/// A turn reserved ([`RateGate::reserve`]) or waited for ([`RateGate::wait`]); `None` for
+/// a gate of its own, whose turn was waited for at once.
+#[derive(Debug, Clone, Copy)]
 pub struct Turn(Option<Slot>);
 
 #[cfg(test)]

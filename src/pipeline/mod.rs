@@ -47,6 +47,9 @@ const OUTAGE_GRACE: Duration = Duration::from_secs(5);
 /// How often the pool looks for leases held by dead processes of this host.
 const DEAD_HOLDERS_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a process with nothing to claim looks whether the jobs others run are done.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
 /// Evaluate a store call inside the claim loop: its failure begins (or continues) a store
 /// outage, and the loop waits a second and goes round again (the loop's head gives up once
 /// the outage has lasted the outage limit). A write's success ends the outage; a read's
@@ -373,9 +376,8 @@ pub async fn run(
         if got_all && workers.available_permits() > 0 {
             continue;
         }
-        if !got_work
-            && tasks.is_empty()
-            && !config.watch
+        let idle = !got_work && tasks.is_empty() && !config.watch;
+        if idle
             && !or_retry!(@read
                 queue::has_runnable(&db, config.group())
                     .await
@@ -393,6 +395,9 @@ pub async fn run(
         } else {
             config.idle_poll
         };
+        // Idle while other processes finish the last jobs (an SQLite store notifies no one):
+        // look often, so that this process ends soon after they do, not a poll later.
+        let wake = if idle { wake.min(FOLLOW_POLL) } else { wake };
         tokio::select! {
             _ = stop.cancelled() => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),

@@ -6,7 +6,7 @@ pub mod error;
 
 use crate::domain::{Priority, ProjectId};
 use crate::outage::{Down, Outages};
-use crate::rate::RateGate;
+use crate::rate::{RateGate, Turn};
 use crate::secret::{PresignedUrl, Secret};
 pub use auth::{Credentials, TokenSource};
 pub use error::ApiError;
@@ -189,10 +189,17 @@ pub enum Body {
     Bytes(bytes::Bytes),
 }
 
-/// A turn at the API rate gate with a valid token, from [`Client::create_turn`].
+/// A turn at the API rate gate (waited for) with a valid token, from [`Client::create_turn`].
 pub struct CreateTurn {
     token: Secret,
+    turn: Turn,
+    /// When the caller got it, to learn how long its note takes.
+    granted: tokio::time::Instant,
 }
+
+/// The longest a create wakes before its turn to write its note: a process killed in that
+/// stretch has noted a create that never left, which asks for a check.
+const MAX_NOTE_LEAD: Duration = Duration::from_millis(5);
 
 /// The Visibuild API and its S3 uploads.
 pub struct Client {
@@ -208,6 +215,10 @@ pub struct Client {
     /// Where a call that got no connection or no answer notes its service down, and an
     /// answer notes it up again.
     outages: Arc<Outages>,
+    /// How long a create's note takes, from its turn to its request leaving (a running
+    /// mean, in microseconds): a create wakes this much before its turn, so that it
+    /// leaves on time.
+    note_lead: AtomicU64,
 }
 
 /// Makes ring the process's rustls crypto provider (reqwest is built without one, so that
@@ -247,6 +258,7 @@ impl Client {
             counters: Counters::default(),
             answer_timeout: config.answer_timeout,
             outages: config.outages,
+            note_lead: AtomicU64::new(0),
         })
     }
 
@@ -329,7 +341,8 @@ impl Client {
         turn: crate::rate::Turn,
     ) -> Result<(), ApiError> {
         use std::io::Seek as _;
-        self.upload_gate.wait(turn).await;
+        let turn = self.upload_gate.wait(turn).await;
+        self.upload_gate.depart(turn).await;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         // Chunks taken by the connection so far: an upload is judged by its progress.
         let progress = Arc::new(AtomicU64::new(0));
@@ -461,20 +474,40 @@ impl Client {
     /// which sends at once: a process killed while it waits for the rate (however low) has
     /// noted nothing, so a create that never left is never taken for one that may have landed.
     pub async fn create_turn(&self) -> Result<CreateTurn, ApiError> {
-        let token = self.token_and_turn().await?;
-        Ok(CreateTurn { token })
+        let lead = Duration::from_micros(self.note_lead.load(Ordering::Relaxed));
+        let (token, turn) = self.token_and_turn(lead.min(MAX_NOTE_LEAD)).await?;
+        Ok(CreateTurn {
+            token,
+            turn,
+            granted: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Learns how long the note between a create's turn and its request took.
+    fn noted(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mean = self.note_lead.load(Ordering::Relaxed);
+        let mean = if mean == 0 {
+            took
+        } else {
+            (mean * 7 + took) / 8
+        };
+        self.note_lead.store(mean, Ordering::Relaxed);
     }
 
     /// A token, then an API turn. In that order: fetching a token is itself an API call that
     /// takes a turn, and the call must not follow it without one of its own. A token that
     /// came due for refresh while we waited for the turn (a short-lived OAuth token, a long
     /// 429 pause) is not sent: the turn is spent and both are taken again.
-    async fn token_and_turn(&self) -> Result<Secret, ApiError> {
+    /// The turn is waited for (up to `lead` before it), not yet departed on (see
+    /// [`RateGate::depart`]).
+    async fn token_and_turn(&self, lead: Duration) -> Result<(Secret, Turn), ApiError> {
         loop {
             let token = self.token().await?;
-            self.api_gate.acquire().await;
+            let turn = self.api_gate.reserve().await;
+            let turn = self.api_gate.wait_ahead(turn, lead).await;
             if self.tokens.is_current(&token).await {
-                return Ok(token);
+                return Ok((token, turn));
             }
         }
     }
@@ -534,19 +567,23 @@ impl Client {
         let url = format!("{}{}", self.api_url, path);
         let mut refreshed = false;
         loop {
-            let token = match turn.take() {
+            let (token, waited) = match turn.take() {
                 // Granted before the caller's note: the request leaves now.
                 Some(turn) => {
+                    self.noted(turn.granted.elapsed());
                     if self.tokens.is_current(&turn.token).await {
-                        turn.token
+                        (turn.token, turn.turn)
                     } else {
                         // Came due for refresh meanwhile (a short-lived token): a fresh
                         // one, and a turn after it.
-                        self.token_and_turn().await?
+                        self.token_and_turn(Duration::ZERO).await?
                     }
                 }
-                None => self.token_and_turn().await?,
+                None => self.token_and_turn(Duration::ZERO).await?,
             };
+            // Last before the request: a turn that passed meanwhile (a slow note) is not
+            // used late, where it would land on the next call's heels.
+            self.api_gate.depart(waited).await;
             let sent_at = tokio::time::Instant::now();
             let sent = self
                 .http

@@ -817,6 +817,7 @@ mod budgets {
                 first,
                 interval,
                 count,
+                ..
             } => (first, interval, count),
             other => panic!("expected slots, got {other:?}"),
         }
@@ -971,6 +972,7 @@ mod budgets {
                     first,
                     interval,
                     count,
+                    ..
                 } => at = first + interval * i64::from(count - 1),
                 Reservation::NotBefore(next) => at = next,
             }

@@ -19,6 +19,8 @@ use crate::{Error, Store};
 /// it could land right before the next process's slot).
 const STALE: Micros = 2_000;
 
+const SECOND: f64 = 1_000_000.0;
+
 /// The last stretch before a slot that [`Budget::sleep_until`] yields through rather than
 /// leaving to the timer (whose grain is a millisecond, rounded up).
 const TIMER_GRAIN: Duration = Duration::from_micros(1_500);
@@ -88,13 +90,16 @@ pub struct Budget {
     not_before: Mutex<Option<Instant>>,
     /// The fastest round trip seen: the part of every answer's time that is not jitter.
     fastest: Mutex<Option<Duration>>,
-    /// A learning budget's least gap between two calls of this process as they leave, in
-    /// microseconds: its slots' interval less the start margin (see `wait_for`).
+    /// The least gap between two calls of this process as they leave, in microseconds
+    /// (see `keep_spacing`).
     spacing: AtomicI64,
     /// When this process's latest call left, or is due to leave.
     last_departure: Mutex<Option<Instant>>,
     /// The budget's ceiling as of the last check-in.
     ceiling: Mutex<f64>,
+    /// Whether another live process shares the budget: as of the last check-in, or a
+    /// reservation since that followed another process's.
+    shared: AtomicBool,
 }
 
 impl Budget {
@@ -134,6 +139,7 @@ impl Budget {
             spacing: AtomicI64::new(0),
             last_departure: Mutex::new(None),
             ceiling: Mutex::new(ceiling),
+            shared: AtomicBool::new(false),
         };
         let joined = budget.check_in().await?;
         Ok((budget, joined))
@@ -155,6 +161,8 @@ impl Budget {
         }
         let ceiling = members.first().map_or(s.ceiling, |m| m.ceiling);
         *self.ceiling.lock().unwrap_or_else(|e| e.into_inner()) = ceiling;
+        let others = members.iter().any(|m| m.member != s.member);
+        self.shared.store(others, Ordering::Relaxed);
         Ok(Joined { ceiling, members })
     }
 
@@ -176,11 +184,11 @@ impl Budget {
         leave_at(&self.store, &self.settings.name, &self.settings.member, now).await
     }
 
-    /// Waits until one call may start.
+    /// Waits until one call may start, and it leaves at once.
     pub async fn acquire(&self) -> Result<(), Error> {
         loop {
             let slot = self.reserve().await?;
-            if self.wait_for(slot).await {
+            if self.wait_for(slot).await && self.depart(slot).await {
                 return Ok(());
             }
         }
@@ -200,14 +208,57 @@ impl Budget {
 
     /// Sleeps until `slot` starts. `false` if it cannot be used after all: it had passed by
     /// more than a hair when asked for (the call would land right before the next one), or
-    /// a 429 paused the budget meanwhile. The caller then reserves again.
+    /// a 429 paused the budget meanwhile. The caller then reserves again. The call leaves
+    /// after [`depart`](Self::depart).
     pub async fn wait_for(&self, slot: Slot) -> bool {
+        self.wait_for_ahead(slot, Duration::ZERO).await
+    }
+
+    /// As [`wait_for`](Self::wait_for), waking `lead` before the slot: for a caller with
+    /// something to do between waking and the call (a durable note that takes a store
+    /// round trip), so that the call still leaves on time; [`depart`](Self::depart) waits
+    /// out whatever is left.
+    pub async fn wait_for_ahead(&self, slot: Slot, lead: Duration) -> bool {
         let at = self.clock.local(slot.at);
-        if Instant::now().saturating_duration_since(at) > Duration::from_micros(STALE as u64) {
+        if self.late(at) {
             return false;
         }
-        self.sleep_until(at).await;
-        // An answer that came while we slept may hold this call back a little.
+        self.sleep_until(at.checked_sub(lead).unwrap_or(at)).await;
+        // A refusal while we slept pauses us too; otherwise the slot is ours.
+        slot.at >= self.paused_until()
+    }
+
+    /// The call on `slot` (waited for) is about to leave: call it last, right before the
+    /// request goes, after anything done since [`wait_for`](Self::wait_for) (a durable note
+    /// that a create is about to leave takes a store round trip, and a busy store can take
+    /// milliseconds). `false` if the call must not leave on this slot after all: a 429
+    /// paused the budget, or (a given rate, shared with another process) the slot passed
+    /// by more than a hair. Used that late, it would land right before the next slot's
+    /// call, which may be another process's, where no answer of ours can hold it back
+    /// (measured: most of the 429s of three processes). The caller then takes a fresh
+    /// slot. Alone, the next slot is ours, and the answer holds it back (see
+    /// [`answered`](Self::answered)); a learning budget's calls are held to each other
+    /// instead. Either way, this process's calls leave spaced (see `keep_spacing`).
+    pub async fn depart(&self, slot: Slot) -> bool {
+        self.sleep_until(self.clock.local(slot.at)).await;
+        self.hold().await;
+        self.keep_spacing().await;
+        if self.learn.is_none()
+            && self.shared.load(Ordering::Relaxed)
+            && self.late(self.clock.local(slot.at))
+        {
+            return false;
+        }
+        slot.at >= self.paused_until()
+    }
+
+    /// Whether a call due at `at` is too late to leave on its slot.
+    fn late(&self, at: Instant) -> bool {
+        Instant::now().saturating_duration_since(at) > Duration::from_micros(STALE as u64)
+    }
+
+    /// Waits out the hold an answer set (see [`answered`](Self::answered)).
+    async fn hold(&self) {
         loop {
             let not_before = *self.not_before.lock().unwrap_or_else(|e| e.into_inner());
             match not_before {
@@ -215,11 +266,6 @@ impl Budget {
                 _ => break,
             }
         }
-        if self.learn.is_some() {
-            self.keep_spacing().await;
-        }
-        // A refusal while we slept pauses us too; otherwise the slot is ours.
-        slot.at >= self.paused_until()
     }
 
     /// The server refused a call and asked for `retry_after`: every worker of every process
@@ -265,7 +311,12 @@ impl Budget {
             // alone, the next slot's call would land too close behind the held one.
             Duration::from_micros(self.spacing.load(Ordering::Relaxed).max(0) as u64)
         } else {
-            Duration::from_secs_f64(1.0 / self.ceiling_now().max(f64::MIN_POSITIVE))
+            // The server's interval and a quarter of the start margin: held to the bare
+            // interval, a call lands on it to within the jitter, either side (measured: a
+            // 429 at 27.00 ms for 27.03). The rest lets a held call's delay fade over the
+            // next slots (theirs are a whole margin apart) instead of adding up.
+            let margin = 1.0 + self.settings.tuning.start_margin / 4.0;
+            Duration::from_secs_f64(margin / self.ceiling_now().max(f64::MIN_POSITIVE))
         };
         let earliest = answered - fastest + interval;
         let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
@@ -274,12 +325,14 @@ impl Budget {
         }
     }
 
-    /// A learning budget's calls leave at least its spacing apart. Its slots are that far
-    /// apart already, but a worker that woke late (a busy runtime) leaves late, and the
-    /// next one, on time, would land too close behind it: measured, a 429 every few seconds
-    /// at four fifths of the limit. A learning budget has no known server interval to hold
-    /// calls to after an answer (see `answered`), so it holds them to each other as they
-    /// leave: each takes the next departure time under the lock, race-free.
+    /// This process's calls leave at least its spacing apart. Its slots are further apart
+    /// already, but a worker that woke late (a busy runtime, a slow note) leaves late, and
+    /// the next one, on time, would land too close behind it: measured, a 429 every few
+    /// seconds at four fifths of the limit when learning, and at a given limit right after
+    /// the start (the answers' hold knows no fastest round trip yet). Each call takes the
+    /// next departure time under the lock, race-free. A learning budget's spacing is its
+    /// slots' interval less the start margin; a given rate's, the server's interval and
+    /// half the margin (the delay fades over the next slots).
     async fn keep_spacing(&self) {
         let spacing = Duration::from_micros(self.spacing.load(Ordering::Relaxed).max(0) as u64);
         let depart = {
@@ -323,17 +376,29 @@ impl Budget {
                     first,
                     interval,
                     count,
+                    after_another,
                 } => {
+                    if after_another {
+                        // Another process draws on the budget (it may have joined since
+                        // the last check-in, which clears this once it is gone).
+                        self.shared.store(true, Ordering::Relaxed);
+                    }
                     slots.extend((0..i64::from(count)).map(|i| first + interval * i));
-                    if self.learn.is_some() {
+                    let spacing = if self.learn.is_some() {
                         // A learned rate moves: the horizon and the waiting follow it.
                         self.horizon
                             .store(horizon_for(interval, true), Ordering::Relaxed);
                         self.precise
                             .store(interval >= PRECISE_FROM, Ordering::Relaxed);
-                        let spacing = interval as f64 * (1.0 - s.tuning.start_margin);
-                        self.spacing.store(spacing as Micros, Ordering::Relaxed);
-                    }
+                        interval as f64 * (1.0 - s.tuning.start_margin)
+                    } else {
+                        // The server's interval and half the margin: a call that left
+                        // late is not followed closer than that (measured: 429s at 27.00
+                        // ms for 27.03, a late call's successor on time).
+                        SECOND * (1.0 + s.tuning.start_margin / 2.0)
+                            / self.ceiling_now().max(f64::MIN_POSITIVE)
+                    };
+                    self.spacing.store(spacing as Micros, Ordering::Relaxed);
                 }
                 Reservation::NotBefore(at) => {
                     tokio::time::sleep_until(self.clock.local(at)).await;
@@ -342,11 +407,14 @@ impl Budget {
         }
     }
 
-    /// Sleeps until `at`. At rates a strict server checks call by call, the timer's
-    /// millisecond grain is a jitter the margin would have to absorb: the last stretch is
-    /// spent yielding to other tasks instead, so the call leaves within microseconds of
-    /// its slot.
+    /// Sleeps until `at` (not at all if it passed). At rates a strict server checks call
+    /// by call, the timer's millisecond grain is a jitter the margin would have to absorb:
+    /// the last stretch is spent yielding to other tasks instead, so the call leaves within
+    /// microseconds of its slot.
     async fn sleep_until(&self, at: Instant) {
+        if at <= Instant::now() {
+            return;
+        }
         if !self.precise.load(Ordering::Relaxed) {
             tokio::time::sleep_until(at).await;
             return;
