@@ -471,8 +471,10 @@ impl Client {
     /// A valid token and an API turn granted: everything a create waits for before its
     /// request leaves. A caller that must durably note "a create is about to leave" takes
     /// the turn first, notes, then calls [`create_ticket_in_turn`](Self::create_ticket_in_turn),
-    /// which sends at once: a process killed while it waits for the rate (however low) has
-    /// noted nothing, so a create that never left is never taken for one that may have landed.
+    /// which sends when the turn comes: a process killed while it waits for the rate
+    /// (however low) has noted nothing, so a create that never left is never taken for one
+    /// that may have landed. The turn is granted the note's usual time early (at most
+    /// [`MAX_NOTE_LEAD`]), so that the request still leaves on it.
     pub async fn create_turn(&self) -> Result<CreateTurn, ApiError> {
         let lead = Duration::from_micros(self.note_lead.load(Ordering::Relaxed));
         let (token, turn) = self.token_and_turn(lead.min(MAX_NOTE_LEAD)).await?;
