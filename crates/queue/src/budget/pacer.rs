@@ -232,8 +232,8 @@ impl Budget {
     /// request goes, after anything done since [`wait_for`](Self::wait_for) (a durable note
     /// that a create is about to leave takes a store round trip, and a busy store can take
     /// milliseconds). `false` if the call must not leave on this slot after all: a 429
-    /// paused the budget, or (a given rate, shared with another process) the slot passed
-    /// by more than a hair. Used that late, it would land right before the next slot's
+    /// paused the budget, or (a given rate of at most 100 calls/s, shared with another
+    /// process) the slot passed by more than a hair. Used that late, it would land right before the next slot's
     /// call, which may be another process's, where no answer of ours can hold it back
     /// (measured: most of the 429s of three processes). The caller then takes a fresh
     /// slot. Alone, the next slot is ours, and the answer holds it back (see
@@ -242,8 +242,14 @@ impl Budget {
     pub async fn depart(&self, slot: Slot) -> bool {
         self.sleep_until(self.clock.local(slot.at)).await;
         self.hold().await;
-        self.keep_spacing().await;
+        // At rates a strict server checks call by call (see `sleep_until`); faster slots
+        // come in batches on the timer's millisecond grain, which spacing would only slow.
+        let precise = self.precise.load(Ordering::Relaxed);
+        if self.learn.is_some() || precise {
+            self.keep_spacing().await;
+        }
         if self.learn.is_none()
+            && precise
             && self.shared.load(Ordering::Relaxed)
             && self.late(self.clock.local(slot.at))
         {
