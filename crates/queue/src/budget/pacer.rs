@@ -233,14 +233,15 @@ impl Budget {
     /// that a create is about to leave takes a store round trip, and a busy store can take
     /// milliseconds). `false` if the call must not leave on this slot after all: a 429
     /// paused the budget, or (a given rate of at most 100 calls/s, shared with another
-    /// process) the slot passed by more than a hair. Used that late, it would land right before the next slot's
-    /// call, which may be another process's, where no answer of ours can hold it back
-    /// (measured: most of the 429s of three processes). The caller then takes a fresh
-    /// slot. Alone, the next slot is ours, and the answer holds it back (see
+    /// process) the slot passed by more than a hair. Used that late, it would land right
+    /// before the next slot's call, which may be another process's, where no answer of
+    /// ours can hold it back (measured: most of the 429s of three processes). The caller
+    /// then takes a fresh slot. Alone, the next slot is ours, and the answer holds it back (see
     /// [`answered`](Self::answered)); a learning budget's calls are held to each other
     /// instead. Either way, this process's calls leave spaced (see `keep_spacing`).
     pub async fn depart(&self, slot: Slot) -> bool {
-        self.sleep_until(self.clock.local(slot.at)).await;
+        let at = self.clock.local(slot.at);
+        self.sleep_until(at).await;
         self.hold().await;
         // At rates a strict server checks call by call (see `sleep_until`); faster slots
         // come in batches on the timer's millisecond grain, which spacing would only slow.
@@ -248,11 +249,7 @@ impl Budget {
         if self.learn.is_some() || precise {
             self.keep_spacing().await;
         }
-        if self.learn.is_none()
-            && precise
-            && self.shared.load(Ordering::Relaxed)
-            && self.late(self.clock.local(slot.at))
-        {
+        if self.learn.is_none() && precise && self.shared.load(Ordering::Relaxed) && self.late(at) {
             return false;
         }
         slot.at >= self.paused_until()
